@@ -1,0 +1,616 @@
+/* The proxy state machine for one request: choose the upstream, send the
+ * request up with the forwarding headers, stream the response down, map
+ * failures to statuses (one place: status_for()), write the access log. */
+#include "proxy/session.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "core/errors.h"
+#include "core/log.h"
+#include "http/status.h"
+
+#define ARENA_FIRST   4096
+#define HIGH_WATER    (256 * 1024) /* queued bytes before the reading side pauses */
+
+static void finish(mx_session_t *s);
+
+
+const char *
+mx_sess_state_str(mx_sess_state_t st)
+{
+    static const char *names[] = {"READ_HEAD", "CONNECT", "PROXY", "TUNNEL", "DONE"};
+    return st <= MX_SESS_DONE ? names[st] : "?";
+}
+
+
+/* The only place that assigns s->state. */
+static void
+set_state(mx_session_t *s, mx_sess_state_t next)
+{
+    if (mx_log_level <= MX_LOG_DEBUG)
+        mx_log_debug("#%llu session %s -> %s", (unsigned long long)s->id,
+                     mx_sess_state_str(s->state), mx_sess_state_str(next));
+    s->state = next;
+}
+
+
+mx_session_t *
+mx_session_new(mx_h1conn_t *c)
+{
+    mx_session_t *s = mx_alloc(sizeof(*s) + ARENA_FIRST);
+    memset(s, 0, sizeof(*s));
+    s->c = c;
+    s->w = c->w;
+    s->id = ++c->w->req_seq;
+    s->start_ms = uv_now(&c->w->loop);
+    mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
+    mx_headers_init(&s->req_headers);
+    mx_headers_init(&s->resp_headers);
+    mx_headers_init(&s->resp_trailers);
+    mx_buf_init(&s->up_head);
+    mx_buf_init(&s->pending);
+    return s;
+}
+
+
+void
+mx_session_free(mx_session_t *s)
+{
+    if (s->u != NULL) {
+        mx_upconn_t *u = s->u;
+        s->u = NULL;
+        u->s = NULL;
+        mx_upconn_close(u);
+    }
+    mx_buf_dispose(&s->up_head);
+    mx_buf_dispose(&s->pending);
+    mx_arena_dispose(&s->arena);
+    mx_free(s);
+}
+
+
+static int
+status_for(int err)
+{
+    switch (err) {
+    case UV_ETIMEDOUT:
+        return 504;
+    case MX_ETOOLARGE:
+        return 413;
+    case MX_EBADREQ:
+        return 400;
+    default:
+        return 502;
+    }
+}
+
+
+/* Logs like nginx: cause, what the session was doing, and its context. */
+static void
+log_upstream_error(mx_session_t *s, int err)
+{
+    mx_log_error("#%llu upstream %s (%s) while %s, client: %s, request: \"%.*s %.*s HTTP/%d.%d\", "
+                 "upstream: \"%s\"",
+                 (unsigned long long)s->id,
+                 err == UV_ETIMEDOUT ? "timed out" : mx_strerror(err),
+                 err < 0 && err > -5000 ? uv_err_name(err) : "protocol",
+                 s->action ? s->action : "proxying", s->c ? s->c->client_addr : "-",
+                 (int)s->method.len, s->method.data, (int)s->target_raw.len, s->target_raw.data,
+                 s->http_major, s->http_minor, s->peer ? s->peer->text : "-");
+}
+
+
+static const mx_addr_t *
+next_peer(mx_session_t *s)
+{
+    const mx_conf_upstream_t *ups = s->ups;
+    size_t idx = (size_t)(ups - s->w->conf->upstreams);
+    size_t i = s->w->rr[idx]++ % ups->nbackends;
+    return &ups->backends[i].addr;
+}
+
+
+/* Adds X-Forwarded-For and Via, fixes Host, hides Expect (moxy answers
+ * 100-continue itself), then serializes the head into s->up_head. */
+static void
+build_upstream_head(mx_session_t *s)
+{
+    const mx_conf_service_t *svc = s->c->svc;
+    mx_headers_t *h = &s->req_headers;
+    mx_arena_t *a = &s->arena;
+
+    if (s->target.form == MX_TARGET_ABSOLUTE)
+        mx_headers_set(h, a, MX_STR("Host"), s->target.authority);
+    else if (mx_headers_find(h, MX_STR("host"), 0) < 0)
+        mx_headers_add(h, a, MX_STR("Host"),
+                       (mx_str_t){s->peer->text, strlen(s->peer->text)});
+    for (ssize_t i = mx_headers_find(h, MX_STR("expect"), 0); i >= 0;
+         i = mx_headers_find(h, MX_STR("expect"), (size_t)i + 1))
+        h->v[i].flags |= MX_HDR_HOP;
+
+    if (svc->x_forwarded_for) {
+        mx_buf_t v;
+        mx_buf_init(&v);
+        for (ssize_t i = mx_headers_find(h, MX_STR("x-forwarded-for"), 0); i >= 0;
+             i = mx_headers_find(h, MX_STR("x-forwarded-for"), (size_t)i + 1)) {
+            mx_buf_append_str(&v, h->v[i].value);
+            mx_buf_append_str(&v, MX_STR(", "));
+        }
+        mx_buf_append(&v, s->c->client_addr, strlen(s->c->client_addr));
+        char *copy = mx_arena_strndup(a, v.data, v.len);
+        mx_headers_set(h, a, MX_STR("X-Forwarded-For"), (mx_str_t){copy, v.len});
+        mx_buf_dispose(&v);
+    }
+    if (svc->via) {
+        char via[16];
+        int n = snprintf(via, sizeof(via), "%d.%d moxy", s->http_major, s->http_minor);
+        ssize_t i = mx_headers_find(h, MX_STR("via"), 0);
+        if (i >= 0) {
+            size_t len = h->v[i].value.len + 2 + (size_t)n;
+            char *p = mx_arena_alloc(a, len);
+            memcpy(p, h->v[i].value.data, h->v[i].value.len);
+            memcpy(p + h->v[i].value.len, ", ", 2);
+            memcpy(p + h->v[i].value.len + 2, via, (size_t)n);
+            h->v[i].value = (mx_str_t){p, len};
+        } else {
+            mx_headers_add(h, a, MX_STR("Via"), (mx_str_t){mx_arena_strndup(a, via, n), n});
+        }
+    }
+
+    mx_buf_t *b = &s->up_head;
+    mx_str_t target = s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE
+                          ? s->target.path_and_query
+                          : s->target_raw;
+    mx_buf_printf(b, "%.*s %.*s HTTP/1.1\r\n", (int)s->method.len, s->method.data,
+                  (int)target.len, target.data);
+    for (size_t i = 0; i < h->n; i++) {
+        const mx_header_t *f = &h->v[i];
+        if (f->flags & MX_HDR_HOP)
+            continue;
+        mx_buf_reserve(b, f->name.len + f->value.len + 4);
+        memcpy(b->data + b->len, f->name.data, f->name.len);
+        b->len += f->name.len;
+        memcpy(b->data + b->len, ": ", 2);
+        b->len += 2;
+        memcpy(b->data + b->len, f->value.data, f->value.len);
+        b->len += f->value.len;
+        memcpy(b->data + b->len, "\r\n", 2);
+        b->len += 2;
+    }
+    if (s->req_chunked)
+        mx_buf_append_str(b, MX_STR("Transfer-Encoding: chunked\r\n"));
+    if (s->req_upgrade && s->llmethod != HTTP_CONNECT) {
+        mx_str_t up = mx_headers_get(h, MX_STR("upgrade"));
+        if (up.data != NULL)
+            mx_buf_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)up.len, up.data);
+    }
+    mx_buf_append_str(b, MX_STR("\r\n"));
+}
+
+
+void
+mx_session_on_request_head(mx_session_t *s)
+{
+    const mx_conf_service_t *svc = s->c->svc;
+    set_state(s, MX_SESS_CONNECT);
+    s->ups = svc->upstream_ref;
+    if (s->ups == NULL || s->ups->nbackends == 0) {
+        mx_log_error("#%llu no upstream configured for service \"%s\"", (unsigned long long)s->id,
+                     svc->name);
+        mx_session_respond_error(s, 502, MX_ENOUPSTREAM);
+        return;
+    }
+    s->peer = next_peer(s);
+    build_upstream_head(s);
+    if (s->expect_continue && s->req_has_body) {
+        mx_h1_send_continue(s->c);
+        s->sent_continue = 1;
+    }
+    s->action = "connecting to upstream";
+    mx_upconn_acquire(s, s->ups, s->peer, false);
+}
+
+
+/* Sends <n> bytes of request body (already framed) up, or keeps them until
+ * the upstream connection is ready; pauses the client when too much waits. */
+static void
+send_up(mx_session_t *s, const uv_buf_t *bufs, unsigned n)
+{
+    mx_upconn_t *u = s->u;
+    if (u != NULL && u->connected && s->up_req_sent) {
+        s->up_body_started = 1;
+        if (mx_upconn_write(u, bufs, n) < 0)
+            return; /* the upconn reports the error */
+        if (u->ws.queued > HIGH_WATER && s->c != NULL)
+            mx_h1_read_pause(s->c, true);
+        return;
+    }
+    for (unsigned i = 0; i < n; i++)
+        mx_buf_append(&s->pending, bufs[i].base, bufs[i].len);
+    if (s->pending.len > HIGH_WATER && s->c != NULL)
+        mx_h1_read_pause(s->c, true);
+}
+
+
+void
+mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
+{
+    if (!s->req_chunked) {
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+        send_up(s, &b, 1);
+        return;
+    }
+    char size[24];
+    int len = snprintf(size, sizeof(size), "%zx\r\n", n);
+    uv_buf_t b[3] = {uv_buf_init(size, (unsigned)len), uv_buf_init((char *)p, (unsigned)n),
+                     uv_buf_init("\r\n", 2)};
+    send_up(s, b, 3);
+}
+
+
+void
+mx_session_on_request_done(mx_session_t *s)
+{
+    if (s->req_chunked) {
+        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+        send_up(s, &b, 1);
+    }
+    if (s->u != NULL && s->up_req_sent && s->pending.len == 0 && s->state == MX_SESS_PROXY)
+        mx_upconn_request_sent(s->u);
+}
+
+
+void
+mx_session_on_connected(mx_session_t *s, mx_upconn_t *u)
+{
+    s->u = u;
+    set_state(s, MX_SESS_PROXY);
+    s->action = "sending request to upstream";
+    uv_buf_t b[2] = {uv_buf_init(s->up_head.data, (unsigned)s->up_head.len),
+                     uv_buf_init(s->pending.data, (unsigned)s->pending.len)};
+    if (s->pending.len > 0)
+        s->up_body_started = 1;
+    s->up_req_sent = 1;
+    int rc = mx_upconn_write(u, b, s->pending.len > 0 ? 2 : 1);
+    mx_buf_reset(&s->pending);
+    if (rc < 0)
+        return; /* reported through mx_session_on_upstream_error() */
+    s->action = "reading response header from upstream";
+    if (s->req_done)
+        mx_upconn_request_sent(u);
+    if (s->c != NULL && !s->req_done)
+        mx_h1_read_pause(s->c, u->ws.queued > HIGH_WATER);
+}
+
+
+static bool
+idempotent(const mx_session_t *s)
+{
+    switch (s->llmethod) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+
+void
+mx_session_on_upstream_error(mx_session_t *s, int err)
+{
+    bool reused = s->reused, got_bytes = s->u != NULL && s->u->got_bytes;
+    bool connecting = s->state == MX_SESS_CONNECT;
+    if (s->u != NULL) {
+        mx_upconn_t *u = s->u;
+        s->u = NULL;
+        u->s = NULL;
+        mx_upconn_close(u);
+    }
+    if (s->state == MX_SESS_DONE || s->c == NULL)
+        return;
+    s->up_req_sent = 0;
+
+    if (!s->resp_head_sent && !got_bytes && !s->up_body_started) {
+        /* A pooled connection the origin had closed: resend once on a fresh one. */
+        if (reused && idempotent(s) && err != UV_ETIMEDOUT) {
+            mx_log_info("#%llu reused upstream connection failed (%s), retrying on a new one",
+                        (unsigned long long)s->id, mx_strerror(err));
+            s->reused = 0;
+            set_state(s, MX_SESS_CONNECT);
+            s->action = "connecting to upstream";
+            mx_upconn_acquire(s, s->ups, s->peer, true);
+            return;
+        }
+        if (connecting && s->tries < s->ups->max_retries && s->ups->nbackends > 1) {
+            log_upstream_error(s, err);
+            s->tries++;
+            s->peer = next_peer(s);
+            s->action = "connecting to upstream";
+            mx_upconn_acquire(s, s->ups, s->peer, false);
+            return;
+        }
+    }
+    log_upstream_error(s, err);
+    s->err = err;
+    mx_session_respond_error(s, status_for(err), err);
+}
+
+
+int
+mx_session_on_response_head(mx_session_t *s)
+{
+    mx_h1conn_t *c = s->c;
+    int status = s->status;
+    s->action = "reading response from upstream";
+
+    if (status >= 100 && status < 200 && status != 101) {
+        /* 1xx: forward to HTTP/1.1 clients (not a second 100 after ours). */
+        if (s->http_minor >= 1 && !(status == 100 && s->sent_continue)) {
+            mx_headers_mark_hop_by_hop(&s->resp_headers);
+            mx_h1_send_head(c, s);
+        }
+        mx_headers_init(&s->resp_headers);
+        s->reason = (mx_str_t){NULL, 0};
+        return 0;
+    }
+    bool tunnel = (status == 101 && s->req_upgrade && s->llmethod != HTTP_CONNECT) ||
+                  (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300);
+    if (status == 101 && !tunnel) {
+        s->u->error = MX_EBADRESP;
+        return -1;
+    }
+    mx_headers_mark_hop_by_hop(&s->resp_headers);
+    if (c->svc->via) {
+        char via[16];
+        int n = snprintf(via, sizeof(via), "%d.%d moxy", s->u->parser.http_major,
+                         s->u->parser.http_minor);
+        ssize_t i = mx_headers_find(&s->resp_headers, MX_STR("via"), 0);
+        if (i >= 0) {
+            mx_str_t old = s->resp_headers.v[i].value;
+            char *p = mx_arena_alloc(&s->arena, old.len + 2 + (size_t)n);
+            memcpy(p, old.data, old.len);
+            memcpy(p + old.len, ", ", 2);
+            memcpy(p + old.len + 2, via, (size_t)n);
+            s->resp_headers.v[i].value = (mx_str_t){p, old.len + 2 + (size_t)n};
+        } else {
+            mx_headers_add(&s->resp_headers, &s->arena, MX_STR("Via"),
+                           (mx_str_t){mx_arena_strndup(&s->arena, via, n), (size_t)n});
+        }
+    }
+    s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
+    mx_h1_send_head(c, s);
+    if (tunnel) {
+        set_state(s, MX_SESS_TUNNEL);
+        return 2; /* llhttp: no body, return HPE_PAUSED_UPGRADE */
+    }
+    return s->llmethod == HTTP_HEAD ? 1 : 0;
+}
+
+
+void
+mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
+{
+    if (s->c == NULL)
+        return;
+    mx_h1_send_body(s->c, s, p, n);
+    if (s->c->ws.queued > HIGH_WATER && s->u != NULL)
+        mx_upconn_read_pause(s->u, true);
+}
+
+
+void
+mx_session_on_response_done(mx_session_t *s)
+{
+    mx_upconn_t *u = s->u;
+    if (s->c != NULL)
+        mx_h1_send_end(s->c, s);
+    s->resp_done = 1;
+    if (u != NULL) {
+        s->u = NULL;
+        u->s = NULL;
+        /* Reusable only when the whole request went up and the origin keeps it. */
+        bool reusable = s->req_done && s->pending.len == 0 && llhttp_should_keep_alive(&u->parser);
+        mx_upconn_release(u, reusable);
+    }
+    if (!s->req_done && s->c != NULL)
+        s->c->close_after = 1; /* the origin answered before the body ended */
+    finish(s);
+}
+
+
+void
+mx_session_on_downstream_drain(mx_session_t *s)
+{
+    if (s->u != NULL && s->c != NULL && s->c->ws.queued == 0)
+        mx_upconn_read_pause(s->u, false);
+}
+
+
+void
+mx_session_on_upstream_drain(mx_session_t *s)
+{
+    if (s->c == NULL || s->state == MX_SESS_DONE)
+        return;
+    if (s->req_done && s->state == MX_SESS_PROXY && s->u != NULL)
+        mx_upconn_request_sent(s->u);
+    else if (s->state == MX_SESS_PROXY || s->state == MX_SESS_TUNNEL)
+        mx_h1_read_pause(s->c, false);
+}
+
+
+void
+mx_session_tunnel_down(mx_session_t *s, const char *p, size_t n)
+{
+    if (s->u == NULL || s->state != MX_SESS_TUNNEL) {
+        mx_buf_append(&s->pending, p, n); /* before the 101: keep for later */
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    mx_upconn_write(s->u, &b, 1);
+    if (s->u != NULL && s->u->ws.queued > HIGH_WATER && s->c != NULL)
+        mx_h1_read_pause(s->c, true);
+}
+
+
+void
+mx_session_tunnel_up(mx_session_t *s, const char *p, size_t n)
+{
+    if (s->c == NULL)
+        return;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    s->resp_body_bytes += n;
+    mx_h1_write(s->c, &b, 1);
+    if (s->c->ws.queued > HIGH_WATER && s->u != NULL)
+        mx_upconn_read_pause(s->u, true);
+}
+
+
+/* Starts forwarding raw bytes both ways after a 101 (or CONNECT 2xx). */
+void
+mx_session_start_tunnel(mx_session_t *s)
+{
+    mx_upconn_tunnel(s->u);
+    if (s->c == NULL)
+        return;
+    if (s->pending.len > 0) {
+        uv_buf_t b = uv_buf_init(s->pending.data, (unsigned)s->pending.len);
+        mx_upconn_write(s->u, &b, 1);
+        mx_buf_reset(&s->pending);
+    }
+    mx_h1_tunnel(s->c);
+}
+
+
+void
+mx_session_tunnel_eof(mx_session_t *s, bool from_upstream)
+{
+    (void)from_upstream;
+    if (s->c != NULL)
+        s->c->close_after = 1;
+    finish(s);
+}
+
+
+void
+mx_session_abort(mx_session_t *s, int err)
+{
+    if (s->state == MX_SESS_DONE)
+        return;
+    if (err == MX_ECLIENT && s->state != MX_SESS_READ_HEAD && s->state != MX_SESS_TUNNEL)
+        mx_log_info("#%llu client closed connection while %s, request: \"%.*s %.*s\"",
+                    (unsigned long long)s->id, s->action ? s->action : "waiting",
+                    (int)s->method.len, s->method.data, (int)s->target_raw.len,
+                    s->target_raw.data);
+    if (s->err == 0)
+        s->err = err;
+    if (!s->resp_head_sent && s->status == 0)
+        s->status = 499; /* nginx's "client closed request" in the access log */
+    finish(s);
+}
+
+
+void
+mx_session_respond_error(mx_session_t *s, int status, int err)
+{
+    if (s->state == MX_SESS_DONE)
+        return;
+    if (s->err == 0)
+        s->err = err;
+    if (s->u != NULL) {
+        mx_upconn_t *u = s->u;
+        s->u = NULL;
+        u->s = NULL;
+        mx_upconn_close(u);
+    }
+    if (s->c == NULL || s->resp_head_sent) {
+        if (s->c != NULL)
+            s->c->close_after = 1; /* headers went out: all we can do is cut it short */
+        finish(s);
+        return;
+    }
+    if (status >= 400 && status < 500 && status != 404)
+        s->c->close_after = 1;
+    char body[64];
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, mx_http_reason(status));
+    char len[24];
+    int ln = snprintf(len, sizeof(len), "%d", n);
+    mx_arena_t *a = &s->arena;
+    mx_headers_init(&s->resp_headers);
+    mx_headers_add(&s->resp_headers, a, MX_STR("Server"), MX_STR("moxy"));
+    mx_headers_add(&s->resp_headers, a, MX_STR("Content-Type"), MX_STR("text/plain"));
+    mx_headers_add(&s->resp_headers, a, MX_STR("Content-Length"),
+                   (mx_str_t){mx_arena_strndup(a, len, ln), (size_t)ln});
+    s->status = status;
+    s->reason = (mx_str_t){NULL, 0};
+    s->resp_no_body = s->llmethod == HTTP_HEAD;
+    if (s->http_major == 0) {
+        s->http_major = 1;
+        s->http_minor = 1;
+    }
+    mx_h1_send_head(s->c, s);
+    if (!s->resp_no_body)
+        mx_h1_send_body(s->c, s, body, (size_t)n);
+    s->resp_done = 1;
+    finish(s);
+}
+
+
+static void
+access_log(mx_session_t *s)
+{
+    if (!mx_access_log_enabled())
+        return;
+    char ts[40];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%d/%b/%Y:%H:%M:%S %z", &tm);
+    mx_str_t ua = mx_headers_get(&s->req_headers, MX_STR("user-agent"));
+    mx_str_t ref = mx_headers_get(&s->req_headers, MX_STR("referer"));
+    double rt = (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0;
+    char line[2048];
+    int n = snprintf(line, sizeof(line),
+                     "%s - - [%s] \"%.*s %.*s HTTP/%d.%d\" %d %llu \"%.*s\" \"%.*s\" rt=%.3f "
+                     "upstream=%s\n",
+                     s->c ? s->c->client_addr : "-", ts, (int)s->method.len,
+                     s->method.data ? s->method.data : "", (int)s->target_raw.len,
+                     s->target_raw.data ? s->target_raw.data : "", s->http_major, s->http_minor,
+                     s->status, (unsigned long long)s->resp_body_bytes,
+                     ref.data ? (int)ref.len : 1, ref.data ? ref.data : "-",
+                     ua.data ? (int)ua.len : 1, ua.data ? ua.data : "-", rt,
+                     s->peer ? s->peer->text : "-");
+    if (n > (int)sizeof(line) - 1) {
+        n = sizeof(line) - 1;
+        line[n - 1] = '\n';
+    }
+    if (n > 0)
+        mx_access_log_write(line, (size_t)n);
+}
+
+
+/* Ends the session: logging, then the connection decides keepalive. */
+static void
+finish(mx_session_t *s)
+{
+    if (s->state == MX_SESS_DONE)
+        return;
+    set_state(s, MX_SESS_DONE);
+    if (s->method.len > 0)
+        access_log(s);
+    if (s->u != NULL) {
+        mx_upconn_t *u = s->u;
+        s->u = NULL;
+        u->s = NULL;
+        mx_upconn_close(u);
+    }
+    if (s->c != NULL)
+        mx_h1_session_done(s->c);
+}

@@ -1,0 +1,237 @@
+/* The proxied exchange between one downstream request and its upstream, and
+ * the two connections it joins. A downstream connection (mx_h1conn_t, the
+ * HTTP/1 codec in http/h1_server.c) owns at most one session at a time; the
+ * session borrows an upstream connection (mx_upconn_t, upstream/upconn.c)
+ * from the worker's pool and gives it back when the response ends cleanly. */
+#ifndef MX_PROXY_SESSION_H
+#define MX_PROXY_SESSION_H
+
+#include <llhttp.h>
+#include <uv.h>
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/list.h"
+#include "http/h1_guard.h"
+#include "http/headers.h"
+#include "http/uri.h"
+#include "net/wstream.h"
+#include "worker/worker.h"
+
+typedef enum {
+    MX_SESS_READ_HEAD = 0, /* reading the request head from downstream */
+    MX_SESS_CONNECT,       /* getting an upstream connection (pool or connect) */
+    MX_SESS_PROXY,         /* request going up, response coming down */
+    MX_SESS_TUNNEL,        /* after 101 / CONNECT 2xx: bytes both ways */
+    MX_SESS_DONE,          /* response finished (or aborted); logging ran */
+} mx_sess_state_t;
+
+const char *mx_sess_state_str(mx_sess_state_t st);
+
+/* A downstream HTTP/1.x connection. Freed in its close callback once both
+ * its handles are closed and no session points at it. */
+struct mx_h1conn_s {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_timer_t timer; /* header, body and keepalive timeouts */
+    int handles_open; /* uv handles not yet closed; freed at 0 */
+    mx_worker_t *w;
+    const mx_conf_service_t *svc;
+    mx_list_t node; /* in w->conns */
+    mx_wstream_t ws;
+    llhttp_t parser;
+    mx_h1_guard_t guard;
+    char *rbuf;  /* MX_RBUF_SIZE from the worker, NULL when idle */
+    size_t rpos; /* [rpos, rlen) received and not yet parsed */
+    size_t rlen;
+    mx_session_t *s; /* the request in progress, or NULL */
+    mx_buf_t span;   /* a header name, value or URL split across reads */
+    char client_addr[64];
+    int client_port;
+    uint32_t nrequests;
+    unsigned reading : 1;
+    unsigned paused : 1;    /* parser stopped after a message (pipelining) */
+    unsigned closing : 1;   /* uv_close called, or will be once writes drain */
+    unsigned close_after : 1; /* close once the current response is written */
+    unsigned in_process : 1;  /* inside conn_process(): do not recurse */
+    unsigned eof : 1;         /* the client half-closed */
+    unsigned upgraded : 1;    /* the head asked for a protocol switch */
+    unsigned tunnel : 1;      /* bytes now flow raw to the session */
+};
+
+/* An upstream connection: connecting, carrying one session, or idle in the
+ * pool. Freed in its close callback. */
+struct mx_upconn_s {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_timer_t timer; /* connect, read and idle timeouts */
+    uv_connect_t connect_req;
+    int handles_open;
+    mx_worker_t *w;
+    const mx_conf_upstream_t *ups;
+    const mx_addr_t *addr;
+    mx_wstream_t ws;
+    llhttp_t parser;
+    mx_h1_guard_t guard;
+    char *rbuf;
+    size_t rpos;
+    size_t rlen;
+    mx_session_t *s; /* the session using it, NULL when idle or closing */
+    mx_list_t node;  /* in the pool's idle list */
+    uint64_t idle_since_ms;
+    uint32_t nrequests;
+    unsigned connected : 1;
+    unsigned reading : 1;
+    unsigned closing : 1;
+    unsigned got_bytes : 1; /* a response byte arrived for the current request */
+    unsigned in_trailers : 1;
+    unsigned done : 1;    /* the response message completed inside the parser */
+    unsigned tunnel : 1;
+    unsigned timer_mode : 3;
+    int error;            /* set inside the parser, handled after it returns */
+    mx_buf_t span;
+    mx_str_t cur_name;
+};
+
+struct mx_session_s {
+    mx_h1conn_t *c;
+    mx_worker_t *w;
+    uint64_t id;
+    mx_sess_state_t state;
+    mx_arena_t arena;
+    uint64_t start_ms;
+
+    /* the downstream request */
+    int http_major;
+    int http_minor;
+    uint8_t llmethod; /* llhttp_method_t */
+    mx_str_t method;
+    mx_str_t target_raw;
+    mx_target_t target;
+    mx_headers_t req_headers;
+    size_t head_bytes;  /* request line + fields so far, for the 431 limit */
+    int reject_status;  /* set by a parser callback to refuse the request */
+    uint64_t req_body_bytes;
+    unsigned req_chunked : 1;
+    unsigned req_has_body : 1;
+    unsigned req_done : 1;      /* the whole request was read */
+    unsigned req_keepalive : 1; /* downstream allows another request after */
+    unsigned req_upgrade : 1;   /* Upgrade or CONNECT: may become a tunnel */
+    unsigned expect_continue : 1;
+    unsigned host_count : 2;
+    mx_str_t cur_name; /* header name waiting for its value */
+
+    /* the upstream side */
+    const mx_conf_upstream_t *ups;
+    const mx_addr_t *peer;
+    mx_upconn_t *u;
+    int tries;
+    mx_buf_t up_head; /* the request head as sent upstream (kept for a retry) */
+    mx_buf_t pending; /* request body bytes waiting for the upstream connection */
+    unsigned reused : 1;
+    unsigned up_req_sent : 1; /* the head went out on the current upstream connection */
+    unsigned up_body_started : 1; /* body bytes went upstream: no more retries */
+
+    /* the response */
+    int status;
+    mx_str_t reason;
+    mx_headers_t resp_headers;
+    mx_headers_t resp_trailers;
+    uint64_t resp_body_bytes;
+    unsigned resp_head_sent : 1;
+    unsigned resp_chunked : 1; /* downstream framing is chunked */
+    unsigned resp_no_body : 1;
+    unsigned resp_done : 1;
+    unsigned sent_continue : 1;
+    int err; /* the first failure (UV_E* or MX_E*), 0 if none */
+    const char *action; /* "connecting to upstream", for log lines */
+};
+
+/* --- session (proxy/session.c) --- */
+mx_session_t *mx_session_new(mx_h1conn_t *c);
+void mx_session_free(mx_session_t *s);
+/* The request head is complete and valid: pick the upstream and connect. */
+void mx_session_on_request_head(mx_session_t *s);
+/* A piece of request body (decoded) / the end of the request. */
+void mx_session_on_request_body(mx_session_t *s, const char *p, size_t n);
+void mx_session_on_request_done(mx_session_t *s);
+/* The client went away or timed out: abort everything upstream. */
+void mx_session_abort(mx_session_t *s, int err);
+/* Answers locally with <status> (error page) and ends the session. */
+void mx_session_respond_error(mx_session_t *s, int status, int err);
+/* Bytes the client sent after the head of an upgraded request. */
+void mx_session_tunnel_down(mx_session_t *s, const char *p, size_t n);
+void mx_session_tunnel_eof(mx_session_t *s, bool from_upstream);
+
+/* Called by upconn.c as the upstream response arrives. */
+void mx_session_on_connected(mx_session_t *s, mx_upconn_t *u);
+void mx_session_on_upstream_error(mx_session_t *s, int err);
+int mx_session_on_response_head(mx_session_t *s);
+void mx_session_on_response_body(mx_session_t *s, const char *p, size_t n);
+void mx_session_on_response_done(mx_session_t *s);
+/* The upstream connection wrote everything queued: read more request body. */
+void mx_session_on_upstream_drain(mx_session_t *s);
+/* The client connection wrote everything queued: read more response body. */
+void mx_session_on_downstream_drain(mx_session_t *s);
+/* Upgraded connection: bytes from upstream. */
+void mx_session_tunnel_up(mx_session_t *s, const char *p, size_t n);
+void mx_session_start_tunnel(mx_session_t *s);
+
+/* --- downstream codec (http/h1_server.c) --- */
+void mx_h1_on_accept(uv_stream_t *server, int status);
+/* Sends the head of s->status / s->resp_headers, choosing the framing
+ * (Content-Length as given, chunked for HTTP/1.1 when the length is unknown,
+ * close-delimited for HTTP/1.0) and Connection. <informational> for 1xx. */
+int mx_h1_send_head(mx_h1conn_t *c, mx_session_t *s);
+int mx_h1_send_continue(mx_h1conn_t *c);
+int mx_h1_send_body(mx_h1conn_t *c, mx_session_t *s, const char *p, size_t n);
+/* The terminal chunk with s->resp_trailers when chunked. */
+int mx_h1_send_end(mx_h1conn_t *c, mx_session_t *s);
+/* Raw bytes (tunnel). */
+int mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n);
+/* The session ended: keep the connection alive or close it. */
+void mx_h1_session_done(mx_h1conn_t *c);
+/* Stops or resumes reading from the client (backpressure). */
+void mx_h1_read_pause(mx_h1conn_t *c, bool pause);
+void mx_h1_close(mx_h1conn_t *c);
+/* Switches to raw byte forwarding; buffered client bytes go to the session. */
+void mx_h1_tunnel(mx_h1conn_t *c);
+/* Arms the connection timer for <ms> (0 disarms). */
+void mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms);
+
+/* --- upstream connection (upstream/upconn.c) --- */
+/* Gets a pooled connection to <addr> or starts a new one; calls
+ * mx_session_on_connected() or mx_session_on_upstream_error() later (never
+ * from within this call). <fresh> skips the pool. */
+void mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_t *addr,
+                       bool fresh);
+int mx_upconn_write(mx_upconn_t *u, const uv_buf_t *bufs, unsigned n);
+/* The response ended cleanly: back to the pool if it can be reused. */
+void mx_upconn_release(mx_upconn_t *u, bool reusable);
+void mx_upconn_close(mx_upconn_t *u);
+void mx_upconn_read_pause(mx_upconn_t *u, bool pause);
+void mx_upconn_set_timeout(mx_upconn_t *u, double seconds);
+/* The request was fully sent: wait for the response (arms read_timeout). */
+void mx_upconn_request_sent(mx_upconn_t *u);
+/* Switches to raw byte forwarding (after 101). */
+void mx_upconn_tunnel(mx_upconn_t *u);
+
+/* --- keepalive pool (upstream/pool.c) --- */
+mx_pool_t *mx_pool_new(mx_worker_t *w, size_t cap);
+/* Closes every idle connection and frees the pool once they are closed. */
+void mx_pool_free(mx_pool_t *p);
+/* An idle connection to <addr> that is still open, or NULL. */
+mx_upconn_t *mx_pool_get(mx_pool_t *p, const mx_addr_t *addr);
+void mx_pool_put(mx_pool_t *p, mx_upconn_t *u);
+void mx_pool_remove(mx_pool_t *p, mx_upconn_t *u);
+void mx_pool_close_idle(mx_pool_t *p);
+
+#endif

@@ -1,0 +1,193 @@
+/* Worker threads: one uv loop each, accepting on dups of the main thread's
+ * listening sockets. The main thread talks to a worker only through
+ * <stop_accepting>/<force_stop> and uv_async_send. */
+#include "worker/worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/errors.h"
+#include "core/log.h"
+#include "proxy/session.h"
+
+#define FREE_BUFS_MAX 64
+
+static void worker_main(void *arg);
+static void on_async(uv_async_t *a);
+static void on_accept_close(uv_handle_t *h);
+
+
+int
+mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
+{
+    const mx_conf_t *conf = *(const mx_conf_t **)server; /* mx_server_t starts with its conf */
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->server = server;
+    w->conf = conf;
+    mx_list_init(&w->conns);
+    int rc = uv_loop_init(&w->loop);
+    if (rc < 0)
+        return rc;
+    uv_async_init(&w->loop, &w->async, on_async);
+    w->async.data = w;
+    w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
+    w->rr = mx_calloc(conf->nupstreams ? conf->nupstreams : 1, sizeof(size_t));
+    /* Start each worker's round robin at a different backend. */
+    for (size_t i = 0; i < conf->nupstreams; i++)
+        w->rr[i] = (size_t)(id - 1);
+
+    size_t n = 0;
+    for (size_t i = 0; i < conf->nservices; i++)
+        n += conf->services[i].nlisteners;
+    w->accepts = mx_calloc(n ? n : 1, sizeof(mx_accept_t));
+    size_t k = 0;
+    for (size_t i = 0; i < conf->nservices; i++) {
+        const mx_conf_service_t *svc = &conf->services[i];
+        for (size_t j = 0; j < svc->nlisteners; j++, k++) {
+            mx_accept_t *a = &w->accepts[k];
+            const mx_conf_listener_t *lc = &svc->listeners[j];
+            a->w = w;
+            a->svc = svc;
+            a->lc = lc;
+            int fd = dup(fds[k]);
+            if (lc->addr.kind == MX_ADDR_UNIX) {
+                uv_pipe_init(&w->loop, &a->h.pipe, 0);
+                rc = uv_pipe_open(&a->h.pipe, fd);
+            } else {
+                uv_tcp_init(&w->loop, &a->h.tcp);
+                rc = uv_tcp_open(&a->h.tcp, fd);
+            }
+            a->h.handle.data = a;
+            if (rc == 0)
+                rc = uv_listen(&a->h.stream, lc->backlog > 0 ? lc->backlog : 511, mx_h1_on_accept);
+            if (rc < 0) {
+                mx_log_error("worker %d cannot accept on %s (%s)", id, lc->addr.text,
+                             uv_err_name(rc));
+                return rc;
+            }
+        }
+    }
+    w->naccepts = k;
+    return uv_thread_create(&w->thread, worker_main, w);
+}
+
+
+static void
+worker_main(void *arg)
+{
+    mx_worker_t *w = arg;
+    mx_log_worker = w->id;
+    mx_log_debug("worker %d running", w->id);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* Everything is closed: free what the loop no longer references. */
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&w->loop) != 0)
+        mx_log_warn("worker %d loop closed with handles open", w->id);
+    mx_pool_free(w->pool);
+    w->pool = NULL;
+    for (size_t i = 0; i < w->nfree; i++)
+        mx_free(w->free_bufs[i]);
+    mx_free(w->free_bufs);
+    mx_free(w->accepts);
+    mx_free(w->rr);
+    mx_log_debug("worker %d stopped", w->id);
+}
+
+
+void
+mx_worker_stop(mx_worker_t *w, bool force)
+{
+    w->stop_accepting = 1;
+    if (force)
+        w->force_stop = 1;
+    uv_async_send(&w->async);
+}
+
+
+void
+mx_worker_join(mx_worker_t *w)
+{
+    uv_thread_join(&w->thread);
+}
+
+
+static void
+maybe_exit(mx_worker_t *w)
+{
+    if (!w->draining || w->nconns > 0 || w->async_closed)
+        return;
+    mx_pool_close_idle(w->pool);
+    w->async_closed = 1;
+    uv_close((uv_handle_t *)&w->async, NULL);
+}
+
+
+static void
+on_async(uv_async_t *a)
+{
+    mx_worker_t *w = a->data;
+    if (w->stop_accepting && !w->draining) {
+        w->draining = 1;
+        for (size_t i = 0; i < w->naccepts; i++)
+            uv_close(&w->accepts[i].h.handle, on_accept_close);
+        /* Idle keepalive connections go now; busy ones after their response. */
+        mx_list_t *n = w->conns.next;
+        while (n != &w->conns) {
+            mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
+            n = n->next;
+            if (c->s == NULL)
+                mx_h1_close(c);
+        }
+        mx_pool_close_idle(w->pool);
+    }
+    if (w->force_stop) {
+        mx_list_t *n = w->conns.next;
+        while (n != &w->conns) {
+            mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
+            n = n->next;
+            mx_h1_close(c);
+        }
+    }
+    maybe_exit(w);
+}
+
+
+static void
+on_accept_close(uv_handle_t *h)
+{
+    (void)h;
+}
+
+
+void
+mx_worker_conn_closed(mx_worker_t *w)
+{
+    maybe_exit(w);
+}
+
+
+void *
+mx_worker_buf_get(mx_worker_t *w)
+{
+    if (w->nfree > 0)
+        return w->free_bufs[--w->nfree];
+    return mx_alloc(MX_RBUF_SIZE);
+}
+
+
+void
+mx_worker_buf_put(mx_worker_t *w, void *buf)
+{
+    if (w->nfree == FREE_BUFS_MAX) {
+        mx_free(buf);
+        return;
+    }
+    if (w->nfree == w->cap_free) {
+        w->cap_free = w->cap_free ? w->cap_free * 2 : 16;
+        w->free_bufs = mx_realloc(w->free_bufs, w->cap_free * sizeof(void *));
+    }
+    w->free_bufs[w->nfree++] = buf;
+}
