@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmarks moxy against nginx and haproxy (and the Lua-scripted variants) on
+# 127.0.0.1, every server with one worker in front of the same nginx origin.
+#
+#   bash scripts/bench.sh [build/moxy]        (what `make bench` runs)
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [10]      wrk duration per path and proxy
+#   BENCH_WARMUP [2]        wrk warm-up seconds before each measured run
+#   BENCH_CONNS [50]        wrk connections (-c); wrk runs one thread (-t1)
+#   BENCH_IDLE_CONNS [1000] idle keepalive clients for the RSS-per-connection figure
+#   BENCH_PATHS ["/ /1k"]   paths to load: / is a 12-byte body, /1k a 1 KiB one
+#   BENCH_ONLY              comma list of rows to run, e.g. "nginx,moxy"
+#   MOXY_SCRIPT             Lua script for the "moxy+lua" row (else examples/bench.lua
+#                           if it exists; scripts/bench/moxy_bench.lua is the workload)
+#   BENCH_CALLGRIND [0]     1: also count instructions per request under callgrind
+#   BENCH_CALLGRIND_REQUESTS [2000], BENCH_CALLGRIND_WARMUP [200]
+#
+# Output: a markdown table on stdout and in build/bench/results.md (raw numbers
+# in build/bench/results.json). With the defaults a run takes about 2.5 minutes
+# (+ about 1 minute with BENCH_CALLGRIND=1).
+#
+# Numbers on this 2-core shared machine swing 10-50% from run to run (wrk, the
+# proxy and the origin share the cores; nothing is pinned on purpose), so only
+# ratios between rows of the same run count.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MOXY=${1:-$ROOT/build/moxy}
+case $MOXY in /*) ;; *) MOXY=$PWD/$MOXY ;; esac
+
+for tool in nginx haproxy wrk python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool not found (bash scripts/deps.sh)" >&2; exit 1; }
+done
+
+# 1,000 idle clients + the proxies' own sockets: raise the descriptor limit
+# (children inherit it; nginx and haproxy raise theirs from there).
+want=$(( 8192 + ${BENCH_IDLE_CONNS:-1000} ))
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then ulimit -n "$want"; else ulimit -n "$hard"; fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/moxy-bench.XXXXXX")
+chmod 755 "$TMP"   # nginx workers may run as nobody
+
+PY=
+cleanup() {
+  local rc=$?
+  # bench.py stops what it starts (on exit or SIGTERM); give it a moment...
+  if [ -n "$PY" ] && kill -0 "$PY" 2>/dev/null; then
+    kill -TERM "$PY" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$PY" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$PY" 2>/dev/null || true
+  fi
+  # ...and this is the backstop: every PID it recorded and did not reap.
+  if [ -s "$TMP/pids" ]; then
+    local pid
+    while read -r pid; do
+      if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done < "$TMP/pids"
+    sleep 0.5
+    while read -r pid; do
+      if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done < "$TMP/pids"
+  fi
+  if [ -n "${BENCH_KEEP_TMP:-}" ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# In the background so that a signal to this shell runs the trap at once.
+python3 "$ROOT/scripts/bench/bench.py" --moxy "$MOXY" --root "$ROOT" --tmp "$TMP" \
+  --out "$ROOT/build/bench" &
+PY=$!
+wait "$PY"

@@ -1,0 +1,800 @@
+#!/usr/bin/env python3
+"""moxy benchmark harness (driven by scripts/bench.sh; see README.md beside this file).
+
+Starts one nginx origin and, one after another, each proxy under test (nginx,
+haproxy, moxy, nginx + lua, moxy + lua), all with one worker, all in front of
+the same origin. For each: RSS idle, RSS with N idle keepalive clients, then a
+wrk run per path with CPU time per request from /proc. Prints a markdown table
+and writes it to OUT/results.md (and the raw numbers to OUT/results.json).
+
+Numbers on this 2-core shared machine swing 10-50% between runs (wrk, the
+proxy and the origin share the cores; nothing is pinned), so only the ratios
+within one run mean anything.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TPL = os.path.join(HERE, "templates")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UA = "moxy-bench/1"
+NGINX_MODULE_DIRS = ["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
+
+
+def env_int(name, default):
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        sys.exit(f"bench: {name} must be an integer")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# processes: every child is recorded in TMP/pids so bench.sh's EXIT trap can
+# kill it by PID even if this script dies.
+
+class Procs:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.live = []          # Popen objects
+        self.pidfile = os.path.join(tmp, "pids")
+        self.recorded = set()
+
+    def _write(self):
+        with open(self.pidfile + ".new", "w") as f:
+            f.write("".join(f"{p}\n" for p in sorted(self.recorded)))
+        os.replace(self.pidfile + ".new", self.pidfile)
+
+    def _record(self, pid):
+        self.recorded.add(pid)
+        self._write()
+
+    def start(self, argv, logpath, cwd=None):
+        out = open(logpath, "ab")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, cwd=cwd,
+                             start_new_session=True)
+        out.close()
+        self._record(p.pid)
+        self.live.append(p)
+        return p
+
+    def note_extra(self, pid):
+        """A PID we did not spawn directly (an nginx worker) to kill at exit."""
+        self._record(pid)
+
+    def stop(self, p, sig=signal.SIGTERM, grace=5.0):
+        if p.poll() is None:
+            kids = children(p.pid)
+            try:
+                p.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+            # an nginx worker outlives a master that was SIGKILLed
+            for k in kids:
+                if pid_alive(k):
+                    try:
+                        os.kill(k, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if p in self.live:
+            self.live.remove(p)
+        # forget what has exited so the shell's backstop never signals a reused PID
+        self.recorded = {q for q in self.recorded if pid_alive(q)}
+        self._write()
+
+    def stop_all(self):
+        for p in list(self.live):
+            self.stop(p, grace=3.0)
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        return st[st.rindex(")") + 2] != "Z"
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+
+
+def children(pid):
+    kids = []
+    for fn in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(fn) as f:
+                kids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes (all their threads), in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])   # stat fields 14 and 15
+    return total
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def tail(path, n=15):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        return "\n".join(lines[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def render(name, out, **vals):
+    with open(os.path.join(TPL, name)) as f:
+        text = f.read()
+    for k, v in vals.items():
+        text = text.replace(f"@{k}@", str(v))
+    left = re.findall(r"@[A-Z0-9_]+@", text)
+    if left:
+        raise RuntimeError(f"{name}: unfilled placeholders {left}")
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+# --------------------------------------------------------------------------
+# a tiny HTTP/1.1 client (sanity checks, idle connections, callgrind driver)
+
+def request_bytes(port, path):
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"User-Agent: {UA}\r\n\r\n").encode()
+
+
+def read_response(sock, buf=b""):
+    """Reads one response; returns (status, headers{lower: value}, body, rest)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            buf += chunk
+        return status, headers, buf[:n], buf[n:]
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
+        while True:
+            while b"\r\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed in a chunk size")
+                buf += chunk
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed in a chunk")
+                buf += chunk
+            if size == 0:
+                # no trailers expected: the final CRLF follows
+                return status, headers, body, buf[2:]
+            body += buf[:size]
+            buf = buf[size + 2:]
+    raise ConnectionError("response has neither Content-Length nor chunked")
+
+
+def http_get(port, path, timeout=2.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request_bytes(port, path))
+        status, headers, body, _ = read_response(s)
+        return status, headers, body
+
+
+def wait_ready(port, proc, timeout):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        try:
+            status, _, _ = http_get(port, "/", timeout=1.0)
+            if status == 200:
+                return None
+            last = f"GET / answered {status}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    return f"not ready after {timeout}s ({last})"
+
+
+def open_idle(port, n):
+    """n connections, one GET answered on each, left open. Returns the sockets."""
+    socks = []
+    req = request_bytes(port, "/")
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        s.sendall(req)
+        read_response(s)
+        socks.append(s)
+    return socks
+
+
+def count_open(socks):
+    """A socket the proxy closed is readable (EOF); an idle open one is not."""
+    closed = 0
+    for i in range(0, len(socks), 500):
+        part = socks[i:i + 500]
+        r, _, _ = select.select(part, [], [], 0)
+        closed += len(r)
+    return len(socks) - closed
+
+
+def keepalive_requests(port, path, n, timeout=10.0):
+    """n sequential requests on one keepalive connection (for callgrind)."""
+    req = request_bytes(port, path)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        rest = b""
+        for _ in range(n):
+            s.sendall(req)
+            status, _, _, rest = read_response(s, rest)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        return None
+    x = float(m.group(1))
+    return {"us": x / 1000, "ms": x, "s": x * 1000, "m": x * 60000}[m.group(2)]
+
+
+def run_wrk(port, path, seconds, conns, threads=1):
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
+            "-H", f"User-Agent: {UA}", f"http://127.0.0.1:{port}{path}"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = p.stdout
+    r = {"raw": out, "errors": []}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r["errors"].append(f"{m.group(1)} non-2xx")
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m and any(int(x) for x in m.groups()):
+        r["errors"].append("socket errors: connect %s, read %s, write %s, timeout %s" % m.groups())
+    if p.returncode != 0:
+        r["errors"].append(f"wrk exit {p.returncode}: {p.stderr.strip()[:200]}")
+    return r
+
+
+# --------------------------------------------------------------------------
+# the servers
+
+def nginx_lua_modules():
+    """Absolute paths of the NDK and lua modules (lua needs NDK's symbols)."""
+    mods = []
+    for name in ("ndk_http_module.so", "ngx_http_lua_module.so"):
+        for d in NGINX_MODULE_DIRS:
+            path = os.path.join(d, name)
+            if os.path.exists(path):
+                mods.append(os.path.realpath(path))
+                break
+    if not any(m.endswith("ngx_http_lua_module.so") for m in mods):
+        return None
+    return mods
+
+
+class Server:
+    """One started server: its Popen, the PIDs to measure and the log."""
+
+    def __init__(self, name, proc, port, logpath, main_pid=None):
+        self.name = name
+        self.proc = proc
+        self.port = port
+        self.log = logpath
+        self.main_pid = main_pid or proc.pid   # the process that serves
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.tmp = args.tmp
+        self.procs = Procs(args.tmp)
+        self.seconds = env_int("BENCH_SECONDS", 10)
+        self.warmup = env_int("BENCH_WARMUP", 2)
+        self.conns = env_int("BENCH_CONNS", 50)
+        self.idle = env_int("BENCH_IDLE_CONNS", 1000)
+        self.paths = os.environ.get("BENCH_PATHS", "/ /1k").split()
+        self.cg = os.environ.get("BENCH_CALLGRIND", "0") == "1"
+        self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
+        self.cg_warm = env_int("BENCH_CALLGRIND_WARMUP", 200)
+        self.only = set(os.environ.get("BENCH_ONLY", "").split(",")) - {""}
+        self.lua_mods = nginx_lua_modules()
+        self.moxy = os.path.abspath(args.moxy)
+        self.moxy_script = self.find_moxy_script()
+        self.origin = None
+
+    def find_moxy_script(self):
+        s = os.environ.get("MOXY_SCRIPT")
+        if s:
+            return os.path.abspath(s)
+        ex = os.path.join(self.a.root, "examples", "bench.lua")
+        return ex if os.path.exists(ex) else None
+
+    def prefix(self, name):
+        d = os.path.join(self.tmp, name)
+        os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+        return d
+
+    # -- starters: each returns a Server (not yet known to be ready)
+
+    def start_origin(self):
+        port = free_port()
+        pre = self.prefix("origin")
+        conf = render("origin.nginx.conf", os.path.join(pre, "nginx.conf"),
+                      PREFIX=pre, PORT=port, BODY1K="x" * 1023 + "\\n")
+        logp = os.path.join(pre, "logs", "stderr.log")
+        p = self.procs.start(["nginx", "-p", pre, "-e", f"{pre}/logs/error.log", "-c", conf], logp)
+        return Server("origin", p, port, logp)
+
+    def nginx_conf(self, name, port, lua, callgrind=False):
+        pre = self.prefix(name)
+        mods = ""
+        snippet = ""
+        if lua:
+            mods = "\n".join(f"load_module {m};" for m in self.lua_mods)
+            with open(os.path.join(TPL, "lua.nginx.snippet")) as f:
+                snippet = f.read().rstrip()
+        return pre, render("proxy.nginx.conf", os.path.join(pre, "nginx.conf"),
+                           PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
+                           LOAD_MODULES=mods, LUA=snippet,
+                           MASTER="master_process off;" if callgrind else "")
+
+    def start_nginx(self, name, lua=False, wrap=(), callgrind=False):
+        port = free_port()
+        pre, conf = self.nginx_conf(name, port, lua, callgrind)
+        logp = os.path.join(pre, "logs", "stderr.log")
+        p = self.procs.start(list(wrap) + ["nginx", "-p", pre, "-e", f"{pre}/logs/error.log",
+                                           "-c", conf], logp)
+        return Server(name, p, port, logp)
+
+    def start_haproxy(self, name, wrap=()):
+        port = free_port()
+        pre = self.prefix(name)
+        conf = render("haproxy.cfg", os.path.join(pre, "haproxy.cfg"),
+                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port)
+        logp = os.path.join(pre, "stderr.log")
+        p = self.procs.start(list(wrap) + ["haproxy", "-db", "-f", conf], logp)
+        return Server(name, p, port, logp)
+
+    def start_moxy(self, name, script=None, wrap=()):
+        port = free_port()
+        pre = self.prefix(name)
+        lua_path = ""
+        script_line = ""
+        if script:
+            lua_path = 'lua_path: "lua/?.lua;examples/?.lua;scripts/bench/?.lua"'
+            script_line = f"    script: {script}"
+        conf = render("moxy.yaml", os.path.join(pre, "moxy.yaml"),
+                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
+                      LUA_PATH=lua_path, SCRIPT=script_line)
+        logp = os.path.join(pre, "moxy.log")
+        if not os.access(self.moxy, os.X_OK):
+            raise FileNotFoundError(f"{self.moxy}: not an executable")
+        p = self.procs.start(list(wrap) + [self.moxy, "-c", conf], logp, cwd=self.a.root)
+        return Server(name, p, port, logp)
+
+    # -- the rows
+
+    def rows(self):
+        rows = [
+            ("nginx", "nginx", lambda: self.start_nginx("nginx")),
+            ("haproxy", "nginx", lambda: self.start_haproxy("haproxy")),
+            ("moxy", "nginx", lambda: self.start_moxy("moxy")),
+        ]
+        if self.lua_mods:
+            rows.append(("nginx+lua", "nginx+lua", lambda: self.start_nginx("nginx_lua", lua=True)))
+        else:
+            self.notes.append("nginx+lua skipped: ngx_http_lua_module.so not found "
+                              f"in {', '.join(NGINX_MODULE_DIRS)} (libnginx-mod-http-lua)")
+        if self.moxy_script:
+            rows.append(("moxy+lua", "nginx+lua",
+                         lambda: self.start_moxy("moxy_lua", script=self.moxy_script)))
+        else:
+            self.notes.append("moxy+lua skipped: no script (set MOXY_SCRIPT, e.g. "
+                              "MOXY_SCRIPT=scripts/bench/moxy_bench.lua, or add examples/bench.lua)")
+        if self.only:
+            rows = [r for r in rows if r[0] in self.only]
+        return rows
+
+    def sanity(self, srv, scripted):
+        status, _, body = http_get(srv.port, "/")
+        if status != 200 or body != b"hello world\n":
+            return f"GET / -> {status} {body[:40]!r}"
+        if "/1k" in self.paths:
+            status, _, body = http_get(srv.port, "/1k")
+            if status != 200 or len(body) != 1024:
+                return f"GET /1k -> {status}, {len(body)} bytes"
+        if scripted:
+            status, headers, body = http_get(srv.port, "/_xbench")
+            if body != UA.encode():
+                return f"the script did not send x-bench upstream (origin saw {body[:40]!r})"
+            if "x-served-by" not in headers:
+                return "the script did not set x-served-by"
+        return None
+
+    def measure(self, name, base, start):
+        row = {"name": name, "base": base, "status": "ok", "notes": [], "paths": {}}
+        log(f"bench: {name}")
+        try:
+            srv = start()
+        except Exception as e:       # noqa: BLE001 - a row failing must not stop the run
+            row.update(status="failed", error=f"could not start: {e}")
+            return row
+        try:
+            err = wait_ready(srv.port, srv.proc, 10)
+            if err:
+                row.update(status="failed", error=err, log=tail(srv.log))
+                return row
+            time.sleep(0.3)
+            kids = children(srv.proc.pid)
+            for k in kids:
+                self.procs.note_extra(k)
+            if name.startswith("nginx") and kids:
+                srv.main_pid = kids[0]           # the worker; the master only supervises
+                row["master_rss_kib"] = rss_kib(srv.proc.pid)
+            try:
+                err = self.sanity(srv, base == "nginx+lua")
+            except (OSError, ValueError) as e:
+                err = f"sanity request failed: {e}"
+            if err:
+                row.update(status="failed", error=err, log=tail(srv.log))
+                return row
+            row["rss_idle_kib"] = rss_kib(srv.main_pid)
+
+            socks = []
+            try:
+                socks = open_idle(srv.port, self.idle)
+                time.sleep(0.5)
+                row["rss_conns_kib"] = rss_kib(srv.main_pid)
+                row["conns_open"] = count_open(socks)
+                if row["conns_open"] < self.idle:
+                    row["notes"].append(f"only {row['conns_open']}/{self.idle} idle conns stayed open")
+            except (OSError, ValueError) as e:
+                row["notes"].append(f"idle connections: {e} after {len(socks)}")
+                row["rss_conns_kib"] = None
+            finally:
+                for s in socks:
+                    s.close()
+            time.sleep(0.3)
+
+            for path in self.paths:
+                if self.warmup > 0:
+                    run_wrk(srv.port, path, self.warmup, self.conns)
+                pids = srv.pids()
+                opids = self.origin.pids()
+                t0, c0, o0 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
+                r = run_wrk(srv.port, path, self.seconds, self.conns)
+                t1, c1, o1 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
+                wall = t1 - t0
+                r["cpu_us_per_req"] = ((c1 - c0) / CLK_TCK * 1e6 / r["requests"]
+                                       if r["requests"] else None)
+                r["cpu_pct"] = (c1 - c0) / CLK_TCK / wall * 100
+                r["origin_cpu_pct"] = (o1 - o0) / CLK_TCK / wall * 100
+                r["origin_cpu_us_per_req"] = ((o1 - o0) / CLK_TCK * 1e6 / r["requests"]
+                                              if r["requests"] else None)
+                del r["raw"]
+                row["paths"][path] = r
+                if r["errors"]:
+                    row["notes"].append(f"{path}: " + "; ".join(r["errors"]))
+                if srv.proc.poll() is not None:
+                    row.update(status="failed", error=f"died during the run (status {srv.proc.returncode})",
+                               log=tail(srv.log))
+                    return row
+            row["rss_after_kib"] = rss_kib(srv.main_pid)
+            if any(p["requests"] == 0 for p in row["paths"].values()):
+                row.update(status="failed", error="wrk completed no requests", log=tail(srv.log))
+        finally:
+            self.procs.stop(srv.proc)
+        return row
+
+    # -- callgrind: instructions per request
+
+    def callgrind(self):
+        rows = []
+        targets = [("nginx", lambda w: self.start_nginx("cg_nginx", wrap=w, callgrind=True))]
+        if self.lua_mods:
+            targets.append(("nginx+lua", lambda w: self.start_nginx("cg_nginx_lua", lua=True,
+                                                                     wrap=w, callgrind=True)))
+        targets.append(("moxy", lambda w: self.start_moxy("cg_moxy", wrap=w)))
+        if self.moxy_script:
+            targets.append(("moxy+lua", lambda w: self.start_moxy("cg_moxy_lua", script=self.moxy_script,
+                                                                   wrap=w)))
+        if self.only:
+            targets = [t for t in targets if t[0] in self.only]
+        for name, start in targets:
+            log(f"bench: callgrind {name}")
+            cgdir = os.path.join(self.tmp, "cg_" + name.replace("+", "_"))
+            os.makedirs(cgdir, exist_ok=True)
+            wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cgdir}/cg.%p.out"]
+            row = {"name": name}
+            srv = None
+            try:
+                srv = start(wrap)
+                err = wait_ready(srv.port, srv.proc, 60)
+                if err:
+                    raise RuntimeError(f"{err}\n{tail(srv.log)}")
+                keepalive_requests(srv.port, "/", self.cg_warm, timeout=30)
+                self.cg_control("-z", srv.proc.pid)
+                t0 = time.time()
+                keepalive_requests(srv.port, "/", self.cg_reqs, timeout=30)
+                row["seconds"] = time.time() - t0
+                before = set(glob.glob(f"{cgdir}/cg.*.out.*"))
+                self.cg_control("-d", srv.proc.pid)
+                dumps = sorted(set(glob.glob(f"{cgdir}/cg.*.out.*")) - before)
+                if not dumps:
+                    raise RuntimeError("callgrind wrote no dump")
+                ir = None
+                with open(dumps[-1]) as f:
+                    for line in f:
+                        if line.startswith("totals:") or (ir is None and line.startswith("summary:")):
+                            ir = int(line.split()[1])
+                row["ir"] = ir
+                row["ir_per_req"] = ir / self.cg_reqs
+            except Exception as e:   # noqa: BLE001
+                row["error"] = str(e).strip()
+            finally:
+                if srv:
+                    self.procs.stop(srv.proc, sig=signal.SIGINT if name.startswith("moxy") else signal.SIGTERM,
+                                    grace=15)
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def cg_control(flag, pid):
+        p = subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True,
+                           text=True, timeout=30)
+        if p.returncode != 0 or "OK" not in p.stdout:
+            raise RuntimeError(f"callgrind_control {flag}: {p.stdout.strip()} {p.stderr.strip()}")
+
+    # -- report
+
+    def run(self):
+        self.notes = []
+        t_start = time.time()
+        self.origin = self.start_origin()
+        err = wait_ready(self.origin.port, self.origin.proc, 10)
+        if err:
+            sys.exit(f"bench: origin nginx failed: {err}\n{tail(self.origin.log)}\n"
+                     f"{tail(os.path.join(self.tmp, 'origin', 'logs', 'error.log'))}")
+        time.sleep(0.2)
+        for k in children(self.origin.proc.pid):
+            self.procs.note_extra(k)
+        results = [self.measure(n, b, s) for n, b, s in self.rows()]
+        cg = self.callgrind() if self.cg else None
+        self.procs.stop(self.origin.proc)
+        report = self.report(results, cg, time.time() - t_start)
+        print(report)
+        os.makedirs(self.a.out, exist_ok=True)
+        with open(os.path.join(self.a.out, "results.md"), "w") as f:
+            f.write(report)
+        with open(os.path.join(self.a.out, "results.json"), "w") as f:
+            json.dump({"settings": self.settings(), "rows": results, "callgrind": cg}, f, indent=1)
+        log(f"bench: wrote {os.path.join(self.a.out, 'results.md')}")
+        return 0
+
+    def settings(self):
+        return {"seconds": self.seconds, "warmup": self.warmup, "conns": self.conns,
+                "idle_conns": self.idle, "paths": self.paths, "moxy": self.moxy,
+                "moxy_script": self.moxy_script}
+
+    def report(self, results, cg, elapsed):
+        by = {r["name"]: r for r in results}
+        L = []
+        L.append("# moxy benchmark\n")
+        L.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
+                 f"kernel {platform.release()}; {versions()}.")
+        L.append(f"wrk -t1 -c{self.conns} -d{self.seconds}s --latency after a {self.warmup}s warm-up; "
+                 f"every server has one worker and proxies to one nginx origin over upstream keepalive. "
+                 f"Nothing pinned: numbers swing 10-50% between runs on this machine, "
+                 f"compare only the ratios within one run.\n")
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        def ratio(a, b):
+            return "-" if a is None or not b else f"{a / b:.2f}"
+
+        for i, path in enumerate(self.paths):
+            first = i == 0
+            body = "12-byte body" if path == "/" else ("1 KiB body" if path == "/1k" else path)
+            L.append(f"## GET {path} ({body})\n")
+            if first:
+                L.append("| proxy | req/s | p50 ms | p99 ms | CPU µs/req | RSS idle MiB | "
+                         f"RSS {self.idle} conns MiB | KiB/conn | req/s × base | CPU/req × base | RSS × base |")
+                L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            else:
+                L.append("| proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s × base | CPU/req × base |")
+                L.append("|---|---:|---:|---:|---:|---:|---:|")
+            for r in results:
+                label = r["name"] + (" †" if r["base"] != "nginx" else "")
+                if r["status"] != "ok":
+                    cols = 11 if first else 7
+                    L.append(f"| {label} | failed |" + " |" * (cols - 2))
+                    continue
+                p = r["paths"].get(path, {})
+                b = by.get(r["base"])
+                bp = b["paths"].get(path, {}) if b and b["status"] == "ok" else {}
+                cells = [label, f(p.get("rps"), ".0f"), f(p.get("p50"), ".2f"), f(p.get("p99"), ".2f"),
+                         f(p.get("cpu_us_per_req"), ".1f")]
+                if first:
+                    ri, rc = r.get("rss_idle_kib"), r.get("rss_conns_kib")
+                    per = (rc - ri) / self.idle if rc is not None and ri is not None else None
+                    cells += [f(ri and ri / 1024, ".1f"), f(rc and rc / 1024, ".1f"), f(per, ".2f")]
+                cells += [ratio(p.get("rps"), bp.get("rps")),
+                          ratio(p.get("cpu_us_per_req"), bp.get("cpu_us_per_req"))]
+                if first:
+                    bb = b if b and b["status"] == "ok" else {}
+                    cells.append(ratio(r.get("rss_conns_kib"), bb.get("rss_conns_kib")))
+                L.append("| " + " | ".join(cells) + " |")
+            L.append("")
+        L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua. "
+                 "CPU µs/req = the proxy's utime+stime (all threads, all its processes) over the wrk run "
+                 "÷ requests completed. RSS = VmRSS of the serving process (for nginx the worker; "
+                 f"the master adds about {master_rss(results)}), idle after start and with "
+                 f"{self.idle} idle keepalive clients that each got one answer; RSS × base compares the latter.\n")
+
+        L.append("## Details\n")
+        for r in results:
+            if r["status"] != "ok":
+                L.append(f"- **{r['name']}: failed** — {r.get('error', '')}")
+                if r.get("log"):
+                    L.append("\n  ```\n" + "\n".join("  " + x for x in r["log"].splitlines()) + "\n  ```")
+                continue
+            parts = []
+            for path, p in r["paths"].items():
+                parts.append(f"{path}: proxy CPU {p['cpu_pct']:.0f}%, origin CPU {p['origin_cpu_pct']:.0f}% "
+                             f"({f(p['origin_cpu_us_per_req'], '.1f')} µs/req)")
+            extra = f"; idle conns open {r.get('conns_open', '-')}/{self.idle}"
+            if r.get("rss_after_kib"):
+                extra += f"; RSS after load {r['rss_after_kib'] / 1024:.1f} MiB"
+            L.append(f"- {r['name']}: " + "; ".join(parts) + extra)
+            for n in r["notes"]:
+                L.append(f"  - note: {n}")
+        for n in self.notes:
+            L.append(f"- {n}")
+        L.append("\nCPU % is of one core; the origin is not the bottleneck while it stays well under 100%.")
+
+        if cg is not None:
+            L.append(f"\n## Instructions per request (callgrind)\n")
+            L.append(f"{self.cg_reqs} sequential GET / on one keepalive connection after {self.cg_warm} "
+                     "warm-up requests; Ir between `callgrind_control -z` and `-d`, ÷ requests "
+                     "(all threads; nginx with master_process off).\n")
+            L.append("| proxy | Ir/request | × nginx | × nginx+lua |")
+            L.append("|---|---:|---:|---:|")
+            cgby = {c["name"]: c for c in cg}
+            for c in cg:
+                if "ir_per_req" not in c:
+                    L.append(f"| {c['name']} | failed | - | - |")
+                    continue
+                vs_lua = (ratio(c["ir_per_req"], cgby.get("nginx+lua", {}).get("ir_per_req"))
+                          if c["name"].endswith("lua") else "")
+                L.append(f"| {c['name']} | {c['ir_per_req']:,.0f} | "
+                         f"{ratio(c['ir_per_req'], cgby.get('nginx', {}).get('ir_per_req'))} | {vs_lua} |")
+            for c in cg:
+                if "error" in c:
+                    L.append(f"\n- callgrind {c['name']} failed: " + c["error"].replace("\n", "\n  "))
+        L.append(f"\n_Run took {elapsed:.0f}s._\n")
+        return "\n".join(L)
+
+
+def master_rss(results):
+    for r in results:
+        if r.get("master_rss_kib"):
+            return f"{r['master_rss_kib'] / 1024:.1f} MiB"
+    return "a few MiB"
+
+
+def versions():
+    out = []
+    for argv, pat in ((["nginx", "-v"], r"nginx/(\S+)"), (["haproxy", "-v"], r"version (\S+)"),
+                      (["wrk", "-v"], r"wrk (\S+)")):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+            m = re.search(pat, p.stdout + p.stderr)
+            out.append(f"{argv[0]} {m.group(1) if m else '?'}")
+        except OSError:
+            out.append(f"{argv[0]} missing")
+    return ", ".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--moxy", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--tmp", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 + env_int("BENCH_IDLE_CONNS", 1000)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    for tool in ("nginx", "haproxy", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found (run scripts/deps.sh)")
+    b = Bench(args)
+    # SIGTERM (e.g. from a CI timeout) unwinds through the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return b.run()
+    finally:
+        b.procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Request smuggling and malformed requests: each gets 400 (or the listed
+status), the connection closes, and nothing reaches the origin. Each bad
+request is followed by a smuggled 'GET /smuggled' that must never be seen."""
+import time
+import unittest
+
+from harness import Client, MoxyTestCase, simple_config
+
+SMUGGLED = b"GET /smuggled?case=CASE HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def post(headers, body=b""):
+    return b"POST /echo?case=CASE HTTP/1.1\r\nHost: moxy.test\r\n" + headers + b"\r\n" + body + SMUGGLED
+
+
+# name -> (raw request, accepted statuses, whether it is only detectable in the body)
+CASES = {
+    "cl_and_te": (post(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"), (400,), False),
+    "two_different_cl": (post(b"Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!"), (400,), False),
+    "duplicate_same_cl": (post(b"Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"), (400,), False),
+    "cl_abc": (post(b"Content-Length: abc\r\n"), (400,), False),
+    "cl_negative": (post(b"Content-Length: -1\r\n"), (400,), False),
+    "cl_with_space": (post(b"Content-Length: 1 2\r\n", b"x"), (400,), False),
+    "bad_chunk_size": (post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"), (400,), True),
+    "chunk_missing_crlf": (post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhelloXX0\r\n\r\n"), (400,), True),
+    "obs_fold": (post(b"X-A: 1\r\n  folded\r\nContent-Length: 0\r\n"), (400,), False),
+    "bare_cr_in_header": (post(b"X-A: a\rb\r\nContent-Length: 0\r\n"), (400,), False),
+    "space_before_colon": (post(b"Content-Length : 0\r\n"), (400,), False),
+    "te_gzip_only": (post(b"Transfer-Encoding: gzip\r\n", b"abc"), (400, 501), False),
+    "te_chunked_not_last": (post(b"Transfer-Encoding: chunked, gzip\r\n", b"0\r\n\r\n"), (400, 501), False),
+    "nul_in_header": (post(b"X-A: a\x00b\r\nContent-Length: 0\r\n"), (400,), False),
+    "nul_in_target": (b"GET /ec\x00ho?case=CASE HTTP/1.1\r\nHost: x\r\n\r\n" + SMUGGLED, (400,), False),
+    "bad_version": (b"GET /echo?case=CASE HTTP/1.7x\r\nHost: x\r\n\r\n" + SMUGGLED, (400, 505), False),
+}
+
+
+class Smuggling(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        cls.origin = cls.class_origin()
+        cls.moxy = cls.class_moxy(simple_config(cls.origin.port))
+
+    def check_rejected(self, name, raw, statuses, body_level):
+        o = self.origin
+        nbytes = self.quiet_bytes()
+        with Client(self.moxy.port) as c:
+            c.send(raw.replace(b"CASE", name.encode()))
+            self.assert_status(c.response(), statuses)
+            self.assert_closed(c, "after a rejected request")
+        time.sleep(0.1)
+        self.assertEqual([t for t in o.targets() if f"case={name}" in t], [], "requests reached the origin")
+        if not body_level:
+            self.assertEqual(o.bytes_received, nbytes, "bytes reached the origin")
+        with Client(self.moxy.port) as c:        # still serving
+            self.assert_status(c.request("GET", "/echo?after"), 200)
+
+    def quiet_bytes(self, timeout=2):
+        """origin.bytes_received once unchanged for 100 ms (earlier traffic settled)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            before = self.origin.bytes_received
+            time.sleep(0.1)
+            if self.origin.bytes_received == before or time.monotonic() > deadline:
+                return self.origin.bytes_received
+
+
+def _make(name, raw, statuses, body_level):
+    return lambda self: self.check_rejected(name, raw, statuses, body_level)
+
+
+for _name, _case in CASES.items():
+    setattr(Smuggling, f"test_{_name}", _make(_name, *_case))
+
+
+if __name__ == "__main__":
+    unittest.main()
