@@ -652,7 +652,8 @@ class Origin:
 
     IDLE_TIMEOUT = 30
 
-    def __init__(self):
+    def __init__(self, unix_path=None):
+        self.unix_path = unix_path
         self.lock = threading.Lock()
         self.connections = 0
         self.bytes_received = 0
@@ -665,12 +666,16 @@ class Origin:
         self.port = None
 
     def start(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        if self.unix_path:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.bind(self.unix_path)
+        else:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
         self.sock.listen(256)
         self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         t = threading.Thread(target=self._accept_loop, name=f"origin-{self.port}", daemon=True)
         t.start()
         self._threads.append(t)
@@ -724,8 +729,10 @@ class Origin:
 
     def _serve(self, conn):
         conn.settimeout(self.IDLE_TIMEOUT)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.unix_path:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = Reader(conn, self._count)
+        reader.drop_next = False
         try:
             while not self._stopping:
                 try:
@@ -789,8 +796,19 @@ class Origin:
             conn.sendall(response_bytes(status, hs, payload, head_only, keep))
             return keep
 
-        if path == "/close-before-headers":
+        if path == "/close-before-headers" or reader.drop_next:
             return False
+        if path == "/drop-next":
+            reader.drop_next = True     # the next request on this connection gets no answer
+            return send(200, [("Content-Type", "text/plain")], b"ok")
+        if path == "/trailers":
+            body = b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+            conn.sendall(response_bytes(200, [("Transfer-Encoding", "chunked"), ("Trailer", "X-Checksum")],
+                                        b"", head_only, keep) + (b"" if head_only else body))
+            return keep
+        if path == "/early-hints":
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            return send(200, [("Content-Type", "text/plain")], b"final")
         if path == "/ws":
             return self._websocket(conn, reader, headers)
         if path == "/slow":
