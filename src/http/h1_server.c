@@ -295,6 +295,7 @@ static void
 finish_session(mx_h1conn_t *c)
 {
     mx_session_t *s = c->s;
+    mx_h1_flush(c);
     bool keep = s->req_done && s->req_keepalive && !c->close_after && !c->eof && !c->upgraded &&
                 !c->w->draining && s->err != MX_EBADREQ;
     c->s = NULL;
@@ -392,6 +393,7 @@ on_close(uv_handle_t *h)
     if (c->rbuf != NULL)
         mx_worker_buf_put(w, c->rbuf);
     mx_buf_dispose(&c->span);
+    mx_buf_dispose(&c->out);
     mx_list_remove(&c->node);
     w->nconns--;
     mx_free(c);
@@ -426,7 +428,17 @@ mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n)
 {
     if (c->closing)
         return MX_ECLIENT;
-    int rc = mx_wstream_write(&c->ws, bufs, n);
+    int rc;
+    if (c->out.len > 0) {
+        uv_buf_t all[8];
+        all[0] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+        for (unsigned i = 0; i < n && i < 7; i++)
+            all[i + 1] = bufs[i];
+        rc = mx_wstream_write(&c->ws, all, n + 1);
+        mx_buf_reset(&c->out);
+    } else {
+        rc = mx_wstream_write(&c->ws, bufs, n);
+    }
     if (rc < 0) {
         c->close_after = 1;
         return rc;
@@ -687,23 +699,33 @@ append_headers(mx_buf_t *b, const mx_headers_t *h)
 
 
 int
+mx_h1_flush(mx_h1conn_t *c)
+{
+    if (c->out.len == 0)
+        return MX_OK;
+    return mx_h1_write(c, NULL, 0);
+}
+
+
+/* Serializes the head into c->out; it leaves with the first body bytes or at
+ * the next mx_h1_flush(), whichever comes first. */
+int
 mx_h1_send_head(mx_h1conn_t *c, mx_session_t *s)
 {
-    mx_buf_t b;
-    mx_buf_init(&b);
+    mx_buf_t *b = &c->out;
     int status = s->status;
     bool info = status >= 100 && status < 200 && status != 101;
     mx_str_t reason = s->reason.len ? s->reason : (mx_str_t){mx_http_reason(status), 0};
     if (reason.len == 0)
         reason.len = strlen(reason.data);
-    mx_buf_printf(&b, "HTTP/1.1 %03d %.*s\r\n", status, (int)reason.len, reason.data);
-    append_headers(&b, &s->resp_headers);
+    mx_buf_printf(b, "HTTP/1.1 %03d %.*s\r\n", status, (int)reason.len, reason.data);
+    append_headers(b, &s->resp_headers);
 
     if (status == 101 || (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300)) {
         if (status == 101) {
             mx_str_t up = mx_headers_get(&s->resp_headers, MX_STR("upgrade"));
             if (up.data != NULL)
-                mx_buf_printf(&b, "Upgrade: %.*s\r\nConnection: upgrade\r\n", (int)up.len,
+                mx_buf_printf(b, "Upgrade: %.*s\r\nConnection: upgrade\r\n", (int)up.len,
                               up.data);
         }
     } else if (!info) {
@@ -717,21 +739,18 @@ mx_h1_send_head(mx_h1conn_t *c, mx_session_t *s)
                 keep = false; /* HTTP/1.0: the close delimits the body */
         }
         if (s->resp_chunked)
-            mx_buf_append_str(&b, MX_STR("Transfer-Encoding: chunked\r\n"));
+            mx_buf_append_str(b, MX_STR("Transfer-Encoding: chunked\r\n"));
         if (!keep) {
             c->close_after = 1;
-            mx_buf_append_str(&b, MX_STR("Connection: close\r\n"));
+            mx_buf_append_str(b, MX_STR("Connection: close\r\n"));
         } else if (!http11) {
-            mx_buf_append_str(&b, MX_STR("Connection: keep-alive\r\n"));
+            mx_buf_append_str(b, MX_STR("Connection: keep-alive\r\n"));
         }
     }
-    mx_buf_append_str(&b, MX_STR("\r\n"));
-    uv_buf_t ub = uv_buf_init(b.data, (unsigned)b.len);
-    int rc = mx_h1_write(c, &ub, 1);
-    mx_buf_dispose(&b);
+    mx_buf_append_str(b, MX_STR("\r\n"));
     if (!info)
         s->resp_head_sent = 1;
-    return rc;
+    return MX_OK;
 }
 
 
@@ -766,7 +785,7 @@ int
 mx_h1_send_end(mx_h1conn_t *c, mx_session_t *s)
 {
     if (!s->resp_chunked)
-        return MX_OK;
+        return mx_h1_flush(c);
     if (s->resp_trailers.n == 0) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
         return mx_h1_write(c, &b, 1);

@@ -356,6 +356,7 @@ mx_session_on_response_head(mx_session_t *s)
         if (s->http_minor >= 1 && !(status == 100 && s->sent_continue)) {
             mx_headers_mark_hop_by_hop(&s->resp_headers);
             mx_h1_send_head(c, s);
+            mx_h1_flush(c);
         }
         mx_headers_init(&s->resp_headers);
         s->reason = (mx_str_t){NULL, 0};
@@ -427,6 +428,14 @@ mx_session_on_response_done(mx_session_t *s)
 
 
 void
+mx_session_flush(mx_session_t *s)
+{
+    if (s->c != NULL)
+        mx_h1_flush(s->c);
+}
+
+
+void
 mx_session_on_downstream_drain(mx_session_t *s)
 {
     if (s->u != NULL && s->c != NULL && s->c->ws.queued == 0)
@@ -480,6 +489,7 @@ mx_session_start_tunnel(mx_session_t *s)
     mx_upconn_tunnel(s->u);
     if (s->c == NULL)
         return;
+    mx_h1_flush(s->c);
     if (s->pending.len > 0) {
         uv_buf_t b = uv_buf_init(s->pending.data, (unsigned)s->pending.len);
         mx_upconn_write(s->u, &b, 1);
@@ -558,6 +568,7 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     mx_h1_send_head(s->c, s);
     if (!s->resp_no_body)
         mx_h1_send_body(s->c, s, body, (size_t)n);
+    mx_h1_flush(s->c);
     s->resp_done = 1;
     finish(s);
 }

@@ -50,6 +50,7 @@ struct mx_h1conn_s {
     size_t rlen;
     mx_session_t *s; /* the request in progress, or NULL */
     mx_buf_t span;   /* a header name, value or URL split across reads */
+    mx_buf_t out;    /* a response head waiting to go out with the first body bytes */
     char client_addr[64];
     int client_port;
     uint32_t nrequests;
@@ -184,6 +185,8 @@ void mx_session_on_downstream_drain(mx_session_t *s);
 /* Upgraded connection: bytes from upstream. */
 void mx_session_tunnel_up(mx_session_t *s, const char *p, size_t n);
 void mx_session_start_tunnel(mx_session_t *s);
+/* End of a read from upstream: a held response head goes out now. */
+void mx_session_flush(mx_session_t *s);
 
 /* --- downstream codec (http/h1_server.c) --- */
 void mx_h1_on_accept(uv_stream_t *server, int status);
@@ -195,8 +198,10 @@ int mx_h1_send_continue(mx_h1conn_t *c);
 int mx_h1_send_body(mx_h1conn_t *c, mx_session_t *s, const char *p, size_t n);
 /* The terminal chunk with s->resp_trailers when chunked. */
 int mx_h1_send_end(mx_h1conn_t *c, mx_session_t *s);
-/* Raw bytes (tunnel). */
+/* Writes <bufs> after any head still held in c->out (one writev). */
 int mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n);
+/* Sends a held head now (end of a read from upstream, end of a response). */
+int mx_h1_flush(mx_h1conn_t *c);
 /* The session ended: keep the connection alive or close it. */
 void mx_h1_session_done(mx_h1conn_t *c);
 /* Stops or resumes reading from the client (backpressure). */

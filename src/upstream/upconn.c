@@ -312,6 +312,7 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         mx_session_on_upstream_error(s, err);
         return;
     }
+    mx_session_flush(s);
     if (u->done) {
         /* Bytes after the response are a protocol violation: do not reuse. */
         if (e == HPE_PAUSED &&
