@@ -93,7 +93,7 @@ worker_main(void *arg)
     mx_free(w->free_bufs);
     mx_free(w->accepts);
     mx_free(w->rr);
-    mx_log_debug("worker %d stopped", w->id);
+    mx_log_info("worker %d stopped after %llu requests", w->id, (unsigned long long)w->req_seq);
 }
 
 
