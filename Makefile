@@ -12,7 +12,7 @@ LLHTTP_INC := /usr/share/include/llhttp
 
 # Recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # scripts/deps.sh has installed the packages.
-PKGS     = libuv yaml-0.1
+PKGS     = libuv yaml-0.1 luajit
 OPT      = -O2
 ifeq ($(SAN),1)
 OPT      = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined

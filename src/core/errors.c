@@ -41,6 +41,12 @@ mx_strerror(int rc)
         return "not implemented";
     case MX_EVERSION:
         return "HTTP version not supported";
+    case MX_ELUA:
+        return "lua error";
+    case MX_EBADPHASE:
+        return "not allowed in this phase";
+    case MX_EBADARG:
+        return "invalid argument";
     }
     if (rc < 0 && rc > -5000)
         return uv_err_name(rc);

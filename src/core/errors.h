@@ -22,6 +22,9 @@
 #define MX_ETIMEOUT_HDR (-5011) /* client did not send its head in time: 408 */
 #define MX_ENOTIMPL     (-5012) /* unsupported transfer coding or feature: 501 */
 #define MX_EVERSION     (-5013) /* HTTP version not supported: 505 */
+#define MX_ELUA         (-5014) /* a Lua handler raised an error or returned a wrong type */
+#define MX_EBADPHASE    (-5015) /* a Lua API call not allowed in the current phase */
+#define MX_EBADARG      (-5016) /* a Lua API call with an invalid argument */
 
 /* Returns a static description of <rc>: libuv's name for UV_E* codes
  * ("ECONNREFUSED"), moxy's for MX_E* ones. Never NULL. */

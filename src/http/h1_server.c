@@ -625,9 +625,9 @@ on_headers_complete(llhttp_t *p)
 
     mx_h1_set_timeout(c, s->req_has_body ? MS(svc->client_body_timeout) : 0);
     mx_session_on_request_head(s);
-    if (s->state == MX_SESS_DONE)
-        return -1; /* answered already: stop parsing this connection */
-    return 0;
+    if (s->state == MX_SESS_DONE && s->req_has_body)
+        return -1; /* answered before its body: stop parsing this connection */
+    return 0;     /* (a bodyless request answered at once still reaches its end) */
 }
 
 

@@ -11,17 +11,29 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "http/status.h"
+#include "lua/vm.h"
 
 #define ARENA_FIRST   4096
 #define HIGH_WATER    (256 * 1024) /* queued bytes before the reading side pauses */
 
 static void finish(mx_session_t *s);
+static void send_local(mx_session_t *s);
+
+/* Timeouts for a peer a script chose outside any YAML group. */
+static const mx_conf_upstream_t script_peer_defaults = {
+    .name = "(script)",
+    .max_retries = 0,
+    .connect_timeout = 2,
+    .read_timeout = 30,
+    .write_timeout = 30,
+    .idle_timeout = 60,
+};
 
 
 const char *
 mx_sess_state_str(mx_sess_state_t st)
 {
-    static const char *names[] = {"READ_HEAD", "CONNECT", "PROXY", "TUNNEL", "DONE"};
+    static const char *names[] = {"READ_HEAD", "PHASES", "CONNECT", "PROXY", "TUNNEL", "DONE"};
     return st <= MX_SESS_DONE ? names[st] : "?";
 }
 
@@ -46,6 +58,8 @@ mx_session_new(mx_h1conn_t *c)
     s->w = c->w;
     s->id = ++c->w->req_seq;
     s->start_ms = uv_now(&c->w->loop);
+    s->lua_phase = -1;
+    s->svc_index = (size_t)(c->svc - c->w->conf->services);
     mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
     mx_headers_init(&s->req_headers);
     mx_headers_init(&s->resp_headers);
@@ -59,6 +73,7 @@ mx_session_new(mx_h1conn_t *c)
 void
 mx_session_free(mx_session_t *s)
 {
+    mx_lua_release(s);
     if (s->u != NULL) {
         mx_upconn_t *u = s->u;
         s->u = NULL;
@@ -114,9 +129,9 @@ next_peer(mx_session_t *s)
 
 
 /* Adds X-Forwarded-For and Via, fixes Host, hides Expect (moxy answers
- * 100-continue itself), then serializes the head into s->up_head. */
+ * 100-continue itself): the request as upstream_request_filter sees it. */
 static void
-build_upstream_head(mx_session_t *s)
+prepare_upstream_headers(mx_session_t *s)
 {
     const mx_conf_service_t *svc = s->c->svc;
     mx_headers_t *h = &s->req_headers;
@@ -159,7 +174,14 @@ build_upstream_head(mx_session_t *s)
             mx_headers_add(h, a, MX_STR("Via"), (mx_str_t){mx_arena_strndup(a, via, n), n});
         }
     }
+}
 
+
+/* Serializes the upstream request head into s->up_head. */
+static void
+serialize_upstream_head(mx_session_t *s)
+{
+    mx_headers_t *h = &s->req_headers;
     mx_buf_t *b = &s->up_head;
     mx_str_t target = s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE
                           ? s->target.path_and_query
@@ -191,26 +213,108 @@ build_upstream_head(mx_session_t *s)
 }
 
 
-void
-mx_session_on_request_head(mx_session_t *s)
+/* Runs <phase> if the script has it, then continues with <next> (now, or
+ * when a yielded handler finishes). */
+static void
+run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
-    const mx_conf_service_t *svc = s->c->svc;
-    set_state(s, MX_SESS_CONNECT);
-    s->ups = svc->upstream_ref;
-    if (s->ups == NULL || s->ups->nbackends == 0) {
-        mx_log_error("#%llu no upstream configured for service \"%s\"", (unsigned long long)s->id,
-                     svc->name);
-        mx_session_respond_error(s, 502, MX_ENOUPSTREAM);
+    if (!mx_vm_has(s->w->vm, s->svc_index, phase)) {
+        next(s, MX_OK);
         return;
     }
-    s->peer = next_peer(s);
-    build_upstream_head(s);
-    if (s->expect_continue && s->req_has_body) {
+    s->lua_next = next;
+    int rc = mx_lua_run(s, phase);
+    if (rc != MX_AGAIN) {
+        s->lua_next = NULL;
+        next(s, rc);
+    }
+}
+
+
+void
+mx_session_on_phase_done(mx_session_t *s, int rc)
+{
+    void (*next)(mx_session_t *, int) = s->lua_next;
+    s->lua_next = NULL;
+    if (next != NULL && s->state != MX_SESS_DONE)
+        next(s, rc);
+}
+
+
+/* The request phases ended (<rc>): a Lua error is a 500, a local answer
+ * goes out, else true when proxying should go on. */
+static bool
+phase_ok(mx_session_t *s, int rc)
+{
+    if (rc == MX_ELUA) {
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return false;
+    }
+    if (s->local_status) {
+        send_local(s);
+        return false;
+    }
+    return true;
+}
+
+
+static void
+after_upstream_request_filter(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    serialize_upstream_head(s);
+    set_state(s, MX_SESS_CONNECT);
+    if (s->expect_continue && s->req_has_body && !s->req_done && s->c != NULL) {
         mx_h1_send_continue(s->c);
         s->sent_continue = 1;
     }
     s->action = "connecting to upstream";
     mx_upconn_acquire(s, s->ups, s->peer, false);
+}
+
+
+static void
+after_upstream_peer(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    const mx_conf_service_t *svc = s->c->svc;
+    if (s->peer_set) {
+        s->peer = &s->peer_addr;
+        if (s->ups == NULL)
+            s->ups = svc->upstream_ref ? svc->upstream_ref : &script_peer_defaults;
+    } else {
+        if (s->ups == NULL)
+            s->ups = svc->upstream_ref;
+        if (s->ups == NULL || s->ups->nbackends == 0) {
+            mx_log_error("#%llu no upstream for service \"%s\": upstream_peer chose none and "
+                         "the service has no upstream group",
+                         (unsigned long long)s->id, svc->name);
+            mx_session_respond_error(s, 500, MX_ENOUPSTREAM);
+            return;
+        }
+        s->peer = next_peer(s);
+    }
+    prepare_upstream_headers(s);
+    run_phase(s, MX_PH_UPSTREAM_REQUEST_FILTER, after_upstream_request_filter);
+}
+
+
+static void
+after_request_filter(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    run_phase(s, MX_PH_UPSTREAM_PEER, after_upstream_peer);
+}
+
+
+void
+mx_session_on_request_head(mx_session_t *s)
+{
+    set_state(s, MX_SESS_PHASES);
+    run_phase(s, MX_PH_REQUEST_FILTER, after_request_filter);
 }
 
 
@@ -387,6 +491,11 @@ mx_session_on_response_head(mx_session_t *s)
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return -1;
+    }
     mx_h1_send_head(c, s);
     if (tunnel) {
         set_state(s, MX_SESS_TUNNEL);
@@ -574,6 +683,42 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
 }
 
 
+/* Sends what s:respond() set, after response_filter (resp:source() is
+ * "local" there), and ends the session. */
+static void
+send_local(mx_session_t *s)
+{
+    char len[24];
+    int ln = snprintf(len, sizeof(len), "%zu", s->local_body.len);
+    mx_arena_t *a = &s->arena;
+    s->status = s->local_status;
+    s->reason = (mx_str_t){NULL, 0};
+    mx_headers_set(&s->resp_headers, a, MX_STR("Content-Length"),
+                   (mx_str_t){mx_arena_strndup(a, len, ln), (size_t)ln});
+    s->resp_no_body = s->llmethod == HTTP_HEAD || s->status == 204 || s->status == 304;
+    if (s->resp_no_body && (s->status == 204 || s->status == 304))
+        mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
+        s->local_status = 0;
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return;
+    }
+    if (s->c == NULL) {
+        finish(s);
+        return;
+    }
+    if (!s->req_done && s->req_has_body)
+        s->c->close_after = 1; /* the unread body would be parsed as a request */
+    mx_h1_send_head(s->c, s);
+    if (!s->resp_no_body)
+        mx_h1_send_body(s->c, s, s->local_body.data, s->local_body.len);
+    mx_h1_flush(s->c);
+    s->resp_done = 1;
+    finish(s);
+}
+
+
 static void
 access_log(mx_session_t *s)
 {
@@ -613,6 +758,9 @@ finish(mx_session_t *s)
 {
     if (s->state == MX_SESS_DONE)
         return;
+    if (s->method.len > 0 && mx_vm_has(s->w->vm, s->svc_index, MX_PH_LOGGING) &&
+        s->lua_phase < 0)
+        mx_lua_run(s, MX_PH_LOGGING); /* errors are logged only */
     set_state(s, MX_SESS_DONE);
     if (s->method.len > 0)
         access_log(s);

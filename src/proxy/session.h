@@ -20,6 +20,7 @@
 
 typedef enum {
     MX_SESS_READ_HEAD = 0, /* reading the request head from downstream */
+    MX_SESS_PHASES,        /* running request phases (may yield into Lua) */
     MX_SESS_CONNECT,       /* getting an upstream connection (pool or connect) */
     MX_SESS_PROXY,         /* request going up, response coming down */
     MX_SESS_TUNNEL,        /* after 101 / CONNECT 2xx: bytes both ways */
@@ -153,10 +154,25 @@ struct mx_session_s {
     unsigned resp_done : 1;
     unsigned sent_continue : 1;
     int err; /* the first failure (UV_E* or MX_E*), 0 if none */
+
+    /* Lua (lua/vm.c) */
+    size_t svc_index;
+    int lua_co_ref;  /* registry ref of the request's coroutine, 0 if none */
+    void *lua_co;    /* its lua_State */
+    int lua_phase;   /* the phase running or yielded, -1 when none */
+    void (*lua_next)(mx_session_t *s, int rc); /* continues the state machine */
+    void *lua_wait;  /* a pending moxy.sleep timer */
+    int local_status; /* s:respond() status, 0 when not responded */
+    mx_str_t local_body;
+    unsigned lua_headers_local : 1; /* resp_headers hold s:respond()'s headers */
+    unsigned peer_set : 1;          /* upstream_peer chose s->peer_addr */
+    mx_addr_t peer_addr;            /* the peer a script chose */
     const char *action; /* "connecting to upstream", for log lines */
 };
 
 /* --- session (proxy/session.c) --- */
+/* A yielded Lua phase finished (lua/vm.c): continue the state machine. */
+void mx_session_on_phase_done(mx_session_t *s, int rc);
 mx_session_t *mx_session_new(mx_h1conn_t *c);
 void mx_session_free(mx_session_t *s);
 /* The request head is complete and valid: pick the upstream and connect. */

@@ -16,6 +16,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/vm.h"
 #include "net/listener.h"
 #include "server/server.h"
 
@@ -72,13 +73,6 @@ check_supported(const mx_conf_t *c, char *err, size_t errlen)
 {
     for (size_t i = 0; i < c->nservices; i++) {
         const mx_conf_service_t *svc = &c->services[i];
-        if (svc->script != NULL) {
-            snprintf(err, errlen,
-                     "%s: services[%zu].script: Lua scripts are not supported by this build "
-                     "yet (the Lua phase engine has not landed)",
-                     c->file, i);
-            return MX_ECONF;
-        }
         for (size_t j = 0; j < svc->nlisteners; j++) {
             if (svc->listeners[j].tls) {
                 snprintf(err, errlen,
@@ -88,12 +82,22 @@ check_supported(const mx_conf_t *c, char *err, size_t errlen)
                 return MX_ECONF;
             }
         }
-        if (svc->upstream_ref == NULL) {
+        if (svc->upstream_ref == NULL && svc->script == NULL) {
             snprintf(err, errlen,
                      "%s: services[%zu].upstream: required (a service without a script needs an "
                      "upstream group)",
                      c->file, i);
             return MX_ECONF;
+        }
+    }
+    /* Scripts load in a scratch VM first: syntax and init() errors surface here. */
+    for (size_t i = 0; i < c->nservices; i++) {
+        if (c->services[i].script != NULL) {
+            mx_vm_t *vm;
+            if (mx_vm_new(c, NULL, &vm, err, errlen) != MX_OK)
+                return MX_ECONF;
+            mx_vm_free(vm);
+            break;
         }
     }
     return MX_OK;

@@ -10,9 +10,12 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/vm.h"
 #include "proxy/session.h"
 
 #define FREE_BUFS_MAX 64
+
+__thread mx_worker_t *mx_current_worker;
 
 static void worker_main(void *arg);
 static void on_async(uv_async_t *a);
@@ -33,6 +36,16 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
         return rc;
     uv_async_init(&w->loop, &w->async, on_async);
     w->async.data = w;
+    for (size_t i = 0; i < conf->nservices; i++) {
+        if (conf->services[i].script == NULL)
+            continue;
+        char err[1024];
+        if (mx_vm_new(conf, w, &w->vm, err, sizeof(err)) != MX_OK) {
+            mx_log_error("worker %d: %s", id, err);
+            return MX_ECONF;
+        }
+        break;
+    }
     w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
     w->rr = mx_calloc(conf->nupstreams ? conf->nupstreams : 1, sizeof(size_t));
     /* Start each worker's round robin at a different backend. */
@@ -80,6 +93,7 @@ worker_main(void *arg)
 {
     mx_worker_t *w = arg;
     mx_log_worker = w->id;
+    mx_current_worker = w;
     mx_log_debug("worker %d running", w->id);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* Everything is closed: free what the loop no longer references. */
@@ -88,6 +102,8 @@ worker_main(void *arg)
         mx_log_warn("worker %d loop closed with handles open", w->id);
     mx_pool_free(w->pool);
     w->pool = NULL;
+    mx_vm_free(w->vm);
+    w->vm = NULL;
     for (size_t i = 0; i < w->nfree; i++)
         mx_free(w->free_bufs[i]);
     mx_free(w->free_bufs);

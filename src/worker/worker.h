@@ -37,6 +37,7 @@ struct mx_worker_s {
     mx_list_t conns; /* downstream connections (mx_h1conn_t.node) */
     size_t nconns;
     mx_pool_t *pool;
+    struct mx_vm_s *vm; /* NULL when no service has a script */
 
     void **free_bufs; /* MX_RBUF_SIZE blocks */
     size_t nfree;
@@ -58,6 +59,8 @@ int mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
  * close everything now (<force>). */
 void mx_worker_stop(mx_worker_t *w, bool force);
 void mx_worker_join(mx_worker_t *w);
+
+extern __thread mx_worker_t *mx_current_worker;
 
 void *mx_worker_buf_get(mx_worker_t *w);
 void mx_worker_buf_put(mx_worker_t *w, void *buf);

@@ -1,0 +1,152 @@
+-- moxy.engine: the Lua half of the phase engine (the C half is src/lua/vm.c).
+-- C loads each service's script with engine.load() and runs every request in a
+-- coroutine running engine.body, resumed with (phase, session, service) for the
+-- request's first phase and (phase) for the next. The body yields (true, ok, err)
+-- when a phase is done; a handler that waits (moxy.sleep) yields nothing.
+local ffi = require "ffi"
+local bit = require "bit"
+local backend = require "moxy.backend"
+local live = require "moxy.live"
+
+backend.set(live)
+
+local session = require "moxy.session"
+
+local bor, lshift = bit.bor, bit.lshift
+local getinfo = debug.getinfo
+local traceback = debug.traceback
+local error = error
+local loadfile = loadfile
+local setmetatable = setmetatable
+local tostring = tostring
+local type = type
+local xpcall = xpcall
+local yield = coroutine.yield
+local running = coroutine.running
+local co_sp = live.co_sp
+
+local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
+local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
+local RESPONSE_FILTER, LOGGING, RELEASE = 4, 5, 6
+local session_ptr = ffi.typeof("mx_session_t *")
+
+local apps = {}                     -- service index -> the script's handler table
+
+-- The backend of a session whose request ended: every call raises.
+local ENDED = setmetatable({}, { __index = function(_, name)
+    return function()
+        error("s:" .. name .. "(): the request this session belonged to has ended", 2)
+    end
+end })
+
+local _M = {}
+
+
+function _M.start(worker_id, worker_count)
+    _M.worker_id, _M.worker_count = worker_id, worker_count
+end
+
+
+-- Loads the script of service <svc>; returns the bitmask of the phases it handles.
+function _M.load(svc, path)
+    local chunk, err = loadfile(path)
+    if chunk == nil then
+        error(err, 0)
+    end
+    local app = chunk()
+    if type(app) ~= "table" then
+        error(path .. ": a script must return a table of phase handlers, got " .. type(app), 0)
+    end
+    if type(app.init) == "function" then
+        app.init({})
+    end
+    local mask = 0
+    for id = REQUEST_FILTER, LOGGING do
+        if type(app[PHASES[id]]) == "function" then
+            mask = bor(mask, lshift(1, id))
+        end
+    end
+    apps[svc] = app
+    return mask
+end
+
+
+-- "file:line" of a handler, for errors about what it returned.
+local function where(fn)
+    local info = getinfo(fn, "S")
+    return info.short_src .. ":" .. info.linedefined
+end
+
+
+-- Turns upstream_peer's answer into the peer C connects to.
+local function set_peer(sp, peer, handler)
+    local t = type(peer)
+    if t == "string" then
+        return live.set_peer(sp, peer)
+    end
+    if t == "table" then
+        if peer.unix then
+            return live.set_peer(sp, "unix:" .. peer.unix)
+        end
+        if peer.host and peer.port then
+            local host = tostring(peer.host)
+            if host:find(":", 1, true) then
+                host = "[" .. host .. "]"
+            end
+            return live.set_peer(sp, host .. ":" .. tostring(peer.port))
+        end
+    end
+    error(where(handler) .. ": upstream_peer must return moxy.peer{...} or a \"host:port\""
+          .. " string, got " .. (t == "table" and "a table without host/port" or t), 0)
+end
+
+
+local function run(app, phase, s, ctx)
+    local name = PHASES[phase]
+    local handler = app[name]
+    if phase == REQUEST_FILTER then
+        local r = handler(s, ctx)
+        if r == true and not s:responded() then
+            error(where(handler) .. ": request_filter returned true without s:respond()", 0)
+        end
+    elseif phase == UPSTREAM_PEER then
+        local peer = handler(s, ctx)
+        if not s:responded() then
+            set_peer(s.sp, peer, handler)
+        end
+    elseif phase == UPSTREAM_REQUEST_FILTER then
+        handler(s, s.req, ctx)
+    elseif phase == RESPONSE_FILTER then
+        handler(s, s.resp, ctx)
+    elseif phase == LOGGING then
+        handler(s, nil, ctx)
+    end
+end
+
+
+local function on_error(e)
+    return traceback(tostring(e), 2)
+end
+
+
+-- The coroutine body: one request at a time, all its phases, then pooled again.
+function _M.body(phase, p, svc)
+    while true do
+        local app = apps[svc]
+        local sp = ffi.cast(session_ptr, p)
+        local ctx = app.new_ctx and app.new_ctx() or {}
+        local s = session.new(sp, ctx)
+        co_sp[running()] = sp
+        while phase ~= RELEASE do
+            local ok, err = xpcall(run, on_error, app, phase, s, ctx)
+            phase = yield(true, ok, err)
+        end
+        co_sp[running()] = nil
+        -- A session kept past its request must not reach freed C memory.
+        s.b, s.req.b, s.resp.b = ENDED, ENDED, ENDED
+        phase, p, svc = yield(true, true, nil)
+    end
+end
+
+
+return _M

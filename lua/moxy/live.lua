@@ -1,0 +1,264 @@
+-- moxy.live: the live backend, thin FFI calls into the moxy binary (src/lua/ffi/api.c).
+-- It implements the backend contract that moxy.session and moxy are written over;
+-- moxy.fake is the plain-Lua twin moxy.test uses.
+local ffi = require "ffi"
+
+local C = ffi.C
+local ffi_str = ffi.string
+local error = error
+local find = string.find
+local getinfo = debug.getinfo
+local pairs = pairs
+local tostring = tostring
+local type = type
+local yield = coroutine.yield
+local running = coroutine.running
+local setmetatable = setmetatable
+
+
+ffi.cdef[[
+typedef struct mx_session_s mx_session_t;
+typedef struct { const char *data; size_t len; } moxy_str_t;
+int moxy_abi_version(void);
+int moxy_last_error(char *buf, size_t len);
+int moxy_req_str(mx_session_t *s, int what, moxy_str_t *out);
+int moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, moxy_str_t *out);
+int moxy_header_count(mx_session_t *s, int resp);
+int moxy_header_at(mx_session_t *s, int resp, int i, moxy_str_t *name, moxy_str_t *value);
+int moxy_header_set(mx_session_t *s, int resp, int mode, const char *n, size_t nl,
+                    const char *v, size_t vl);
+int moxy_req_set(mx_session_t *s, int what, const char *v, size_t vl);
+int moxy_resp_status(mx_session_t *s);
+int moxy_resp_set_status(mx_session_t *s, int status);
+int moxy_respond(mx_session_t *s, int status, const char *body, size_t len);
+int moxy_responded(mx_session_t *s);
+int moxy_resp_source(mx_session_t *s);
+int moxy_conn_str(mx_session_t *s, int what, moxy_str_t *out);
+int moxy_conn_num(mx_session_t *s, int what);
+double moxy_session_num(mx_session_t *s, int what);
+int moxy_session_phase(mx_session_t *s);
+int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
+int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
+double moxy_now(void);
+int moxy_sleep(mx_session_t *s, double seconds);
+void moxy_log(int level, const char *msg, size_t len);
+int moxy_worker_id(void);
+int moxy_worker_count(void);
+]]
+
+local ABI_VERSION = 1
+if C.moxy_abi_version() ~= ABI_VERSION then
+    error("moxy.live: the binary's ABI is " .. C.moxy_abi_version() .. ", this library's is "
+          .. ABI_VERSION)
+end
+
+-- Return codes, as in src/core/errors.h.
+local OK, AGAIN, DECLINED = 0, 1, 2
+local E_BAD_PHASE, E_BAD_ARG = -5015, -5016
+
+local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
+                 "response_filter", "logging", "release" }
+local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
+local SOURCES = { [0] = "upstream", "local", "error" }
+
+local str1 = ffi.new("moxy_str_t[1]")   -- filled and copied with no yield in between
+local str2 = ffi.new("moxy_str_t[1]")
+local errbuf = ffi.new("char[256]")
+
+local _M = { _VERSION = "0.1.0", PHASES = PHASES }
+
+
+-- The stack level of the first caller outside moxy's own library, so that an error
+-- names the user's file:line however deep the library's call chain is.
+local function user_level()
+    local level = 3
+    while true do
+        local info = getinfo(level, "S")
+        if info == nil then
+            return 2
+        end
+        if info.what ~= "C" and not find(info.source, "/moxy/", 1, true) then
+            return level - 1
+        end
+        level = level + 1
+    end
+end
+
+
+-- Raises the C side's reason for <rc>, blaming the caller of the API method.
+local function raise(rc, what)
+    local n = C.moxy_last_error(errbuf, 256)
+    local why = ffi_str(errbuf, n)
+    if rc == E_BAD_PHASE then
+        error(what .. " cannot be called " .. why, user_level())
+    end
+    error(what .. ": " .. (n > 0 and why or ("error " .. tostring(rc))), user_level())
+end
+
+
+local function req_str(sp, what)
+    C.moxy_req_str(sp, what, str1)
+    return ffi_str(str1[0].data, str1[0].len)
+end
+
+
+function _M.req_method(sp) return req_str(sp, 0) end
+function _M.req_uri(sp) return req_str(sp, 1) end
+function _M.req_version(sp) return req_str(sp, 2) end
+function _M.req_scheme(sp) return req_str(sp, 3) end
+
+
+local function header(sp, resp, name, what)
+    local rc = C.moxy_header_get(sp, resp, name, #name, str1)
+    if rc == OK then
+        return ffi_str(str1[0].data, str1[0].len)
+    elseif rc == DECLINED then
+        return nil
+    end
+    raise(rc, what)
+end
+
+
+local function header_count(sp, resp, what)
+    local n = C.moxy_header_count(sp, resp)
+    if n < 0 then
+        raise(n, what)
+    end
+    return n
+end
+
+
+local function header_at(sp, resp, i)
+    if C.moxy_header_at(sp, resp, i - 1, str1, str2) ~= OK then
+        return nil
+    end
+    return ffi_str(str1[0].data, str1[0].len), ffi_str(str2[0].data, str2[0].len)
+end
+
+
+local function header_set(sp, resp, mode, name, value, what)
+    value = value ~= nil and tostring(value) or ""
+    local rc = C.moxy_header_set(sp, resp, mode, name, #name, value, #value)
+    if rc ~= OK then
+        raise(rc, what)
+    end
+end
+
+
+function _M.req_header(sp, name) return header(sp, 0, name, "s.req:header()") end
+function _M.req_header_count(sp) return header_count(sp, 0, "s.req:headers()") end
+function _M.req_header_at(sp, i) return header_at(sp, 0, i) end
+function _M.req_set_header(sp, n, v) header_set(sp, 0, 0, n, v, "s.req:set_header()") end
+function _M.req_add_header(sp, n, v) header_set(sp, 0, 1, n, v, "s.req:add_header()") end
+function _M.req_remove_header(sp, n) header_set(sp, 0, 2, n, nil, "s.req:remove_header()") end
+function _M.resp_header(sp, name) return header(sp, 1, name, "s.resp:header()") end
+function _M.resp_header_count(sp) return header_count(sp, 1, "s.resp:headers()") end
+function _M.resp_header_at(sp, i) return header_at(sp, 1, i) end
+function _M.resp_set_header(sp, n, v) header_set(sp, 1, 0, n, v, "s.resp:set_header()") end
+function _M.resp_add_header(sp, n, v) header_set(sp, 1, 1, n, v, "s.resp:add_header()") end
+function _M.resp_remove_header(sp, n) header_set(sp, 1, 2, n, nil, "s.resp:remove_header()") end
+
+
+function _M.req_set_method(sp, m)
+    local rc = C.moxy_req_set(sp, 0, m, #m)
+    if rc ~= OK then raise(rc, "s.req:set_method()") end
+end
+
+
+function _M.req_set_uri(sp, uri)
+    local rc = C.moxy_req_set(sp, 1, uri, #uri)
+    if rc ~= OK then raise(rc, "s.req:set_uri()") end
+end
+
+
+function _M.resp_status(sp)
+    local n = C.moxy_resp_status(sp)
+    if n < 0 then raise(n, "s.resp:status()") end
+    return n
+end
+
+
+function _M.resp_set_status(sp, n)
+    local rc = C.moxy_resp_set_status(sp, n)
+    if rc ~= OK then raise(rc, "s.resp:set_status()") end
+end
+
+
+-- A local answer; the engine sends it once the phase returns.
+function _M.respond(sp, status, body, headers)
+    local rc = C.moxy_respond(sp, status, body, body and #body or 0)
+    if rc ~= OK then raise(rc, "s:respond()") end
+    if headers then
+        for k, v in pairs(headers) do
+            header_set(sp, 1, 0, k, v, "s:respond()")
+        end
+    end
+end
+
+
+function _M.responded(sp) return C.moxy_responded(sp) ~= 0 end
+function _M.resp_source(sp) return SOURCES[C.moxy_resp_source(sp)] end
+
+
+local function conn_str(sp, what)
+    if C.moxy_conn_str(sp, what, str1) ~= OK then
+        return nil
+    end
+    return ffi_str(str1[0].data, str1[0].len)
+end
+
+
+function _M.client_addr(sp) return conn_str(sp, 0) end
+function _M.server_addr(sp) return conn_str(sp, 1) end
+function _M.client_port(sp) return C.moxy_conn_num(sp, 0) end
+function _M.server_port(sp) return C.moxy_conn_num(sp, 1) end
+function _M.id(sp) return C.moxy_session_num(sp, 0) end
+function _M.start_time(sp) return C.moxy_session_num(sp, 1) end
+function _M.phase(sp) return PHASES[C.moxy_session_phase(sp)] or "none" end
+function _M.now() return C.moxy_now() end
+function _M.worker_id() return C.moxy_worker_id() end
+function _M.worker_count() return C.moxy_worker_count() end
+
+
+function _M.log(level, msg)
+    msg = tostring(msg)
+    C.moxy_log(LEVELS[level] or 1, msg, #msg)
+end
+
+
+-- The session each request coroutine serves, set by moxy.engine (for moxy.sleep).
+_M.co_sp = setmetatable({}, { __mode = "k" })
+
+
+-- Yields the request's coroutine until <seconds> passed (C resumes it).
+function _M.sleep(seconds)
+    local sp = _M.co_sp[running()]
+    if sp == nil then
+        error("moxy.sleep() can only be called inside a request phase", 3)
+    end
+    if type(seconds) ~= "number" then
+        error("bad argument #1 to 'sleep' (number expected, got " .. type(seconds) .. ")", 3)
+    end
+    local rc = C.moxy_sleep(sp, seconds)
+    if rc == AGAIN then
+        return yield()
+    end
+    raise(rc, "moxy.sleep()")
+end
+
+
+-- upstream_peer's answer.
+function _M.set_peer(sp, addr)
+    local rc = C.moxy_set_peer(sp, addr, #addr)
+    if rc ~= OK then raise(rc, "upstream_peer") end
+end
+
+
+function _M.set_upstream(sp, name)
+    local rc = C.moxy_set_upstream(sp, name, #name)
+    if rc ~= OK then raise(rc, "upstream_peer") end
+end
+
+
+_M.E_BAD_ARG = E_BAD_ARG
+return _M

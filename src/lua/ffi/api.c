@@ -1,0 +1,457 @@
+/* The ABI Lua reaches through LuaJIT FFI (lua/moxy/live.lua declares the
+ * same prototypes; `nm -D moxy | grep ' moxy_'` lists them). Every call
+ * checks the phase against its allowed mask and returns a code; on failure
+ * moxy_last_error() tells why, and the Lua wrapper raises it. Strings go
+ * out as views into request memory: Lua copies them only when asked. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "http/headers.h"
+#include "lua/vm.h"
+#include "net/addr.h"
+#include "proxy/session.h"
+
+#define MX_ABI_VERSION 1
+#define PH(p)          (1u << (p))
+
+/* Which phases may call what. */
+#define REQ_SET  (PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) | PH(MX_PH_UPSTREAM_REQUEST_FILTER))
+#define RESPOND  REQ_SET
+#define WAIT     REQ_SET
+#define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING))
+#define RESP_SET PH(MX_PH_RESPONSE_FILTER)
+#define PEER     PH(MX_PH_UPSTREAM_PEER)
+
+static __thread char last_error[256];
+
+int moxy_abi_version(void);
+int moxy_last_error(char *buf, size_t len);
+int moxy_req_str(mx_session_t *s, int what, mx_str_t *out);
+int moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, mx_str_t *out);
+int moxy_header_count(mx_session_t *s, int resp);
+int moxy_header_at(mx_session_t *s, int resp, int i, mx_str_t *name, mx_str_t *value);
+int moxy_header_set(mx_session_t *s, int resp, int mode, const char *n, size_t nl, const char *v,
+                    size_t vl);
+int moxy_req_set(mx_session_t *s, int what, const char *v, size_t vl);
+int moxy_resp_status(mx_session_t *s);
+int moxy_resp_set_status(mx_session_t *s, int status);
+int moxy_respond(mx_session_t *s, int status, const char *body, size_t len);
+int moxy_responded(mx_session_t *s);
+int moxy_resp_source(mx_session_t *s);
+int moxy_conn_str(mx_session_t *s, int what, mx_str_t *out);
+int moxy_conn_num(mx_session_t *s, int what);
+double moxy_session_num(mx_session_t *s, int what);
+int moxy_session_phase(mx_session_t *s);
+int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
+int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
+double moxy_now(void);
+int moxy_sleep(mx_session_t *s, double seconds);
+void moxy_log(int level, const char *msg, size_t len);
+int moxy_worker_id(void);
+int moxy_worker_count(void);
+
+
+static int
+fail(int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+
+/* MX_OK when the current phase is in <mask>, else MX_EBADPHASE with the
+ * allowed phases in the last error ("allowed: request_filter, ..."). */
+static int
+allowed(const mx_session_t *s, uint32_t mask)
+{
+    if (s->lua_phase >= 0 && (mask & PH(s->lua_phase)))
+        return MX_OK;
+    int n = snprintf(last_error, sizeof(last_error), "in %s (allowed: ", mx_phase_name(s->lua_phase));
+    const char *sep = "";
+    for (int p = 0; p < MX_PH_MAX && n < (int)sizeof(last_error) - 40; p++) {
+        if (mask & PH(p)) {
+            n += snprintf(last_error + n, sizeof(last_error) - n, "%s%s", sep, mx_phase_name(p));
+            sep = ", ";
+        }
+    }
+    snprintf(last_error + n, sizeof(last_error) - n, ")");
+    return MX_EBADPHASE;
+}
+
+
+int
+moxy_abi_version(void)
+{
+    return MX_ABI_VERSION;
+}
+
+
+int
+moxy_last_error(char *buf, size_t len)
+{
+    return snprintf(buf, len, "%s", last_error);
+}
+
+
+int
+moxy_req_str(mx_session_t *s, int what, mx_str_t *out)
+{
+    static const char *versions[] = {"1.0", "1.1"};
+    switch (what) {
+    case 0:
+        *out = s->method;
+        return MX_OK;
+    case 1:
+        if (s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE)
+            *out = s->target.path_and_query;
+        else
+            *out = s->target_raw;
+        return MX_OK;
+    case 2:
+        out->data = versions[s->http_minor >= 1];
+        out->len = 3;
+        return MX_OK;
+    case 3:
+        *out = MX_STR("http");
+        return MX_OK;
+    }
+    return fail(MX_EBADARG, "unknown request field %d", what);
+}
+
+
+static mx_headers_t *
+headers_of(mx_session_t *s, int resp)
+{
+    return resp ? &s->resp_headers : &s->req_headers;
+}
+
+
+int
+moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, mx_str_t *out)
+{
+    if (resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
+        return MX_EBADPHASE;
+    mx_headers_t *h = headers_of(s, resp);
+    for (ssize_t i = mx_headers_find(h, (mx_str_t){n, nl}, 0); i >= 0;
+         i = mx_headers_find(h, (mx_str_t){n, nl}, (size_t)i + 1)) {
+        if (!(h->v[i].flags & MX_HDR_HOP)) {
+            *out = h->v[i].value;
+            if (out->data == NULL)
+                *out = MX_STR("");
+            return MX_OK;
+        }
+    }
+    return MX_DECLINED;
+}
+
+
+/* Counts and indexes skip hop-by-hop fields: scripts see what is forwarded. */
+int
+moxy_header_count(mx_session_t *s, int resp)
+{
+    if (resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
+        return MX_EBADPHASE;
+    mx_headers_t *h = headers_of(s, resp);
+    int n = 0;
+    for (size_t i = 0; i < h->n; i++)
+        n += !(h->v[i].flags & MX_HDR_HOP);
+    return n;
+}
+
+
+int
+moxy_header_at(mx_session_t *s, int resp, int i, mx_str_t *name, mx_str_t *value)
+{
+    mx_headers_t *h = headers_of(s, resp);
+    for (size_t k = 0; k < h->n; k++) {
+        if (h->v[k].flags & MX_HDR_HOP)
+            continue;
+        if (i-- == 0) {
+            *name = h->v[k].name;
+            *value = h->v[k].value.data ? h->v[k].value : MX_STR("");
+            return MX_OK;
+        }
+    }
+    return MX_DECLINED;
+}
+
+
+static bool
+valid_field(const char *p, size_t n, bool name)
+{
+    if (name && mx_h1_guard_name((mx_str_t){p, n}) != 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+            return false;
+    return true;
+}
+
+
+/* <mode> 0 set (replace every field of that name), 1 add, 2 remove. */
+int
+moxy_header_set(mx_session_t *s, int resp, int mode, const char *n, size_t nl, const char *v,
+                size_t vl)
+{
+    uint32_t mask = resp ? RESP_SET : REQ_SET;
+    if (!(resp && s->local_status && (REQ_SET & PH(s->lua_phase))) && allowed(s, mask) != MX_OK)
+        return MX_EBADPHASE;
+    if (!valid_field(n, nl, true))
+        return fail(MX_EBADARG, "invalid header name");
+    if (mode != 2 && !valid_field(v, vl, false))
+        return fail(MX_EBADARG, "header value contains CR, LF or NUL");
+    mx_headers_t *h = headers_of(s, resp);
+    mx_str_t name = {mx_arena_strndup(&s->arena, n, nl), nl};
+    if (mode == 2) {
+        mx_headers_remove(h, name);
+        return MX_OK;
+    }
+    mx_str_t value = {mx_arena_strndup(&s->arena, v, vl), vl};
+    if (mode == 0)
+        mx_headers_set(h, &s->arena, name, value);
+    else
+        mx_headers_add(h, &s->arena, name, value);
+    return MX_OK;
+}
+
+
+int
+moxy_req_set(mx_session_t *s, int what, const char *v, size_t vl)
+{
+    if (allowed(s, REQ_SET) != MX_OK)
+        return MX_EBADPHASE;
+    if (vl == 0 || !valid_field(v, vl, what == 0))
+        return fail(MX_EBADARG, what == 0 ? "invalid method" : "invalid uri");
+    char *copy = mx_arena_strndup(&s->arena, v, vl);
+    if (what == 0) {
+        s->method = (mx_str_t){copy, vl};
+        if (vl == 4 && memcmp(copy, "HEAD", 4) == 0)
+            s->llmethod = HTTP_HEAD;
+        else if (s->llmethod == HTTP_HEAD)
+            s->llmethod = HTTP_GET;
+        return MX_OK;
+    }
+    if (copy[0] != '/')
+        return fail(MX_EBADARG, "uri must start with '/'");
+    for (size_t i = 0; i < vl; i++)
+        if ((unsigned char)copy[i] <= 0x20 || copy[i] == 0x7f || copy[i] == '#')
+            return fail(MX_EBADARG, "uri contains a space, control character or '#'");
+    s->target.form = MX_TARGET_ORIGIN;
+    s->target.path_and_query = (mx_str_t){copy, vl};
+    return MX_OK;
+}
+
+
+int
+moxy_resp_status(mx_session_t *s)
+{
+    if (s->local_status && !(RESP_GET & PH(s->lua_phase)))
+        return s->local_status;
+    if (allowed(s, RESP_GET) != MX_OK)
+        return MX_EBADPHASE;
+    return s->status;
+}
+
+
+int
+moxy_resp_set_status(mx_session_t *s, int status)
+{
+    if (allowed(s, RESP_SET) != MX_OK)
+        return MX_EBADPHASE;
+    if (status < 200 || status > 999)
+        return fail(MX_EBADARG, "status must be 200..999");
+    s->status = status;
+    s->reason = (mx_str_t){NULL, 0};
+    return MX_OK;
+}
+
+
+int
+moxy_respond(mx_session_t *s, int status, const char *body, size_t len)
+{
+    if (allowed(s, RESPOND) != MX_OK)
+        return MX_EBADPHASE;
+    if (status < 200 || status > 999)
+        return fail(MX_EBADARG, "status must be 200..999");
+    if (s->local_status)
+        return fail(MX_EBADARG, "the request was already answered");
+    s->local_status = status;
+    s->local_body = (mx_str_t){body ? mx_arena_strndup(&s->arena, body, len) : NULL, len};
+    mx_headers_init(&s->resp_headers);
+    return MX_OK;
+}
+
+
+int
+moxy_responded(mx_session_t *s)
+{
+    return s->local_status != 0;
+}
+
+
+int
+moxy_resp_source(mx_session_t *s)
+{
+    if (s->local_status)
+        return 1;
+    return s->err != 0 ? 2 : 0;
+}
+
+
+int
+moxy_conn_str(mx_session_t *s, int what, mx_str_t *out)
+{
+    static __thread char buf[80];
+    if (s->c == NULL)
+        return MX_DECLINED;
+    if (what == 0) {
+        *out = (mx_str_t){s->c->client_addr, strlen(s->c->client_addr)};
+        return MX_OK;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (s->c->h.handle.type != UV_TCP ||
+        uv_tcp_getsockname(&s->c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return MX_DECLINED;
+    mx_addr_format((struct sockaddr *)&ss, buf, sizeof(buf));
+    char *colon = strrchr(buf, ':');
+    if (colon != NULL)
+        *colon = '\0';
+    const char *h = buf[0] == '[' ? buf + 1 : buf;
+    size_t hl = strlen(h);
+    if (buf[0] == '[' && hl > 0)
+        hl--;
+    *out = (mx_str_t){h, hl};
+    return MX_OK;
+}
+
+
+int
+moxy_conn_num(mx_session_t *s, int what)
+{
+    if (s->c == NULL)
+        return 0;
+    if (what == 0)
+        return s->c->client_port;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (s->c->h.handle.type != UV_TCP ||
+        uv_tcp_getsockname(&s->c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                          : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
+
+double
+moxy_session_num(mx_session_t *s, int what)
+{
+    if (what == 0)
+        return (double)s->id;
+    return (double)s->start_ms / 1000.0;
+}
+
+
+int
+moxy_session_phase(mx_session_t *s)
+{
+    return s->lua_phase;
+}
+
+
+/* upstream_peer's answer: "host:port" (numeric: no blocking DNS on a
+ * worker) or "unix:/path". */
+int
+moxy_set_peer(mx_session_t *s, const char *addr, size_t len)
+{
+    if (allowed(s, PEER) != MX_OK)
+        return MX_EBADPHASE;
+    char text[256], err[160];
+    if (len == 0 || len >= sizeof(text))
+        return fail(MX_EBADARG, "invalid peer address");
+    memcpy(text, addr, len);
+    text[len] = '\0';
+    if (strncmp(text, "unix:", 5) != 0) {
+        /* Only numeric hosts: a name would block the worker in getaddrinfo. */
+        const char *colon = strrchr(text, ':');
+        for (const char *p = text; colon != NULL && p < colon; p++)
+            if (!(*p == '.' || *p == ':' || *p == '[' || *p == ']' || (*p >= '0' && *p <= '9') ||
+                  (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F')))
+                return fail(MX_EBADARG,
+                            "peer \"%s\": use an IP address (host names are resolved by YAML "
+                            "upstream groups)",
+                            text);
+    }
+    if (mx_addr_parse(text, &s->peer_addr, err, sizeof(err)) != MX_OK)
+        return fail(MX_EBADARG, "peer \"%s\": %s", text, err);
+    s->peer_set = 1;
+    return MX_OK;
+}
+
+
+int
+moxy_set_upstream(mx_session_t *s, const char *name, size_t len)
+{
+    if (allowed(s, PEER) != MX_OK)
+        return MX_EBADPHASE;
+    const mx_conf_t *conf = s->w->conf;
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        const char *n = conf->upstreams[i].name;
+        if (strlen(n) == len && memcmp(n, name, len) == 0) {
+            s->ups = &conf->upstreams[i];
+            return MX_OK;
+        }
+    }
+    return fail(MX_EBADARG, "no upstream group named \"%.*s\" in the config", (int)len, name);
+}
+
+
+double
+moxy_now(void)
+{
+    if (mx_current_worker != NULL)
+        return (double)uv_now(&mx_current_worker->loop) / 1000.0;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+
+int
+moxy_sleep(mx_session_t *s, double seconds)
+{
+    if (allowed(s, WAIT) != MX_OK)
+        return MX_EBADPHASE;
+    if (!(seconds >= 0) || seconds > 86400.0)
+        return fail(MX_EBADARG, "seconds must be 0..86400");
+    return mx_lua_sleep(s, seconds);
+}
+
+
+void
+moxy_log(int level, const char *msg, size_t len)
+{
+    mx_log_level_t l = level <= 0 ? MX_LOG_DEBUG : level >= 3 ? MX_LOG_ERROR : (mx_log_level_t)level;
+    mx_log(l, "[lua] %.*s", (int)len, msg);
+}
+
+
+int
+moxy_worker_id(void)
+{
+    return mx_current_worker ? mx_current_worker->id : 0;
+}
+
+
+int
+moxy_worker_count(void)
+{
+    return mx_current_worker ? mx_current_worker->conf->threads : 1;
+}

@@ -1,0 +1,345 @@
+/* The per-worker LuaJIT VM: script loading, the coroutine pool and phase
+ * dispatch. The Lua half is lua/moxy/engine.lua: C resumes a pooled
+ * coroutine running engine.body with (phase, session, service) for a
+ * request's first phase and (phase) for the next ones; the body yields
+ * (true, ok, err) when a phase is done and nothing when a handler waits
+ * (moxy.sleep), in which case C resumes it from the loop. */
+#include "lua/vm.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/errors.h"
+#include "core/log.h"
+#include "proxy/session.h"
+
+struct mx_vm_s {
+    lua_State *L;
+    mx_worker_t *w;
+    int body_ref;
+    uint32_t *masks; /* per service: bit <phase> set when it has a handler */
+    size_t nsvc;
+    int *pool; /* refs of idle coroutines */
+    size_t npool;
+    size_t cap;
+};
+
+static const char *phase_names[MX_PH_MAX] = {
+    "init",           "request_filter", "upstream_peer", "upstream_request_filter",
+    "response_filter", "logging",       "release"};
+
+
+const char *
+mx_phase_name(int phase)
+{
+    return phase >= 0 && phase < MX_PH_MAX ? phase_names[phase] : "none";
+}
+
+
+/* Where lua/moxy lives: $MOXY_LUA_DIR, else <dir of the binary>/../lua (a
+ * build tree), else the install prefix. */
+static void
+lua_dir(char *out, size_t len)
+{
+    const char *env = getenv("MOXY_LUA_DIR");
+    if (env != NULL && *env) {
+        snprintf(out, len, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX / 2];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+            snprintf(out, len, "%s/../lua", exe);
+            char probe[PATH_MAX + 32];
+            snprintf(probe, sizeof(probe), "%s/moxy/engine.lua", out);
+            if (access(probe, R_OK) == 0)
+                return;
+        }
+    }
+    snprintf(out, len, "/usr/local/share/moxy/lua");
+}
+
+
+/* Calls the function under <nargs> arguments with a traceback handler;
+ * on error writes the message (first line) into <err>. */
+static int
+pcall(lua_State *L, int nargs, int nres, char *err, size_t errlen)
+{
+    int base = lua_gettop(L) - nargs;
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, nres, base);
+    lua_remove(L, base);
+    if (rc != 0) {
+        const char *msg = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", msg ? msg : "(error object is not a string)");
+        char *nl = strchr(err, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        if (msg != NULL)
+            mx_log_debug("lua: %s", msg);
+        lua_pop(L, 1);
+        return MX_ECONF;
+    }
+    return MX_OK;
+}
+
+
+int
+mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_t errlen)
+{
+    mx_vm_t *vm = mx_calloc(1, sizeof(*vm));
+    vm->w = w;
+    vm->nsvc = conf->nservices;
+    vm->masks = mx_calloc(vm->nsvc ? vm->nsvc : 1, sizeof(uint32_t));
+    lua_State *L = vm->L = luaL_newstate();
+    if (L == NULL) {
+        snprintf(err, errlen, "cannot create a Lua state");
+        mx_free(vm->masks);
+        mx_free(vm);
+        return MX_ECONF;
+    }
+    luaL_openlibs(L);
+
+    char dir[PATH_MAX];
+    lua_dir(dir, sizeof(dir));
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s%s%s/?.lua;%s/?/init.lua;%s", conf->lua_path ? conf->lua_path : "",
+                    conf->lua_path ? ";" : "", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moxy.engine");
+    if (pcall(L, 1, 1, err, errlen) != MX_OK)
+        goto fail;
+    /* engine.start(worker_id, worker_count) */
+    lua_getfield(L, -1, "start");
+    lua_pushinteger(L, w ? w->id : 0);
+    lua_pushinteger(L, conf->threads);
+    if (pcall(L, 2, 0, err, errlen) != MX_OK)
+        goto fail;
+    for (size_t i = 0; i < conf->nservices; i++) {
+        if (conf->services[i].script == NULL)
+            continue;
+        lua_getfield(L, -1, "load");
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_pushstring(L, conf->services[i].script);
+        if (pcall(L, 2, 1, err, errlen) != MX_OK)
+            goto fail;
+        vm->masks[i] = (uint32_t)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, -1, "body");
+    vm->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    *out = vm;
+    return MX_OK;
+
+fail:
+    lua_close(L);
+    mx_free(vm->masks);
+    mx_free(vm);
+    return MX_ECONF;
+}
+
+
+void
+mx_vm_free(mx_vm_t *vm)
+{
+    if (vm == NULL)
+        return;
+    lua_close(vm->L);
+    mx_free(vm->masks);
+    mx_free(vm->pool);
+    mx_free(vm);
+}
+
+
+bool
+mx_vm_has(const mx_vm_t *vm, size_t svc, int phase)
+{
+    return vm != NULL && svc < vm->nsvc && (vm->masks[svc] & (1u << phase)) != 0;
+}
+
+
+/* Handles what lua_resume() left: a finished phase, a wait, or an error. */
+static int
+after_resume(mx_session_t *s, lua_State *co, int st)
+{
+    mx_vm_t *vm = s->w->vm;
+    int phase = s->lua_phase;
+    if (st == LUA_YIELD && lua_gettop(co) == 3 && lua_type(co, 1) == LUA_TBOOLEAN) {
+        int ok = lua_toboolean(co, 2);
+        if (!ok) {
+            const char *msg = lua_tostring(co, 3);
+            char line[1024];
+            snprintf(line, sizeof(line), "%s", msg ? msg : "(error object is not a string)");
+            char *nl = strchr(line, '\n');
+            if (nl != NULL)
+                *nl = '\0';
+            mx_log_error("#%llu lua %s %s (request %llu, %.*s %.*s)", (unsigned long long)s->id,
+                         mx_phase_name(phase), line, (unsigned long long)s->id,
+                         (int)s->method.len, s->method.data, (int)s->target_raw.len,
+                         s->target_raw.data);
+            if (msg != NULL && mx_log_level <= MX_LOG_DEBUG)
+                mx_log_debug("#%llu lua traceback: %s", (unsigned long long)s->id, msg);
+        }
+        lua_settop(co, 0);
+        s->lua_phase = -1;
+        return ok ? MX_OK : MX_ELUA;
+    }
+    if (st == LUA_YIELD) {
+        lua_settop(co, 0);
+        if (s->lua_wait != NULL)
+            return MX_AGAIN;
+        mx_log_error("#%llu lua %s yielded without waiting on anything", (unsigned long long)s->id,
+                     mx_phase_name(phase));
+    } else {
+        const char *msg = lua_tostring(co, -1);
+        mx_log_error("#%llu lua %s coroutine died: %s", (unsigned long long)s->id,
+                     mx_phase_name(phase), msg ? msg : "?");
+    }
+    /* The coroutine is not reusable: drop it. */
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
+    s->lua_co_ref = 0;
+    s->lua_co = NULL;
+    s->lua_phase = -1;
+    return MX_ELUA;
+}
+
+
+int
+mx_lua_run(mx_session_t *s, int phase)
+{
+    mx_vm_t *vm = s->w->vm;
+    lua_State *L = vm->L;
+    int nargs = 1;
+    if (s->lua_co == NULL) {
+        lua_State *co;
+        if (vm->npool > 0) {
+            s->lua_co_ref = vm->pool[--vm->npool];
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_co_ref);
+            co = lua_tothread(L, -1);
+            lua_pop(L, 1);
+        } else {
+            co = lua_newthread(L);
+            s->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            lua_rawgeti(co, LUA_REGISTRYINDEX, vm->body_ref);
+        }
+        s->lua_co = co;
+        nargs = 3;
+    }
+    lua_State *co = s->lua_co;
+    s->lua_phase = phase;
+    lua_pushinteger(co, phase);
+    if (nargs == 3) {
+        lua_pushlightuserdata(co, s);
+        lua_pushinteger(co, (lua_Integer)s->svc_index);
+    }
+    return after_resume(s, co, lua_resume(co, nargs));
+}
+
+
+void
+mx_lua_resume(mx_session_t *s)
+{
+    lua_State *co = s->lua_co;
+    int rc = after_resume(s, co, lua_resume(co, 0));
+    if (rc != MX_AGAIN)
+        mx_session_on_phase_done(s, rc);
+}
+
+
+/* --- moxy.sleep --- */
+
+typedef struct {
+    uv_timer_t timer;
+    mx_session_t *s;
+} wait_t;
+
+
+static void
+on_wait_close(uv_handle_t *h)
+{
+    mx_free(mx_container_of((uv_timer_t *)h, wait_t, timer));
+}
+
+
+static void
+on_wait(uv_timer_t *t)
+{
+    wait_t *wt = mx_container_of(t, wait_t, timer);
+    mx_session_t *s = wt->s;
+    uv_close((uv_handle_t *)t, on_wait_close);
+    if (s == NULL)
+        return;
+    s->lua_wait = NULL;
+    mx_lua_resume(s);
+}
+
+
+int
+mx_lua_sleep(mx_session_t *s, double seconds)
+{
+    if (s->lua_wait != NULL)
+        return MX_EBADARG;
+    wait_t *wt = mx_alloc(sizeof(*wt));
+    wt->s = s;
+    uv_timer_init(&s->w->loop, &wt->timer);
+    uv_timer_start(&wt->timer, on_wait, seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0, 0);
+    s->lua_wait = wt;
+    return MX_AGAIN;
+}
+
+
+void
+mx_lua_release(mx_session_t *s)
+{
+    if (s->lua_wait != NULL) {
+        wait_t *wt = s->lua_wait;
+        wt->s = NULL;
+        uv_timer_stop(&wt->timer);
+        uv_close((uv_handle_t *)&wt->timer, on_wait_close);
+        s->lua_wait = NULL;
+    }
+    if (s->lua_co == NULL)
+        return;
+    mx_vm_t *vm = s->w->vm;
+    lua_State *co = s->lua_co;
+    bool reusable = s->lua_phase < 0;
+    if (reusable) {
+        /* Let the body drop its references to the request, then pool it. */
+        s->lua_phase = MX_PH_RELEASE;
+        lua_pushinteger(co, MX_PH_RELEASE);
+        int st = lua_resume(co, 1);
+        reusable = st == LUA_YIELD && lua_gettop(co) == 3;
+        lua_settop(co, 0);
+    }
+    if (reusable) {
+        if (vm->npool == vm->cap) {
+            vm->cap = vm->cap ? vm->cap * 2 : 64;
+            vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(int));
+        }
+        vm->pool[vm->npool++] = s->lua_co_ref;
+    } else {
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
+    }
+    s->lua_co = NULL;
+    s->lua_co_ref = 0;
+    s->lua_phase = -1;
+}

@@ -1,0 +1,45 @@
+/* One LuaJIT VM per worker: it loads each service's script (a module
+ * returning a table of phase handlers) and runs phases in coroutines taken
+ * from a per-VM pool, so a handler may yield (moxy.sleep) and be resumed
+ * from the loop. A phase without a handler costs one bit test. */
+#ifndef MX_LUA_VM_H
+#define MX_LUA_VM_H
+
+#include "core/types.h"
+
+/* Phase ids, shared with lua/moxy/engine.lua (PHASES, in this order). */
+typedef enum {
+    MX_PH_INIT = 0,
+    MX_PH_REQUEST_FILTER,
+    MX_PH_UPSTREAM_PEER,
+    MX_PH_UPSTREAM_REQUEST_FILTER,
+    MX_PH_RESPONSE_FILTER,
+    MX_PH_LOGGING,
+    MX_PH_RELEASE, /* not a handler: the request ended, recycle the coroutine */
+    MX_PH_MAX
+} mx_phase_id_t;
+
+const char *mx_phase_name(int phase);
+
+typedef struct mx_vm_s mx_vm_t;
+
+/* Creates a VM and loads the scripts of <conf>'s services (running init()).
+ * Returns MX_OK, or MX_ECONF with "file:line: message" in <err>. */
+int mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_t errlen);
+void mx_vm_free(mx_vm_t *vm);
+/* True when service <svc> has a handler for <phase>. */
+bool mx_vm_has(const mx_vm_t *vm, size_t svc, int phase);
+
+/* Runs <phase> of session <s>. Returns MX_OK (done), MX_AGAIN (the handler
+ * yielded: mx_lua_on_phase_done() follows later), or MX_ELUA (the error is
+ * logged; the caller answers per the phase's rules). */
+int mx_lua_run(mx_session_t *s, int phase);
+/* Resumes a yielded handler (its wait is over). */
+void mx_lua_resume(mx_session_t *s);
+/* Arms a timer that resumes <s>'s handler: returns MX_AGAIN (the Lua side
+ * then yields), or MX_EBADARG if it already waits. */
+int mx_lua_sleep(mx_session_t *s, double seconds);
+/* The session ends: cancel waits, recycle its coroutine. */
+void mx_lua_release(mx_session_t *s);
+
+#endif
