@@ -79,7 +79,8 @@ struct mx_upconn_s {
     int handles_open;
     mx_worker_t *w;
     const mx_conf_upstream_t *ups;
-    const mx_addr_t *addr;
+    const mx_addr_t *addr; /* -> addr_copy: a script's peer dies with its session */
+    mx_addr_t addr_copy;
     mx_wstream_t ws;
     llhttp_t parser;
     mx_h1_guard_t guard;

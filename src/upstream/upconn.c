@@ -89,7 +89,8 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
     u = mx_calloc(1, sizeof(*u));
     u->w = w;
     u->ups = ups;
-    u->addr = addr;
+    u->addr_copy = *addr;
+    u->addr = &u->addr_copy;
     u->s = s;
     mx_list_init(&u->node);
     if (addr->kind == MX_ADDR_UNIX)

@@ -1,0 +1,59 @@
+-- Exercises every phase the live engine runs; tests/integration/test_lua.py drives it.
+local moxy = require "moxy"
+
+local app = {}
+
+
+function app.request_filter(s, ctx)
+    local path = s.req:path()
+    if path == "/local" then
+        return s:respond(201, "made locally\n", { ["content-type"] = "text/plain" })
+    elseif path == "/json" then
+        return s:respond(200, { ok = true, n = 3 })
+    elseif path == "/boom" then
+        local t = nil
+        return t.field                          -- line 15: the error the test expects
+    elseif path == "/misuse" then
+        s.resp:set_header("x-nope", "1")        -- not allowed in request_filter
+    elseif path == "/sleep" then
+        local t0 = moxy.now()
+        moxy.sleep(tonumber(s.req:arg("t") or "0.3"))
+        ctx.slept = moxy.now() - t0
+    end
+    ctx.ua = s.req:header("user-agent")
+end
+
+
+function app.upstream_peer(s, ctx)
+    if s.req:path() == "/badpeer" then
+        return 42
+    end
+    return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT }
+end
+
+
+function app.upstream_request_filter(s, req, ctx)
+    req:set_header("x-script", "phases.lua")
+    req:set_header("x-ua", ctx.ua or "-")
+    req:remove_header("x-secret")
+    if ctx.slept then
+        req:set_header("x-slept", string.format("%.2f", ctx.slept))
+    end
+    if s.req:path() == "/rewrite" then
+        req:set_uri("/echo?rewritten=1")
+    end
+end
+
+
+function app.response_filter(s, resp, ctx)
+    resp:set_header("x-served-by", "moxy")
+    resp:set_header("x-source", resp:source())
+end
+
+
+function app.logging(s, err, ctx)
+    moxy.log.info("logged ", s.req:method(), " ", s.req:uri(), " ", s.resp:status())
+end
+
+
+return app

@@ -1,0 +1,5 @@
+local app = {}
+function app.request_filter(s, ctx)
+    return s:respond(200, "x"
+end
+return app

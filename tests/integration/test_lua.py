@@ -1,0 +1,150 @@
+"""The Lua phase engine, live: scripts from tests/integration/lua/ run in the
+real binary, driven by real clients."""
+import os
+import threading
+import time
+
+from harness import (Client, MoxyTestCase, config, free_port, request, run_moxy, upstream)
+
+LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
+
+
+def script(name, tmpdir, **subst):
+    """A copy of lua/<name> with ORIGIN_PORT etc. filled in, in tmpdir."""
+    with open(os.path.join(LUA, name)) as f:
+        text = f.read()
+    for k, v in subst.items():
+        text = text.replace(k, str(v))
+    path = os.path.join(tmpdir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class Phases(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        cls.origin = cls.class_origin()
+        import tempfile
+        d = tempfile.mkdtemp(prefix="moxy-lua-")
+        path = script("phases.lua", d, ORIGIN_PORT=cls.origin.port)
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"], "script": path}],
+                      {"origin": upstream(cls.origin.port)}, log_level="info",
+                      access_log="{tmp}/access.log")
+        cls.moxy = cls.class_moxy(conf)
+
+    def test_local_answer_runs_response_filter_and_keeps_the_connection(self):
+        with Client(self.moxy.port) as c:
+            for _ in range(3):
+                r = c.request("GET", "/local")
+                self.assert_status(r, 201, self.moxy)
+                self.assertEqual(r.body, b"made locally\n")
+                self.assertEqual(r.header("x-served-by"), "moxy")
+                self.assertEqual(r.header("x-source"), "local")
+                self.assertIsNone(r.header("connection"))
+        self.assertNotIn("/local", self.origin.targets())
+
+    def test_table_body_is_json(self):
+        r = request(self.moxy.port, "GET", "/json")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json(), {"ok": True, "n": 3})
+        self.assertIn("application/json", r.header("content-type"))
+
+    def test_request_edits_reach_the_origin(self):
+        r = request(self.moxy.port, "GET", "/echo?a=1",
+                    headers=[("User-Agent", "ua-test"), ("X-Secret", "hide me")])
+        self.assert_status(r, 200, self.moxy)
+        seen = {k.lower(): v for k, v in r.json()["headers"]}
+        self.assertEqual(seen["x-script"], "phases.lua")
+        self.assertEqual(seen["x-ua"], "ua-test")
+        self.assertNotIn("x-secret", seen)
+        self.assertEqual(r.header("x-served-by"), "moxy")
+        self.assertEqual(r.header("x-source"), "upstream")
+
+    def test_set_uri_rewrites_the_upstream_target(self):
+        r = request(self.moxy.port, "GET", "/rewrite")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["target"], "/echo?rewritten=1")
+
+    def test_sleep_yields_without_blocking_the_worker(self):
+        # Four requests sleeping 0.5 s each on a one-thread moxy finish together.
+        results = []
+
+        def one(i):
+            results.append(request(self.moxy.port, "GET", f"/sleep?t=0.5&i={i}"))
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        elapsed = time.monotonic() - t0
+        self.assertEqual([r.status for r in results], [200] * 4)
+        self.assertLess(elapsed, 1.5, "sleeping handlers ran one after the other")
+        for r in results:
+            seen = {k.lower(): v for k, v in r.json()["headers"]}
+            self.assertGreaterEqual(float(seen["x-slept"]), 0.45)
+
+    def test_lua_error_is_a_500_with_file_and_line_and_the_worker_keeps_serving(self):
+        since = self.moxy.log_size()
+        r = request(self.moxy.port, "GET", "/boom")
+        self.assertEqual(r.status, 500)
+        self.moxy.wait_log("lua request_filter", since)
+        log = self.moxy.error_log()[since:]
+        self.assertRegex(log, r"\[error\] .*lua request_filter \S*phases\.lua:15: attempt to index")
+        self.assertRegex(log, r"\(request \d+, GET /boom\)")
+        self.assert_status(request(self.moxy.port, "GET", "/local"), 201, self.moxy)
+
+    def test_wrong_return_type_names_the_handler(self):
+        since = self.moxy.log_size()
+        self.assertEqual(request(self.moxy.port, "GET", "/badpeer").status, 500)
+        self.moxy.wait_log("upstream_peer", since)
+        self.assertRegex(self.moxy.error_log()[since:],
+                         r"lua upstream_peer \S*phases\.lua:\d+: .*upstream_peer")
+
+    def test_api_misuse_names_the_allowed_phases(self):
+        since = self.moxy.log_size()
+        self.assertEqual(request(self.moxy.port, "GET", "/misuse").status, 500)
+        self.moxy.wait_log("set_header", since)
+        self.assertRegex(self.moxy.error_log()[since:],
+                         r"phases\.lua:\d+: .*set_header.* cannot be called in request_filter "
+                         r"\(allowed: .*response_filter")
+
+    def test_logging_phase_runs_after_each_request(self):
+        since = self.moxy.log_size()
+        self.assert_status(request(self.moxy.port, "GET", "/local?log"), 201, self.moxy)
+        self.moxy.wait_log("logged GET /local?log 201", since)
+
+    def test_client_gone_while_sleeping(self):
+        with Client(self.moxy.port) as c:
+            c.send(b"GET /sleep?t=0.4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.6)
+        self.assert_status(request(self.moxy.port, "GET", "/local"), 201, self.moxy)
+
+
+class YamlFallback(MoxyTestCase):
+    def test_without_upstream_peer_the_yaml_group_is_used(self):
+        import tempfile
+        o = self.start_origin()
+        path = script("noupstream.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path, "upstream": "origin"}],
+                                   {"origin": upstream(o.port)}))
+        r = request(m.port, "GET", "/echo")
+        self.assert_status(r, 200, m)
+        self.assertIn(["x-from-yaml-group", "1"], [[k.lower(), v] for k, v in r.json()["headers"]])
+
+
+class CheckScripts(MoxyTestCase):
+    def test_t_reports_a_syntax_error_with_file_and_line(self):
+        import tempfile
+        d = tempfile.mkdtemp(prefix="moxy-lua-")
+        path = script("syntax_error.lua", d)
+        conf = os.path.join(d, "moxy.yaml")
+        with open(conf, "w") as f:
+            f.write(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                             "script": path}], {"origin": upstream(free_port())}))
+        r = run_moxy(["-t", "-c", conf])
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"syntax_error\.lua:\d+:")
