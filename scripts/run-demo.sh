@@ -12,6 +12,7 @@ cat <<TXT
 
 moxy demo: moxy on http://127.0.0.1:8080 proxies to a small origin on 127.0.0.1:9001.
 Try, in another terminal:
+  curl -i http://127.0.0.1:8080/hello                        # answered by examples/hello.lua
   curl -i http://127.0.0.1:8080/
   curl -s http://127.0.0.1:8080/echo -H 'X-Hello: world'     # what the origin received
   curl -s -X POST --data-binary @README.md http://127.0.0.1:8080/echo

@@ -57,10 +57,23 @@ run_integration() { # $1 build dir, $2 label, $3 make args, $4 extra env
   count "integration ($2)" "$p" "$f"
 }
 
+# Lua specs (busted, TAP): the session API, moxy.test and the examples.
+run_busted() {
+  local log="$logdir/busted.log"
+  busted -o TAP >"$log" 2>&1
+  local rc=$? p f
+  p=$(grep -c '^ok ' "$log")
+  f=$(grep -c '^not ok ' "$log")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; tail -20 "$log"; fi
+  if [ "$f" -gt 0 ]; then grep -A8 '^not ok ' "$log" | head -60; fi
+  count "lua specs (busted)" "$p" "$f"
+}
+
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:print_summary=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 if [ "${1:-}" != "--asan-only" ]; then
+  run_busted
   run_unit build plain ""
   run_integration build plain "" ""
 fi

@@ -446,7 +446,7 @@ moxy_log(int level, const char *msg, size_t len)
 int
 moxy_worker_id(void)
 {
-    return mx_current_worker ? mx_current_worker->id : 0;
+    return mx_current_worker ? mx_current_worker->id - 1 : 0; /* 0-based, as moxy.worker.id() */
 }
 
 
