@@ -27,7 +27,7 @@ local co_sp = live.co_sp
 
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
-local RESPONSE_FILTER, LOGGING, RELEASE = 4, 5, 6
+local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RELEASE = 4, 5, 6, 7
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -61,7 +61,7 @@ function _M.load(svc, path)
         app.init({})
     end
     local mask = 0
-    for id = REQUEST_FILTER, LOGGING do
+    for id = REQUEST_FILTER, FAIL_TO_PROXY do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -119,7 +119,16 @@ local function run(app, phase, s, ctx)
     elseif phase == RESPONSE_FILTER then
         handler(s, s.resp, ctx)
     elseif phase == LOGGING then
-        handler(s, nil, ctx)
+        handler(s, live.error(s.sp), ctx)
+    elseif phase == FAIL_TO_PROXY then
+        local status = handler(s, live.error(s.sp), ctx)
+        if status ~= nil then
+            if type(status) ~= "number" then
+                error(where(handler) .. ": fail_to_proxy must return a status number or nil, got "
+                      .. type(status), 0)
+            end
+            live.fail_status(s.sp, status)
+        end
     end
 end
 

@@ -39,6 +39,8 @@ double moxy_session_num(mx_session_t *s, int what);
 int moxy_session_phase(mx_session_t *s);
 int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
 int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
+int moxy_session_error(mx_session_t *s, char *buf, size_t len);
+int moxy_fail_status(mx_session_t *s, int status);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -57,7 +59,7 @@ local OK, AGAIN, DECLINED = 0, 1, 2
 local E_BAD_PHASE, E_BAD_ARG = -5015, -5016
 
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
-                 "response_filter", "logging", "release" }
+                 "response_filter", "logging", "fail_to_proxy", "release" }
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -251,6 +253,22 @@ end
 function _M.set_peer(sp, addr)
     local rc = C.moxy_set_peer(sp, addr, #addr)
     if rc ~= OK then raise(rc, "upstream_peer") end
+end
+
+
+-- What went wrong in this request, or nil (logging's and fail_to_proxy's err).
+function _M.error(sp)
+    local n = C.moxy_session_error(sp, errbuf, 256)
+    if n <= 0 then
+        return nil
+    end
+    return ffi_str(errbuf, n < 256 and n or 255)
+end
+
+
+function _M.fail_status(sp, status)
+    local rc = C.moxy_fail_status(sp, status)
+    if rc ~= OK then raise(rc, "fail_to_proxy") end
 end
 
 

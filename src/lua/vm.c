@@ -33,7 +33,7 @@ struct mx_vm_s {
 
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
-    "response_filter", "logging",       "release"};
+    "response_filter", "logging",       "fail_to_proxy", "release"};
 
 
 const char *
@@ -192,6 +192,7 @@ after_resume(mx_session_t *s, lua_State *co, int st)
             char *nl = strchr(line, '\n');
             if (nl != NULL)
                 *nl = '\0';
+            s->lua_error = (mx_str_t){mx_arena_strndup(&s->arena, line, strlen(line)), strlen(line)};
             mx_log_error("#%llu lua %s %s (request %llu, %.*s %.*s)", (unsigned long long)s->id,
                          mx_phase_name(phase), line, (unsigned long long)s->id,
                          (int)s->method.len, s->method.data, (int)s->target_raw.len,

@@ -493,6 +493,7 @@ mx_session_on_response_head(mx_session_t *s)
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
     if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
+        s->in_error_page = 1; /* a plain page: the filter that failed is not run again */
         mx_session_respond_error(s, 500, MX_ELUA);
         return -1;
     }
@@ -655,6 +656,13 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
         finish(s);
         return;
     }
+    /* fail_to_proxy may choose the status; response_filter sees the page
+     * (source "error") unless the failure was its own. */
+    bool filters = !s->in_error_page && s->lua_phase < 0 && err != MX_EBADREQ;
+    s->in_error_page = 1;
+    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY) &&
+        mx_lua_run(s, MX_PH_FAIL_TO_PROXY) == MX_OK && s->fail_status)
+        status = s->fail_status;
     if (status >= 400 && status < 500 && status != 404)
         s->c->close_after = 1;
     char body[64];
@@ -673,6 +681,16 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     if (s->http_major == 0) {
         s->http_major = 1;
         s->http_minor = 1;
+    }
+    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
+        /* The filter failed on the error page itself: send it plain. */
+        mx_headers_init(&s->resp_headers);
+        mx_headers_add(&s->resp_headers, a, MX_STR("Server"), MX_STR("moxy"));
+        mx_headers_add(&s->resp_headers, a, MX_STR("Content-Type"), MX_STR("text/plain"));
+        mx_headers_add(&s->resp_headers, a, MX_STR("Content-Length"),
+                       (mx_str_t){mx_arena_strndup(a, len, ln), (size_t)ln});
+        s->status = status;
     }
     mx_h1_send_head(s->c, s);
     if (!s->resp_no_body)
@@ -701,6 +719,7 @@ send_local(mx_session_t *s)
     if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
         s->local_status = 0;
+        s->in_error_page = 1;
         mx_session_respond_error(s, 500, MX_ELUA);
         return;
     }

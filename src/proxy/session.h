@@ -164,6 +164,9 @@ struct mx_session_s {
     void (*lua_next)(mx_session_t *s, int rc); /* continues the state machine */
     void *lua_wait;  /* a pending moxy.sleep timer */
     int local_status; /* s:respond() status, 0 when not responded */
+    int fail_status;  /* fail_to_proxy's choice, 0 for the default */
+    mx_str_t lua_error; /* the first line of the last Lua error */
+    unsigned in_error_page : 1;
     mx_str_t local_body;
     unsigned lua_headers_local : 1; /* resp_headers hold s:respond()'s headers */
     unsigned peer_set : 1;          /* upstream_peer chose s->peer_addr */

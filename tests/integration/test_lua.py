@@ -27,7 +27,7 @@ class Phases(MoxyTestCase):
         cls.origin = cls.class_origin()
         import tempfile
         d = tempfile.mkdtemp(prefix="moxy-lua-")
-        path = script("phases.lua", d, ORIGIN_PORT=cls.origin.port)
+        path = script("phases.lua", d, ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"], "script": path}],
                       {"origin": upstream(cls.origin.port)}, log_level="info",
                       access_log="{tmp}/access.log")
@@ -115,6 +115,25 @@ class Phases(MoxyTestCase):
         since = self.moxy.log_size()
         self.assert_status(request(self.moxy.port, "GET", "/local?log"), 201, self.moxy)
         self.moxy.wait_log("logged GET /local?log 201", since)
+
+    def test_error_page_goes_through_response_filter(self):
+        since = self.moxy.log_size()
+        r = request(self.moxy.port, "GET", "/down")
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.header("x-source"), "error")
+        self.assertEqual(r.header("x-served-by"), "moxy")
+        self.moxy.wait_log("logged GET /down 502 err=upstream: ECONNREFUSED", since)
+
+    def test_fail_to_proxy_chooses_the_status(self):
+        r = request(self.moxy.port, "GET", "/down-503")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.body, b"503 Service Unavailable\n")
+
+    def test_logging_gets_the_lua_error(self):
+        since = self.moxy.log_size()
+        self.assertEqual(request(self.moxy.port, "GET", "/boom?2").status, 500)
+        self.moxy.wait_log("err=", since)
+        self.assertRegex(self.moxy.error_log()[since:], r"logged GET /boom\?2 500 err=\S*phases\.lua:15:")
 
     def test_client_gone_while_sleeping(self):
         with Client(self.moxy.port) as c:

@@ -22,7 +22,7 @@
 #define REQ_SET  (PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) | PH(MX_PH_UPSTREAM_REQUEST_FILTER))
 #define RESPOND  REQ_SET
 #define WAIT     REQ_SET
-#define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING))
+#define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY))
 #define RESP_SET PH(MX_PH_RESPONSE_FILTER)
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
 
@@ -48,6 +48,8 @@ double moxy_session_num(mx_session_t *s, int what);
 int moxy_session_phase(mx_session_t *s);
 int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
 int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
+int moxy_session_error(mx_session_t *s, char *buf, size_t len);
+int moxy_fail_status(mx_session_t *s, int status);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -363,6 +365,36 @@ int
 moxy_session_phase(mx_session_t *s)
 {
     return s->lua_phase;
+}
+
+
+/* What went wrong, for logging(s, err) and fail_to_proxy(s, err): the Lua
+ * error's first line, "upstream: <cause>", or "" when nothing did. */
+int
+moxy_session_error(mx_session_t *s, char *buf, size_t len)
+{
+    if (s->err == 0)
+        return 0;
+    if (s->err == MX_ELUA && s->lua_error.len > 0)
+        return snprintf(buf, len, "%.*s", (int)s->lua_error.len, s->lua_error.data);
+    if (s->err == MX_ECLIENT)
+        return snprintf(buf, len, "client: closed connection");
+    if (s->err == MX_EBADREQ)
+        return snprintf(buf, len, "client: bad request");
+    const char *cause = s->err == UV_ETIMEDOUT ? "timeout" : mx_strerror(s->err);
+    return snprintf(buf, len, "upstream: %s", cause);
+}
+
+
+int
+moxy_fail_status(mx_session_t *s, int status)
+{
+    if (allowed(s, PH(MX_PH_FAIL_TO_PROXY)) != MX_OK)
+        return MX_EBADPHASE;
+    if (status < 400 || status > 599)
+        return fail(MX_EBADARG, "fail_to_proxy must return a status in 400..599, got %d", status);
+    s->fail_status = status;
+    return MX_OK;
 }
 
 

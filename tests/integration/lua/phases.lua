@@ -27,6 +27,8 @@ end
 function app.upstream_peer(s, ctx)
     if s.req:path() == "/badpeer" then
         return 42
+    elseif s.req:path():sub(1, 5) == "/down" then
+        return "127.0.0.1:DEAD_PORT"
     end
     return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT }
 end
@@ -52,7 +54,15 @@ end
 
 
 function app.logging(s, err, ctx)
-    moxy.log.info("logged ", s.req:method(), " ", s.req:uri(), " ", s.resp:status())
+    moxy.log.info("logged ", s.req:method(), " ", s.req:uri(), " ", s.resp:status(),
+                  " err=", tostring(err))
+end
+
+
+function app.fail_to_proxy(s, err, ctx)
+    if s.req:path() == "/down-503" then
+        return 503
+    end
 end
 
 
