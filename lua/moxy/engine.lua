@@ -27,7 +27,7 @@ local co_sp = live.co_sp
 
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
-local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RELEASE = 4, 5, 6, 7
+local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER, RELEASE = 4, 5, 6, 7, 8
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -61,7 +61,7 @@ function _M.load(svc, path)
         app.init({})
     end
     local mask = 0
-    for id = REQUEST_FILTER, FAIL_TO_PROXY do
+    for id = REQUEST_FILTER, RESPONSE_BODY_FILTER do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -120,6 +120,16 @@ local function run(app, phase, s, ctx)
         handler(s, s.resp, ctx)
     elseif phase == LOGGING then
         handler(s, live.error(s.sp), ctx)
+    elseif phase == RESPONSE_BODY_FILTER then
+        local chunk, eos = live.body_chunk(s.sp)
+        local out = handler(s, chunk, eos, ctx)
+        if out ~= nil then
+            if type(out) ~= "string" then
+                error(where(handler) .. ": response_body_filter must return a string or nil, got "
+                      .. type(out), 0)
+            end
+            live.body_replace(s.sp, out)
+        end
     elseif phase == FAIL_TO_PROXY then
         local status = handler(s, live.error(s.sp), ctx)
         if status ~= nil then

@@ -40,6 +40,8 @@ int moxy_session_phase(mx_session_t *s);
 int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
 int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
 int moxy_session_error(mx_session_t *s, char *buf, size_t len);
+int moxy_body_chunk(mx_session_t *s, moxy_str_t *out);
+int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
@@ -59,7 +61,8 @@ local OK, AGAIN, DECLINED = 0, 1, 2
 local E_BAD_PHASE, E_BAD_ARG = -5015, -5016
 
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
-                 "response_filter", "logging", "fail_to_proxy", "release" }
+                 "response_filter", "logging", "fail_to_proxy", "response_body_filter",
+                 "release" }
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -263,6 +266,19 @@ function _M.error(sp)
         return nil
     end
     return ffi_str(errbuf, n < 256 and n or 255)
+end
+
+
+-- response_body_filter's chunk and whether it is the last call (eos).
+function _M.body_chunk(sp)
+    local eos = C.moxy_body_chunk(sp, str1)
+    if eos < 0 then raise(eos, "response_body_filter") end
+    return ffi_str(str1[0].data, str1[0].len), eos == 1
+end
+
+
+function _M.body_replace(sp, chunk)
+    C.moxy_body_replace(sp, chunk, #chunk)
 end
 
 

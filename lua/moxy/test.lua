@@ -496,6 +496,22 @@ _M.describe = describe_res
 
 
 local function register_assertions()
+
+
+-- The live half (real processes): t.origin, t.server, t.each_engine (moxy.test_live).
+do
+    local ok, live = pcall(require, "moxy.test_live")
+    if ok then
+        _M.origin, _M.server, _M.each_engine = live.origin, live.server, live.each_engine
+        _M.live = live
+    else
+        local why = tostring(live)
+        local function missing()
+            error("moxy.test: the live helpers need luasocket: " .. why, 2)
+        end
+        _M.origin, _M.server, _M.each_engine = missing, missing, missing
+    end
+end
     local has, assert = pcall(require, "luassert")
     local has_say, say = pcall(require, "say")
     if not has or not has_say then
@@ -564,6 +580,22 @@ end
 
 
 register_assertions()
+
+
+-- The live half (real processes): t.origin, t.server, t.each_engine (moxy.test_live).
+do
+    local ok, live = pcall(require, "moxy.test_live")
+    if ok then
+        _M.origin, _M.server, _M.each_engine = live.origin, live.server, live.each_engine
+        _M.live = live
+    else
+        local why = tostring(live)
+        local function missing()
+            error("moxy.test: the live helpers need luasocket: " .. why, 2)
+        end
+        _M.origin, _M.server, _M.each_engine = missing, missing, missing
+    end
+end
 
 
 return _M

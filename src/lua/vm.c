@@ -33,7 +33,7 @@ struct mx_vm_s {
 
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
-    "response_filter", "logging",       "fail_to_proxy", "release"};
+    "response_filter", "logging",       "fail_to_proxy", "response_body_filter", "release"};
 
 
 const char *

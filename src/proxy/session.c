@@ -18,6 +18,8 @@
 
 static void finish(mx_session_t *s);
 static void send_local(mx_session_t *s);
+static void prepare_body_filter(mx_session_t *s);
+static int filter_body(mx_session_t *s, const char *p, size_t n, bool eos);
 
 /* Timeouts for a peer a script chose outside any YAML group. */
 static const mx_conf_upstream_t script_peer_defaults = {
@@ -66,6 +68,7 @@ mx_session_new(mx_h1conn_t *c)
     mx_headers_init(&s->resp_trailers);
     mx_buf_init(&s->up_head);
     mx_buf_init(&s->pending);
+    mx_buf_init(&s->body_repl);
     return s;
 }
 
@@ -82,6 +85,7 @@ mx_session_free(mx_session_t *s)
     }
     mx_buf_dispose(&s->up_head);
     mx_buf_dispose(&s->pending);
+    mx_buf_dispose(&s->body_repl);
     mx_arena_dispose(&s->arena);
     mx_free(s);
 }
@@ -497,6 +501,7 @@ mx_session_on_response_head(mx_session_t *s)
         mx_session_respond_error(s, 500, MX_ELUA);
         return -1;
     }
+    prepare_body_filter(s);
     mx_h1_send_head(c, s);
     if (tunnel) {
         set_state(s, MX_SESS_TUNNEL);
@@ -506,12 +511,49 @@ mx_session_on_response_head(mx_session_t *s)
 }
 
 
+/* Runs response_body_filter over one chunk (<eos> for the end) and sends
+ * what it returned, or the chunk itself. Returns MX_OK or MX_ELUA (the
+ * headers went out: the caller can only cut the response short). */
+static int
+filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
+{
+    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER)) {
+        mx_h1_send_body(s->c, s, p, n);
+        return MX_OK;
+    }
+    s->body_chunk = (mx_str_t){p, n};
+    s->body_eos = eos;
+    s->body_replaced = 0;
+    int rc = mx_lua_run(s, MX_PH_RESPONSE_BODY_FILTER);
+    s->body_chunk = (mx_str_t){NULL, 0};
+    if (rc != MX_OK)
+        return MX_ELUA;
+    if (s->body_replaced)
+        mx_h1_send_body(s->c, s, s->body_repl.data, s->body_repl.len);
+    else
+        mx_h1_send_body(s->c, s, p, n);
+    return MX_OK;
+}
+
+
+/* A body filter may change the length: the response goes chunked. */
+static void
+prepare_body_filter(mx_session_t *s)
+{
+    if (!s->resp_no_body && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
+        mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
+}
+
+
 void
 mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
 {
     if (s->c == NULL)
         return;
-    mx_h1_send_body(s->c, s, p, n);
+    if (filter_body(s, p, n, false) != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA); /* headers sent: aborts the stream */
+        return;
+    }
     if (s->c->ws.queued > HIGH_WATER && s->u != NULL)
         mx_upconn_read_pause(s->u, true);
 }
@@ -521,6 +563,10 @@ void
 mx_session_on_response_done(mx_session_t *s)
 {
     mx_upconn_t *u = s->u;
+    if (s->c != NULL && !s->resp_no_body && filter_body(s, NULL, 0, true) != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return;
+    }
     if (s->c != NULL)
         mx_h1_send_end(s->c, s);
     s->resp_done = 1;
@@ -729,9 +775,17 @@ send_local(mx_session_t *s)
     }
     if (!s->req_done && s->req_has_body)
         s->c->close_after = 1; /* the unread body would be parsed as a request */
+    prepare_body_filter(s);
     mx_h1_send_head(s->c, s);
-    if (!s->resp_no_body)
-        mx_h1_send_body(s->c, s, s->local_body.data, s->local_body.len);
+    if (!s->resp_no_body &&
+        (filter_body(s, s->local_body.data, s->local_body.len, false) != MX_OK ||
+         filter_body(s, NULL, 0, true) != MX_OK)) {
+        s->c->close_after = 1; /* the head went out: cut the answer short */
+        s->resp_done = 1;
+        finish(s);
+        return;
+    }
+    mx_h1_send_end(s->c, s);
     mx_h1_flush(s->c);
     s->resp_done = 1;
     finish(s);

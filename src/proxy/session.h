@@ -165,6 +165,10 @@ struct mx_session_s {
     void *lua_wait;  /* a pending moxy.sleep timer */
     int local_status; /* s:respond() status, 0 when not responded */
     int fail_status;  /* fail_to_proxy's choice, 0 for the default */
+    mx_str_t body_chunk; /* the chunk response_body_filter is looking at */
+    mx_buf_t body_repl;  /* its replacement */
+    unsigned body_eos : 1;
+    unsigned body_replaced : 1;
     mx_str_t lua_error; /* the first line of the last Lua error */
     unsigned in_error_page : 1;
     mx_str_t local_body;

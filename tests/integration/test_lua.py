@@ -167,3 +167,42 @@ class CheckScripts(MoxyTestCase):
         r = run_moxy(["-t", "-c", conf])
         self.assertEqual(r.returncode, 1)
         self.assertRegex(r.stderr, r"syntax_error\.lua:\d+:")
+
+
+class BodyFilter(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        import tempfile
+        cls.origin = cls.class_origin()
+        path = script("body.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                           "script": path, "upstream": "origin"}],
+                                         {"origin": upstream(cls.origin.port)}))
+
+    def test_chunks_are_rewritten_and_the_end_is_appended(self):
+        r = request(self.moxy.port, "GET", "/echo?abc")
+        self.assert_status(r, 200, self.moxy)
+        self.assertIsNone(r.header("content-length"))     # length changed: chunked
+        body = r.body.decode()
+        self.assertIn('"TARGET": "/ECHO?ABC"', body)
+        self.assertRegex(body, r"-- \d+ bytes filtered --\n$")
+
+    def test_a_large_body_streams_through_the_filter(self):
+        r = request(self.moxy.port, "GET", "/bytes?n=3000000")
+        self.assert_status(r, 200, self.moxy)
+        self.assertTrue(r.body.endswith(b"-- 3000000 bytes filtered --\n"))
+        self.assertEqual(len(r.body), 3000000 + len("-- 3000000 bytes filtered --\n"))
+
+    def test_local_answers_pass_the_body_filter(self):
+        r = request(self.moxy.port, "GET", "/local-body")
+        self.assertEqual(r.body, b"LOCAL BODY\n-- 11 bytes filtered --\n")
+
+    def test_an_error_after_the_head_aborts_the_stream(self):
+        with Client(self.moxy.port) as c:
+            c.send(b"GET /bytes?n=3000000&boom=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = c.reader.read_until(b"\r\n\r\n")
+            self.assertIn(b"200", head.split(b"\r\n")[0])
+            closed, _ = c.wait_closed(5)
+            self.assertTrue(closed, "stream not aborted")
+        self.assertIn("lua response_body_filter", self.moxy.error_log())
+        self.assert_status(request(self.moxy.port, "GET", "/local-body"), 200, self.moxy)

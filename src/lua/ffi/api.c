@@ -49,6 +49,8 @@ int moxy_session_phase(mx_session_t *s);
 int moxy_set_peer(mx_session_t *s, const char *addr, size_t len);
 int moxy_set_upstream(mx_session_t *s, const char *name, size_t len);
 int moxy_session_error(mx_session_t *s, char *buf, size_t len);
+int moxy_body_chunk(mx_session_t *s, mx_str_t *out);
+int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
@@ -365,6 +367,30 @@ int
 moxy_session_phase(mx_session_t *s)
 {
     return s->lua_phase;
+}
+
+
+/* The chunk the body filter is called with; returns 1 at the end of the
+ * body (eos), 0 before. */
+int
+moxy_body_chunk(mx_session_t *s, mx_str_t *out)
+{
+    if (allowed(s, PH(MX_PH_RESPONSE_BODY_FILTER)) != MX_OK)
+        return MX_EBADPHASE;
+    *out = s->body_chunk.data ? s->body_chunk : MX_STR("");
+    return s->body_eos;
+}
+
+
+int
+moxy_body_replace(mx_session_t *s, const char *p, size_t len)
+{
+    if (allowed(s, PH(MX_PH_RESPONSE_BODY_FILTER)) != MX_OK)
+        return MX_EBADPHASE;
+    mx_buf_reset(&s->body_repl);
+    mx_buf_append(&s->body_repl, p, len);
+    s->body_replaced = 1;
+    return MX_OK;
 }
 
 
