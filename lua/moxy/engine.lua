@@ -27,7 +27,8 @@ local co_sp = live.co_sp
 
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
-local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER, RELEASE = 4, 5, 6, 7, 8
+local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
+local FAIL_TO_CONNECT, RELEASE = 8, 9
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -61,7 +62,7 @@ function _M.load(svc, path)
         app.init({})
     end
     local mask = 0
-    for id = REQUEST_FILTER, RESPONSE_BODY_FILTER do
+    for id = REQUEST_FILTER, FAIL_TO_CONNECT do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -69,6 +70,15 @@ function _M.load(svc, path)
     apps[svc] = app
     return mask
 end
+
+
+-- fail_to_connect's err: its text, and err:set_retry(true) to try another peer.
+local err_mt = {
+    __tostring = function(e) return e.message or "" end,
+    __index = {
+        set_retry = function(e, retry) live.set_retry(e.sp, retry ~= false) end,
+    },
+}
 
 
 -- "file:line" of a handler, for errors about what it returned.
@@ -129,6 +139,11 @@ local function run(app, phase, s, ctx)
                       .. type(out), 0)
             end
             live.body_replace(s.sp, out)
+        end
+    elseif phase == FAIL_TO_CONNECT then
+        local err = setmetatable({ message = live.error(s.sp), sp = s.sp }, err_mt)
+        if handler(s, live.peer(s.sp), err, ctx) == true then
+            live.set_retry(s.sp, true)
         end
     elseif phase == FAIL_TO_PROXY then
         local status = handler(s, live.error(s.sp), ctx)

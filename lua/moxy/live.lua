@@ -43,6 +43,8 @@ int moxy_session_error(mx_session_t *s, char *buf, size_t len);
 int moxy_body_chunk(mx_session_t *s, moxy_str_t *out);
 int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
+int moxy_set_retry(mx_session_t *s, int retry);
+int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -62,7 +64,7 @@ local E_BAD_PHASE, E_BAD_ARG = -5015, -5016
 
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
-                 "release" }
+                 "fail_to_connect", "release" }
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -279,6 +281,21 @@ end
 
 function _M.body_replace(sp, chunk)
     C.moxy_body_replace(sp, chunk, #chunk)
+end
+
+
+-- The peer tried, as { addr = "host:port" | "unix:/path" } (fail_to_connect's peer).
+function _M.peer(sp)
+    if C.moxy_peer_str(sp, str1) ~= OK then
+        return nil
+    end
+    return { addr = ffi_str(str1[0].data, str1[0].len) }
+end
+
+
+function _M.set_retry(sp, retry)
+    local rc = C.moxy_set_retry(sp, retry and 1 or 0)
+    if rc ~= OK then raise(rc, "err:set_retry()") end
 end
 
 

@@ -33,7 +33,8 @@ struct mx_vm_s {
 
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
-    "response_filter", "logging",       "fail_to_proxy", "response_body_filter", "release"};
+    "response_filter", "logging",       "fail_to_proxy", "response_body_filter",
+    "fail_to_connect", "release"};
 
 
 const char *

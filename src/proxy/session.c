@@ -137,6 +137,9 @@ next_peer(mx_session_t *s)
 static void
 prepare_upstream_headers(mx_session_t *s)
 {
+    if (s->up_headers_ready)
+        return;
+    s->up_headers_ready = 1;
     const mx_conf_service_t *svc = s->c->svc;
     mx_headers_t *h = &s->req_headers;
     mx_arena_t *a = &s->arena;
@@ -267,9 +270,11 @@ after_upstream_request_filter(mx_session_t *s, int rc)
 {
     if (!phase_ok(s, rc))
         return;
+    mx_buf_reset(&s->up_head);
     serialize_upstream_head(s);
     set_state(s, MX_SESS_CONNECT);
-    if (s->expect_continue && s->req_has_body && !s->req_done && s->c != NULL) {
+    if (s->expect_continue && s->req_has_body && !s->req_done && !s->sent_continue &&
+        s->c != NULL) {
         mx_h1_send_continue(s->c);
         s->sent_continue = 1;
     }
@@ -301,6 +306,15 @@ after_upstream_peer(mx_session_t *s, int rc)
         s->peer = next_peer(s);
     }
     prepare_upstream_headers(s);
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT)) {
+        /* Keep the request as it is now: a retry's filter starts from it. */
+        mx_headers_t *b = &s->up_headers_base;
+        mx_headers_init(b);
+        for (size_t i = 0; i < s->req_headers.n; i++)
+            mx_headers_add(b, &s->arena, s->req_headers.v[i].name, s->req_headers.v[i].value);
+        if (b->n > 0)
+            memcpy(b->v, s->req_headers.v, b->n * sizeof(mx_header_t));
+    }
     run_phase(s, MX_PH_UPSTREAM_REQUEST_FILTER, after_upstream_request_filter);
 }
 
@@ -411,6 +425,49 @@ idempotent(const mx_session_t *s)
 }
 
 
+/* upstream_peer ran again after fail_to_connect asked for a retry: the new
+ * try starts from the request as it was before upstream_request_filter. */
+static void
+after_retry_peer(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    if (s->peer_set) {
+        s->peer = &s->peer_addr;
+    } else if (s->ups != NULL && s->ups->nbackends > 0) {
+        s->peer = next_peer(s);
+    }
+    mx_headers_t *h = &s->req_headers;
+    mx_headers_init(h);
+    for (size_t i = 0; i < s->up_headers_base.n; i++)
+        mx_headers_add(h, &s->arena, s->up_headers_base.v[i].name, s->up_headers_base.v[i].value);
+    memcpy(h->v, s->up_headers_base.v, s->up_headers_base.n * sizeof(mx_header_t)); /* flags */
+    set_state(s, MX_SESS_PHASES);
+    run_phase(s, MX_PH_UPSTREAM_REQUEST_FILTER, after_upstream_request_filter);
+}
+
+
+/* Lets fail_to_connect decide: true when it asked for (and got) a retry. */
+static bool
+lua_retry(mx_session_t *s, int err)
+{
+    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || s->tries >= 4)
+        return false;
+    s->err = err;
+    s->retry_requested = 0;
+    if (mx_lua_run(s, MX_PH_FAIL_TO_CONNECT) != MX_OK || !s->retry_requested)
+        return false;
+    log_upstream_error(s, err);
+    mx_log_info("#%llu fail_to_connect asked for a retry (try %d)", (unsigned long long)s->id,
+                s->tries + 2);
+    s->err = 0;
+    s->tries++;
+    s->peer_set = 0;
+    run_phase(s, MX_PH_UPSTREAM_PEER, after_retry_peer);
+    return true;
+}
+
+
 void
 mx_session_on_upstream_error(mx_session_t *s, int err)
 {
@@ -437,6 +494,8 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
             mx_upconn_acquire(s, s->ups, s->peer, true);
             return;
         }
+        if (connecting && lua_retry(s, err))
+            return;
         if (connecting && s->tries < s->ups->max_retries && s->ups->nbackends > 1) {
             log_upstream_error(s, err);
             s->tries++;

@@ -171,6 +171,9 @@ struct mx_session_s {
     unsigned body_replaced : 1;
     mx_str_t lua_error; /* the first line of the last Lua error */
     unsigned in_error_page : 1;
+    unsigned retry_requested : 1; /* fail_to_connect asked for another try */
+    unsigned up_headers_ready : 1; /* XFF/Via/Host added (once, even across retries) */
+    mx_headers_t up_headers_base; /* the request before upstream_request_filter, per try */
     mx_str_t local_body;
     unsigned lua_headers_local : 1; /* resp_headers hold s:respond()'s headers */
     unsigned peer_set : 1;          /* upstream_peer chose s->peer_addr */

@@ -206,3 +206,33 @@ class BodyFilter(MoxyTestCase):
             self.assertTrue(closed, "stream not aborted")
         self.assertIn("lua response_body_filter", self.moxy.error_log())
         self.assert_status(request(self.moxy.port, "GET", "/local-body"), 200, self.moxy)
+
+
+class FailToConnect(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        import tempfile
+        cls.origin = cls.class_origin()
+        cls.dead = free_port()
+        path = script("retry.lua", tempfile.mkdtemp(prefix="moxy-lua-"), ORIGIN_PORT=cls.origin.port,
+                      DEAD_PORT=cls.dead)
+        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                           "script": path}], {"origin": upstream(cls.origin.port)}))
+
+    def seen(self, r):
+        return {k.lower(): v for k, v in r.json()["headers"]}
+
+    def test_returning_true_retries_with_a_fresh_upstream_peer(self):
+        r = request(self.moxy.port, "GET", "/echo?mode=true")
+        self.assert_status(r, 200, self.moxy)
+        h = self.seen(r)
+        self.assertEqual(h["x-tries"], "2")
+        self.assertEqual(h["x-failed"], f"127.0.0.1:{self.dead} upstream: ECONNREFUSED")
+
+    def test_err_set_retry(self):
+        r = request(self.moxy.port, "GET", "/echo?mode=method")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(self.seen(r)["x-tries"], "2")
+
+    def test_no_retry_is_a_502(self):
+        self.assertEqual(request(self.moxy.port, "GET", "/echo?mode=no-retry").status, 502)

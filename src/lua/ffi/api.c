@@ -25,6 +25,10 @@
 #define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY))
 #define RESP_SET PH(MX_PH_RESPONSE_FILTER)
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
+#undef RESP_GET
+#define RESP_GET                                                                                   \
+    (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY) |                   \
+     PH(MX_PH_RESPONSE_BODY_FILTER))
 
 static __thread char last_error[256];
 
@@ -52,6 +56,8 @@ int moxy_session_error(mx_session_t *s, char *buf, size_t len);
 int moxy_body_chunk(mx_session_t *s, mx_str_t *out);
 int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
+int moxy_set_retry(mx_session_t *s, int retry);
+int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -420,6 +426,27 @@ moxy_fail_status(mx_session_t *s, int status)
     if (status < 400 || status > 599)
         return fail(MX_EBADARG, "fail_to_proxy must return a status in 400..599, got %d", status);
     s->fail_status = status;
+    return MX_OK;
+}
+
+
+/* The peer the request went (or tried to go) to, as "host:port" text. */
+int
+moxy_peer_str(mx_session_t *s, mx_str_t *out)
+{
+    if (s->peer == NULL)
+        return MX_DECLINED;
+    *out = (mx_str_t){s->peer->text, strlen(s->peer->text)};
+    return MX_OK;
+}
+
+
+int
+moxy_set_retry(mx_session_t *s, int retry)
+{
+    if (allowed(s, PH(MX_PH_FAIL_TO_CONNECT)) != MX_OK)
+        return MX_EBADPHASE;
+    s->retry_requested = retry != 0;
     return MX_OK;
 }
 
