@@ -28,7 +28,7 @@ local co_sp = live.co_sp
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
 local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
-local FAIL_TO_CONNECT, RELEASE = 8, 9
+local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER, RELEASE = 8, 9, 10, 11
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -62,7 +62,7 @@ function _M.load(svc, path)
         app.init({})
     end
     local mask = 0
-    for id = REQUEST_FILTER, FAIL_TO_CONNECT do
+    for id = REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -126,8 +126,10 @@ local function run(app, phase, s, ctx)
         end
     elseif phase == UPSTREAM_REQUEST_FILTER then
         handler(s, s.req, ctx)
-    elseif phase == RESPONSE_FILTER then
+    elseif phase == RESPONSE_FILTER or phase == UPSTREAM_RESPONSE_FILTER then
         handler(s, s.resp, ctx)
+    elseif phase == EARLY_REQUEST_FILTER then
+        handler(s, ctx)
     elseif phase == LOGGING then
         handler(s, live.error(s.sp), ctx)
     elseif phase == RESPONSE_BODY_FILTER then

@@ -178,6 +178,11 @@ function B.req_add_header(sp, name, value) h_add(sp.headers, name, value) end
 function B.req_remove_header(sp, name) h_remove(sp.headers, name) end
 function B.req_set_uri(sp, uri) sp.uri = uri end
 function B.req_set_method(sp, method) sp.method = method end
+function B.req_body(sp, max)
+    local body = sp.body or ""
+    if #body > max then return nil, "too_large" end
+    return body
+end
 function B.resp_status(sp) return sp.status end
 function B.resp_set_status(sp, n) sp.status = n end
 function B.resp_header(sp, name) return h_get(sp.resp_headers, name) end

@@ -45,6 +45,7 @@ int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
+int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -60,11 +61,12 @@ end
 
 -- Return codes, as in src/core/errors.h.
 local OK, AGAIN, DECLINED = 0, 1, 2
-local E_BAD_PHASE, E_BAD_ARG = -5015, -5016
+local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE = -5015, -5016, -5004
 
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
-                 "fail_to_connect", "release" }
+                 "fail_to_connect", "early_request_filter", "upstream_response_filter",
+                 "release" }
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -251,6 +253,23 @@ function _M.sleep(seconds)
         return yield()
     end
     raise(rc, "moxy.sleep()")
+end
+
+
+-- The whole request body, waiting (yielding) until it arrived; nil, "too_large" past max.
+function _M.req_body(sp, max)
+    while true do
+        local rc = C.moxy_req_body(sp, max, str1)
+        if rc == OK then
+            return ffi_str(str1[0].data, str1[0].len)
+        elseif rc == AGAIN then
+            yield()
+        elseif rc == E_TOO_LARGE then
+            return nil, "too_large"
+        else
+            raise(rc, "s.req:body()")
+        end
+    end
 end
 
 

@@ -483,6 +483,31 @@ end
 
 
 -- Replaces the method (a token, e.g. "POST"). Phases: REQ_WRITE.
+local BODY = set_of { "early_request_filter", "request_filter", "upstream_peer",
+                      "upstream_request_filter" }
+local BODY_MAX = 1048576
+
+
+-- The whole request body as a string (waits for it: the handler yields until it
+-- arrived). opts.max (bytes, default 1 MiB): past it, nil, "too_large".
+-- Phases: request_filter, upstream_peer, upstream_request_filter.
+function Req.body(self, opts)
+    local max = BODY_MAX
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            arg_error(1, "body", "table or nil", opts)
+        end
+        max = opts.max or max
+        if type(max) ~= "number" or max < 0 then
+            arg_error(1, "body", "a max >= 0", max)
+        end
+    end
+    local b, sp = self.b, self.sp
+    check_phase(b, sp, BODY, "s.req:body()")
+    return b.req_body(sp, max)
+end
+
+
 function Req.set_method(self, method)
     check_token(1, "set_method", method)
     local b, sp = self.b, self.sp

@@ -303,9 +303,8 @@ local function run_request(app, s, opts, res)
     local peer
     if go_on() and proxy then
         if app.upstream_peer == nil then
-            record("lua upstream_peer: the script has no upstream_peer handler and sent "
-                   .. "no response")
-            failed = true
+            -- As the live engine: the service's YAML upstream group (opts.peer names it).
+            peer = opts.peer or "(service upstream)"
         else
             ok, r = run("upstream_peer", nil, s, ctx)
             if not ok then
@@ -372,11 +371,19 @@ local function run_request(app, s, opts, res)
     if filter then
         fake.h_remove(sp.resp_headers, "content-length")   -- the engine sends it chunked
     end
+    local no_body = sp.method == "HEAD" or sp.status == 204 or sp.status == 304
     local out = {}
-    for i = 1, #chunks do
-        local chunk = chunks[i]
+    -- As the live engine: each chunk with eos = false, then one last call ("", true).
+    if not no_body then
+        chunks[#chunks + 1] = false
+    end
+    for i = 1, no_body and 0 or #chunks do
+        local chunk, eos = chunks[i], chunks[i] == false
+        if eos then
+            chunk = ""
+        end
         if filter then
-            ok, r = run("response_body_filter", check_chunk_return, s, chunk, i == #chunks, ctx)
+            ok, r = run("response_body_filter", check_chunk_return, s, chunk, eos, ctx)
             if not ok then
                 res.aborted = true
                 break

@@ -38,7 +38,8 @@ describe("t.run order and results", function()
         local res = t.run(app, t.request { uri = "/x?y=1" }, { upstream = echo })
         assert.same({ "early_request_filter", "request_filter", "proxy_upstream_filter",
                       "upstream_peer", "upstream_request_filter", "upstream_response_filter",
-                      "response_filter", "response_body_filter", "logging" }, res.phases)
+                      "response_filter", "response_body_filter", "response_body_filter",
+                      "logging" }, res.phases)    -- the body filter: the chunk, then eos
         for i, name in ipairs(res.phases) do
             assert.equal(name .. "/" .. name, seen[i])   -- s:phase() agrees
         end
@@ -143,7 +144,8 @@ describe("t.run order and results", function()
                      body = { "a", "b", "c" } }
         end })
         assert.equal("aB!c", res.body)
-        assert.same({ { "a", false }, { "b", false }, { "c", true } }, calls)
+        -- As live: every chunk with eos = false, then a last call ("", true).
+        assert.same({ { "a", false }, { "b", false }, { "c", false }, { "", true } }, calls)
         assert.is_nil(res.headers["content-length"])
         local res2 = t.run({ upstream_peer = proxy_to("a:1") }, t.request(), { upstream =
             function() return { status = 200, headers = { ["content-length"] = "1" },
@@ -189,7 +191,7 @@ describe("t.run local answers", function()
         end
         local res = t.run(app, t.request())
         assert.same({ "early_request_filter", "request_filter", "response_filter",
-                      "response_body_filter", "logging" }, res.phases)
+                      "response_body_filter", "response_body_filter", "logging" }, res.phases)
         assert.status(401, res)
         assert.equal("no\n", res.body)
         assert.header("www-authenticate", "Bearer", res)
@@ -197,6 +199,7 @@ describe("t.run local answers", function()
         assert.equal("local", res.source)
         assert.is_nil(res.upstream)
         assert.same({ "early_request_filter/early_request_filter",
+                      "response_body_filter/response_body_filter",
                       "response_body_filter/response_body_filter", "logging/logging" }, seen)
     end)
 
@@ -298,10 +301,12 @@ describe("t.run error rules", function()
         assert.equal(81, ok.upstream.peer.port)
     end)
 
-    it("no upstream_peer and no response is a 500", function()
+    it("no upstream_peer: the service's YAML upstream group is used, as live", function()
         local res = t.run({}, t.request())
-        assert.status(500, res)
-        assert.logged("no upstream_peer handler", res)
+        assert.status(200, res)
+        assert.equal("(service upstream)", tostring(res.upstream.peer))
+        local res2 = t.run({}, t.request(), { peer = "10.0.0.1:80" })
+        assert.equal("10.0.0.1:80", tostring(res2.upstream.peer))
     end)
 
     it("an error in upstream_response_filter is a 502", function()

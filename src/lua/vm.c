@@ -34,7 +34,7 @@ struct mx_vm_s {
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
     "response_filter", "logging",       "fail_to_proxy", "response_body_filter",
-    "fail_to_connect", "release"};
+    "fail_to_connect", "early_request_filter", "upstream_response_filter", "release"};
 
 
 const char *
@@ -207,7 +207,7 @@ after_resume(mx_session_t *s, lua_State *co, int st)
     }
     if (st == LUA_YIELD) {
         lua_settop(co, 0);
-        if (s->lua_wait != NULL)
+        if (s->lua_wait != NULL || s->body_waiting)
             return MX_AGAIN;
         mx_log_error("#%llu lua %s yielded without waiting on anything", (unsigned long long)s->id,
                      mx_phase_name(phase));

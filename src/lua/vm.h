@@ -18,6 +18,8 @@ typedef enum {
     MX_PH_FAIL_TO_PROXY,
     MX_PH_RESPONSE_BODY_FILTER,
     MX_PH_FAIL_TO_CONNECT,
+    MX_PH_EARLY_REQUEST_FILTER,
+    MX_PH_UPSTREAM_RESPONSE_FILTER,
     MX_PH_RELEASE, /* not a handler: the request ended, recycle the coroutine */
     MX_PH_MAX
 } mx_phase_id_t;

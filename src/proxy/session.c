@@ -69,6 +69,7 @@ mx_session_new(mx_h1conn_t *c)
     mx_buf_init(&s->up_head);
     mx_buf_init(&s->pending);
     mx_buf_init(&s->body_repl);
+    mx_buf_init(&s->body_buf);
     return s;
 }
 
@@ -86,6 +87,7 @@ mx_session_free(mx_session_t *s)
     mx_buf_dispose(&s->up_head);
     mx_buf_dispose(&s->pending);
     mx_buf_dispose(&s->body_repl);
+    mx_buf_dispose(&s->body_buf);
     mx_arena_dispose(&s->arena);
     mx_free(s);
 }
@@ -328,11 +330,20 @@ after_request_filter(mx_session_t *s, int rc)
 }
 
 
+static void
+after_early_request_filter(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    run_phase(s, MX_PH_REQUEST_FILTER, after_request_filter);
+}
+
+
 void
 mx_session_on_request_head(mx_session_t *s)
 {
     set_state(s, MX_SESS_PHASES);
-    run_phase(s, MX_PH_REQUEST_FILTER, after_request_filter);
+    run_phase(s, MX_PH_EARLY_REQUEST_FILTER, after_early_request_filter);
 }
 
 
@@ -352,14 +363,29 @@ send_up(mx_session_t *s, const uv_buf_t *bufs, unsigned n)
     }
     for (unsigned i = 0; i < n; i++)
         mx_buf_append(&s->pending, bufs[i].base, bufs[i].len);
-    if (s->pending.len > HIGH_WATER && s->c != NULL)
+    if (s->pending.len > HIGH_WATER && s->c != NULL && !s->body_waiting)
         mx_h1_read_pause(s->c, true);
+}
+
+
+/* s.req:body() is waiting: wake it when the body is complete or too large. */
+static void
+body_progress(mx_session_t *s)
+{
+    if (s->body_waiting && (s->req_done || s->body_buf.len > s->body_max)) {
+        s->body_waiting = 0;
+        mx_lua_resume(s);
+    }
 }
 
 
 void
 mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
 {
+    if (s->state == MX_SESS_PHASES || s->state == MX_SESS_READ_HEAD) {
+        mx_buf_append(&s->body_buf, p, n); /* for s.req:body() */
+        body_progress(s);
+    }
     if (!s->req_chunked) {
         uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
         send_up(s, &b, 1);
@@ -376,6 +402,9 @@ mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
 void
 mx_session_on_request_done(mx_session_t *s)
 {
+    body_progress(s);
+    if (s->state == MX_SESS_DONE)
+        return;
     if (s->req_chunked) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
         send_up(s, &b, 1);
@@ -554,6 +583,11 @@ mx_session_on_response_head(mx_session_t *s)
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_FILTER) &&
+        mx_lua_run(s, MX_PH_UPSTREAM_RESPONSE_FILTER) != MX_OK) {
+        mx_session_respond_error(s, 502, MX_ELUA);
+        return -1;
+    }
     if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
         s->in_error_page = 1; /* a plain page: the filter that failed is not run again */

@@ -172,6 +172,9 @@ struct mx_session_s {
     mx_str_t lua_error; /* the first line of the last Lua error */
     unsigned in_error_page : 1;
     unsigned retry_requested : 1; /* fail_to_connect asked for another try */
+    unsigned body_waiting : 1;    /* s.req:body() waits for the rest of the body */
+    mx_buf_t body_buf;            /* the decoded request body, kept during request phases */
+    size_t body_max;
     unsigned up_headers_ready : 1; /* XFF/Via/Host added (once, even across retries) */
     mx_headers_t up_headers_base; /* the request before upstream_request_filter, per try */
     mx_str_t local_body;

@@ -236,3 +236,38 @@ class FailToConnect(MoxyTestCase):
 
     def test_no_retry_is_a_502(self):
         self.assertEqual(request(self.moxy.port, "GET", "/echo?mode=no-retry").status, 502)
+
+
+class RequestBody(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        import tempfile
+        cls.origin = cls.class_origin()
+        path = script("reqbody.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                           "script": path, "upstream": "origin"}],
+                                         {"origin": upstream(cls.origin.port)}))
+
+    def test_body_waits_for_a_slow_client(self):
+        with Client(self.moxy.port) as c:
+            c.send(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n" + b"a" * 5000)
+            time.sleep(0.3)
+            c.send(b"b" * 15000)
+            r = c.response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, b"20000 aaaaaaaa\n")
+            self.assert_status(c.request("POST", "/body", body=b"xyz" * 10), 200, self.moxy)
+
+    def test_chunked_body_is_decoded(self):
+        r = request(self.moxy.port, "POST", "/body", body=b"hello world" * 100, chunked=True)
+        self.assertEqual(r.body, b"1100 hello wo\n")
+
+    def test_too_large(self):
+        r = request(self.moxy.port, "POST", "/body", body=b"z" * 100000)
+        self.assertEqual(r.status, 413)
+        self.assertEqual(r.body, b"too_large\n")
+
+    def test_bodies_still_stream_to_the_origin_when_not_read(self):
+        r = request(self.moxy.port, "POST", "/echo", body=b"q" * 1000000)
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["body_len"], 1000000)

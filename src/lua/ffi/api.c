@@ -19,16 +19,18 @@
 #define PH(p)          (1u << (p))
 
 /* Which phases may call what. */
-#define REQ_SET  (PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) | PH(MX_PH_UPSTREAM_REQUEST_FILTER))
+#define REQ_SET                                                                                    \
+    (PH(MX_PH_EARLY_REQUEST_FILTER) | PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) |        \
+     PH(MX_PH_UPSTREAM_REQUEST_FILTER))
 #define RESPOND  REQ_SET
 #define WAIT     REQ_SET
 #define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY))
-#define RESP_SET PH(MX_PH_RESPONSE_FILTER)
+#define RESP_SET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
 #undef RESP_GET
 #define RESP_GET                                                                                   \
     (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY) |                   \
-     PH(MX_PH_RESPONSE_BODY_FILTER))
+     PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
 
 static __thread char last_error[256];
 
@@ -58,6 +60,7 @@ int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
+int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
@@ -427,6 +430,28 @@ moxy_fail_status(mx_session_t *s, int status)
         return fail(MX_EBADARG, "fail_to_proxy must return a status in 400..599, got %d", status);
     s->fail_status = status;
     return MX_OK;
+}
+
+
+/* s.req:body{max}: MX_OK with the whole body, MX_ETOOLARGE past <max>,
+ * MX_AGAIN when it has not all arrived (the wrapper yields; the session
+ * resumes it when it has). */
+int
+moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
+{
+    if (allowed(s, WAIT) != MX_OK)
+        return MX_EBADPHASE;
+    if (s->body_buf.len > max)
+        return MX_ETOOLARGE;
+    if (s->req_done || !s->req_has_body) {
+        *out = (mx_str_t){s->body_buf.data ? s->body_buf.data : "", s->body_buf.len};
+        return MX_OK;
+    }
+    s->body_waiting = 1;
+    s->body_max = max;
+    if (s->c != NULL)
+        mx_h1_read_pause(s->c, false);
+    return MX_AGAIN;
 }
 
 
