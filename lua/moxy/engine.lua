@@ -28,7 +28,8 @@ local co_sp = live.co_sp
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
 local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
-local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER, RELEASE = 8, 9, 10, 11
+local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
+local PROXY_UPSTREAM_FILTER, RELEASE = 11, 12
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -62,7 +63,8 @@ function _M.load(svc, path)
         app.init({})
     end
     local mask = 0
-    for id = REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER do
+    session.check_app(app, path)
+    for id = REQUEST_FILTER, PROXY_UPSTREAM_FILTER do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -130,6 +132,10 @@ local function run(app, phase, s, ctx)
         handler(s, s.resp, ctx)
     elseif phase == EARLY_REQUEST_FILTER then
         handler(s, ctx)
+    elseif phase == PROXY_UPSTREAM_FILTER then
+        if handler(s, ctx) == false then
+            live.no_proxy(s.sp)
+        end
     elseif phase == LOGGING then
         handler(s, live.error(s.sp), ctx)
     elseif phase == RESPONSE_BODY_FILTER then
@@ -170,11 +176,26 @@ function _M.body(phase, p, svc)
     while true do
         local app = apps[svc]
         local sp = ffi.cast(session_ptr, p)
-        local ctx = app.new_ctx and app.new_ctx() or {}
+        local ctx, ctx_err = {}, nil
+        if app.new_ctx then
+            local ok, r = xpcall(app.new_ctx, on_error)
+            if not ok then
+                ctx_err = r             -- every phase of this request reports it
+            elseif type(r) ~= "table" then
+                ctx_err = where(app.new_ctx) .. ": new_ctx must return a table, got " .. type(r)
+            else
+                ctx = r
+            end
+        end
         local s = session.new(sp, ctx)
         co_sp[running()] = sp
         while phase ~= RELEASE do
-            local ok, err = xpcall(run, on_error, app, phase, s, ctx)
+            local ok, err
+            if ctx_err and phase ~= LOGGING then
+                ok, err = false, ctx_err
+            else
+                ok, err = xpcall(run, on_error, app, phase, s, ctx)
+            end
             phase = yield(true, ok, err)
         end
         co_sp[running()] = nil

@@ -45,6 +45,7 @@ int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
+int moxy_no_proxy(mx_session_t *s);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
@@ -66,7 +67,7 @@ local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE = -5015, -5016, -5004
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
                  "fail_to_connect", "early_request_filter", "upstream_response_filter",
-                 "release" }
+                 "proxy_upstream_filter", "release" }
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -309,6 +310,12 @@ function _M.peer(sp)
         return nil
     end
     return { addr = ffi_str(str1[0].data, str1[0].len) }
+end
+
+
+function _M.no_proxy(sp)
+    local rc = C.moxy_no_proxy(sp)
+    if rc ~= OK then raise(rc, "proxy_upstream_filter") end
 end
 
 

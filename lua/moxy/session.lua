@@ -57,6 +57,26 @@ local RESPOND = set_of {
     "request_cache_filter", "cache_hit_filter", "cache_miss", "upstream_peer",
 }
 
+-- LUA_API.md phases neither engine runs yet: a script that defines one is refused at
+-- load rather than silently half-run.
+local NOT_BUILT = {
+    "request_body_filter", "upstream_response_body_filter", "response_trailer_filter",
+    "connected_to_upstream", "error_while_proxy", "shutdown", "request_cache_filter",
+    "cache_key", "cache_hit_filter", "cache_miss", "response_cache_filter",
+}
+
+
+-- Raises when <app> defines a phase this build does not run. Engines only.
+function _M.check_app(app, path)
+    for i = 1, #NOT_BUILT do
+        if app[NOT_BUILT[i]] ~= nil then
+            error((path or "script") .. ": " .. NOT_BUILT[i] .. " is not supported by this "
+                  .. "moxy yet (docs/lua-api.md lists the phases that run)", 0)
+        end
+    end
+end
+
+
 _M.REQ_WRITE = REQ_WRITE
 _M.RESP_WRITE = RESP_WRITE
 _M.RESPOND = RESPOND
@@ -108,8 +128,8 @@ end
 
 
 local function check_status(n, fname, v)
-    if type(v) ~= "number" or v % 1 ~= 0 or v < 100 or v > 599 then
-        error(format("bad argument #%d to '%s' (status 100..599 expected, got %s)", n,
+    if type(v) ~= "number" or v % 1 ~= 0 or v < 200 or v > 599 then
+        error(format("bad argument #%d to '%s' (status 200..599 expected, got %s)", n,
                      fname, tostring(v)), 3)
     end
 end

@@ -252,6 +252,8 @@ local function run_request(app, s, opts, res)
         sp.source = "error"
     end
 
+    local ended = false         -- answered without Lua: not proxied, upstream failed
+
     -- Not proxied (no Lua error): fail_to_proxy may choose the status.
     local function fail_to_proxy(why, status)
         err = err or why
@@ -270,7 +272,6 @@ local function run_request(app, s, opts, res)
         s.ctx = ctx
     end
     local failed = ok == false
-    local ended = false         -- answered without Lua: not proxied, upstream failed
 
     -- request phases: a response, a failure or an end stops them
     local function go_on()
@@ -422,6 +423,7 @@ function _M.run(app, s, opts)
     if s.sp.ran then
         error("t.run: this session already ran; make a new one with t.request", 2)
     end
+    session.check_app(app)          -- refused as the live engine refuses it at load
     opts = opts or {}
     if opts.upstream ~= nil and type(opts.upstream) ~= "function" then
         error("t.run: opts.upstream must be a function", 2)
@@ -504,21 +506,6 @@ _M.describe = describe_res
 
 local function register_assertions()
 
-
--- The live half (real processes): t.origin, t.server, t.each_engine (moxy.test_live).
-do
-    local ok, live = pcall(require, "moxy.test_live")
-    if ok then
-        _M.origin, _M.server, _M.each_engine = live.origin, live.server, live.each_engine
-        _M.live = live
-    else
-        local why = tostring(live)
-        local function missing()
-            error("moxy.test: the live helpers need luasocket: " .. why, 2)
-        end
-        _M.origin, _M.server, _M.each_engine = missing, missing, missing
-    end
-end
     local has, assert = pcall(require, "luassert")
     local has_say, say = pcall(require, "say")
     if not has or not has_say then

@@ -47,6 +47,8 @@ mx_strerror(int rc)
         return "not allowed in this phase";
     case MX_EBADARG:
         return "invalid argument";
+    case MX_ENOPROXY:
+        return "proxy_upstream_filter returned false";
     }
     if (rc < 0 && rc > -5000)
         return uv_err_name(rc);

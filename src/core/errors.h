@@ -25,6 +25,7 @@
 #define MX_ELUA         (-5014) /* a Lua handler raised an error or returned a wrong type */
 #define MX_EBADPHASE    (-5015) /* a Lua API call not allowed in the current phase */
 #define MX_EBADARG      (-5016) /* a Lua API call with an invalid argument */
+#define MX_ENOPROXY     (-5017) /* proxy_upstream_filter returned false: 502 */
 
 /* Returns a static description of <rc>: libuv's name for UV_E* codes
  * ("ECONNREFUSED"), moxy's for MX_E* ones. Never NULL. */

@@ -34,7 +34,8 @@ struct mx_vm_s {
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
     "response_filter", "logging",       "fail_to_proxy", "response_body_filter",
-    "fail_to_connect", "early_request_filter", "upstream_response_filter", "release"};
+    "fail_to_connect", "early_request_filter", "upstream_response_filter",
+    "proxy_upstream_filter", "release"};
 
 
 const char *

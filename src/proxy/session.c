@@ -322,11 +322,24 @@ after_upstream_peer(mx_session_t *s, int rc)
 
 
 static void
+after_proxy_upstream_filter(mx_session_t *s, int rc)
+{
+    if (!phase_ok(s, rc))
+        return;
+    if (s->err == MX_ENOPROXY) {
+        mx_session_respond_error(s, 502, MX_ENOPROXY); /* fail_to_proxy may say otherwise */
+        return;
+    }
+    run_phase(s, MX_PH_UPSTREAM_PEER, after_upstream_peer);
+}
+
+
+static void
 after_request_filter(mx_session_t *s, int rc)
 {
     if (!phase_ok(s, rc))
         return;
-    run_phase(s, MX_PH_UPSTREAM_PEER, after_upstream_peer);
+    run_phase(s, MX_PH_PROXY_UPSTREAM_FILTER, after_proxy_upstream_filter);
 }
 
 
@@ -480,7 +493,7 @@ after_retry_peer(mx_session_t *s, int rc)
 static bool
 lua_retry(mx_session_t *s, int err)
 {
-    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || s->tries >= 4)
+    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || s->tries >= 3)
         return false;
     s->err = err;
     s->retry_requested = 0;
@@ -525,7 +538,8 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
         }
         if (connecting && lua_retry(s, err))
             return;
-        if (connecting && s->tries < s->ups->max_retries && s->ups->nbackends > 1) {
+        if (connecting && !s->peer_set && s->tries < s->ups->max_retries &&
+            s->ups->nbackends > 1) {
             log_upstream_error(s, err);
             s->tries++;
             s->peer = next_peer(s);
@@ -797,7 +811,8 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     }
     /* fail_to_proxy may choose the status; response_filter sees the page
      * (source "error") unless the failure was its own. */
-    bool filters = !s->in_error_page && s->lua_phase < 0 && err != MX_EBADREQ;
+    bool filters = !s->in_error_page && s->lua_phase < 0 && err != MX_EBADREQ &&
+                   s->method.len > 0; /* a request that never parsed meets no script */
     s->in_error_page = 1;
     if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY) &&
         mx_lua_run(s, MX_PH_FAIL_TO_PROXY) == MX_OK && s->fail_status)

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -94,6 +95,10 @@ worker_main(void *arg)
     mx_worker_t *w = arg;
     mx_log_worker = w->id;
     mx_current_worker = w;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uv_update_time(&w->loop);
+    w->epoch_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - (int64_t)uv_now(&w->loop);
     mx_log_debug("worker %d running", w->id);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* Everything is closed: free what the loop no longer references. */

@@ -50,6 +50,7 @@ struct mx_worker_s {
     bool draining; /* loop side: listeners closed, idle conns closing */
     bool async_closed;
     uint64_t now_ms; /* loop time cache */
+    int64_t epoch_ms; /* wall clock minus loop time: moxy.now() is epoch seconds, cached */
 };
 
 /* Starts the worker thread for <server>'s config, accepting on <fds>

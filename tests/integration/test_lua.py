@@ -135,6 +135,18 @@ class Phases(MoxyTestCase):
         self.moxy.wait_log("err=", since)
         self.assertRegex(self.moxy.error_log()[since:], r"logged GET /boom\?2 500 err=\S*phases\.lua:15:")
 
+    def test_proxy_upstream_filter_false_is_a_502(self):
+        since = self.moxy.log_size()
+        r = request(self.moxy.port, "GET", "/noproxy")
+        self.assertEqual(r.status, 502)
+        self.assertNotIn("/noproxy", self.origin.targets())
+        self.moxy.wait_log("err=proxy_upstream_filter returned false", since)
+
+    def test_scripts_cannot_set_framing_headers(self):
+        since = self.moxy.log_size()
+        self.assertEqual(request(self.moxy.port, "GET", "/managed").status, 500)
+        self.moxy.wait_log("managed by moxy", since)
+
     def test_client_gone_while_sleeping(self):
         with Client(self.moxy.port) as c:
             c.send(b"GET /sleep?t=0.4 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -156,6 +168,20 @@ class YamlFallback(MoxyTestCase):
 
 
 class CheckScripts(MoxyTestCase):
+    def test_t_refuses_a_phase_that_is_not_built(self):
+        import tempfile
+        d = tempfile.mkdtemp(prefix="moxy-lua-")
+        path = os.path.join(d, "shutdown.lua")
+        with open(path, "w") as f:
+            f.write("return { shutdown = function() end }\n")
+        conf = os.path.join(d, "moxy.yaml")
+        with open(conf, "w") as f:
+            f.write(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                             "script": path}], {"origin": upstream(free_port())}))
+        r = run_moxy(["-t", "-c", conf])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("shutdown is not supported", r.stderr)
+
     def test_t_reports_a_syntax_error_with_file_and_line(self):
         import tempfile
         d = tempfile.mkdtemp(prefix="moxy-lua-")

@@ -21,13 +21,11 @@
 /* Which phases may call what. */
 #define REQ_SET                                                                                    \
     (PH(MX_PH_EARLY_REQUEST_FILTER) | PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) |        \
-     PH(MX_PH_UPSTREAM_REQUEST_FILTER))
+     PH(MX_PH_UPSTREAM_REQUEST_FILTER) | PH(MX_PH_PROXY_UPSTREAM_FILTER))
 #define RESPOND  REQ_SET
 #define WAIT     REQ_SET
-#define RESP_GET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY))
 #define RESP_SET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
-#undef RESP_GET
 #define RESP_GET                                                                                   \
     (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY) |                   \
      PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
@@ -60,6 +58,7 @@ int moxy_body_replace(mx_session_t *s, const char *p, size_t len);
 int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
+int moxy_no_proxy(mx_session_t *s);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
@@ -220,6 +219,15 @@ moxy_header_set(mx_session_t *s, int resp, int mode, const char *n, size_t nl, c
         return fail(MX_EBADARG, "invalid header name");
     if (mode != 2 && !valid_field(v, vl, false))
         return fail(MX_EBADARG, "header value contains CR, LF or NUL");
+    static const mx_str_t managed[] = {MX_STR("content-length"), MX_STR("transfer-encoding"),
+                                       MX_STR("connection"),     MX_STR("keep-alive"),
+                                       MX_STR("upgrade"),        MX_STR("te"),
+                                       MX_STR("proxy-connection"), MX_STR("trailer")};
+    for (size_t i = 0; i < mx_countof(managed); i++)
+        if (mx_str_caseeq((mx_str_t){n, nl}, managed[i]))
+            return fail(MX_EBADARG,
+                        "%.*s is managed by moxy (message framing and connection handling)",
+                        (int)nl, n);
     mx_headers_t *h = headers_of(s, resp);
     mx_str_t name = {mx_arena_strndup(&s->arena, n, nl), nl};
     if (mode == 2) {
@@ -244,11 +252,21 @@ moxy_req_set(mx_session_t *s, int what, const char *v, size_t vl)
         return fail(MX_EBADARG, what == 0 ? "invalid method" : "invalid uri");
     char *copy = mx_arena_strndup(&s->arena, v, vl);
     if (what == 0) {
+        /* Keep llhttp's id in step: HEAD has no response body, idempotency
+         * decides retries. A method llhttp does not name counts as POST. */
+        static const struct {
+            const char *name;
+            uint8_t id;
+        } ids[] = {{"GET", HTTP_GET},         {"HEAD", HTTP_HEAD},   {"POST", HTTP_POST},
+                   {"PUT", HTTP_PUT},         {"DELETE", HTTP_DELETE}, {"OPTIONS", HTTP_OPTIONS},
+                   {"TRACE", HTTP_TRACE},     {"PATCH", HTTP_PATCH}};
+        if (vl == 7 && memcmp(copy, "CONNECT", 7) == 0)
+            return fail(MX_EBADARG, "the method cannot become CONNECT");
         s->method = (mx_str_t){copy, vl};
-        if (vl == 4 && memcmp(copy, "HEAD", 4) == 0)
-            s->llmethod = HTTP_HEAD;
-        else if (s->llmethod == HTTP_HEAD)
-            s->llmethod = HTTP_GET;
+        s->llmethod = HTTP_POST;
+        for (size_t i = 0; i < mx_countof(ids); i++)
+            if (strlen(ids[i].name) == vl && memcmp(copy, ids[i].name, vl) == 0)
+                s->llmethod = ids[i].id;
         return MX_OK;
     }
     if (copy[0] != '/')
@@ -278,8 +296,8 @@ moxy_resp_set_status(mx_session_t *s, int status)
 {
     if (allowed(s, RESP_SET) != MX_OK)
         return MX_EBADPHASE;
-    if (status < 200 || status > 999)
-        return fail(MX_EBADARG, "status must be 200..999");
+    if (status < 200 || status > 599)
+        return fail(MX_EBADARG, "status must be 200..599");
     s->status = status;
     s->reason = (mx_str_t){NULL, 0};
     return MX_OK;
@@ -291,8 +309,8 @@ moxy_respond(mx_session_t *s, int status, const char *body, size_t len)
 {
     if (allowed(s, RESPOND) != MX_OK)
         return MX_EBADPHASE;
-    if (status < 200 || status > 999)
-        return fail(MX_EBADARG, "status must be 200..999");
+    if (status < 200 || status > 599)
+        return fail(MX_EBADARG, "status must be 200..599");
     if (s->local_status)
         return fail(MX_EBADARG, "the request was already answered");
     s->local_status = status;
@@ -416,6 +434,8 @@ moxy_session_error(mx_session_t *s, char *buf, size_t len)
         return snprintf(buf, len, "client: closed connection");
     if (s->err == MX_EBADREQ)
         return snprintf(buf, len, "client: bad request");
+    if (s->err == MX_ENOPROXY)
+        return snprintf(buf, len, "%s", mx_strerror(s->err));
     const char *cause = s->err == UV_ETIMEDOUT ? "timeout" : mx_strerror(s->err);
     return snprintf(buf, len, "upstream: %s", cause);
 }
@@ -452,6 +472,17 @@ moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
     if (s->c != NULL)
         mx_h1_read_pause(s->c, false);
     return MX_AGAIN;
+}
+
+
+/* proxy_upstream_filter returned false: the request is not proxied. */
+int
+moxy_no_proxy(mx_session_t *s)
+{
+    if (allowed(s, PH(MX_PH_PROXY_UPSTREAM_FILTER)) != MX_OK)
+        return MX_EBADPHASE;
+    s->err = MX_ENOPROXY;
+    return MX_OK;
 }
 
 
@@ -526,8 +557,8 @@ moxy_set_upstream(mx_session_t *s, const char *name, size_t len)
 double
 moxy_now(void)
 {
-    if (mx_current_worker != NULL)
-        return (double)uv_now(&mx_current_worker->loop) / 1000.0;
+    if (mx_current_worker != NULL && mx_current_worker->epoch_ms != 0)
+        return (double)(uv_now(&mx_current_worker->loop) + mx_current_worker->epoch_ms) / 1000.0;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;

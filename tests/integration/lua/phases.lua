@@ -34,7 +34,17 @@ function app.upstream_peer(s, ctx)
 end
 
 
+function app.proxy_upstream_filter(s, ctx)
+    if s.req:path() == "/noproxy" then
+        return false
+    end
+end
+
+
 function app.upstream_request_filter(s, req, ctx)
+    if s.req:path() == "/managed" then
+        req:set_header("Content-Length", "5")   -- framing is moxy's: an error
+    end
     req:set_header("x-script", "phases.lua")
     req:set_header("x-ua", ctx.ua or "-")
     req:remove_header("x-secret")
