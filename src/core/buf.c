@@ -63,6 +63,40 @@ mx_buf_printf(mx_buf_t *b, const char *fmt, ...)
 }
 
 
+size_t
+mx_fmt_chunk_size(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t k = 0;
+    do {
+        tmp[k++] = hex[n & 0xf];
+        n >>= 4;
+    } while (n != 0);
+    for (size_t i = 0; i < k; i++)
+        out[i] = tmp[k - 1 - i];
+    out[k] = '\r';
+    out[k + 1] = '\n';
+    return k + 2;
+}
+
+
+void
+mx_buf_status_line(mx_buf_t *b, int status, mx_str_t reason)
+{
+    mx_buf_reserve(b, 16 + reason.len);
+    char *p = b->data + b->len;
+    memcpy(p, "HTTP/1.1 ", 9);
+    p[9] = (char)('0' + status / 100 % 10);
+    p[10] = (char)('0' + status / 10 % 10);
+    p[11] = (char)('0' + status % 10);
+    p[12] = ' ';
+    memcpy(p + 13, reason.data, reason.len);
+    memcpy(p + 13 + reason.len, "\r\n", 2);
+    b->len += 15 + reason.len;
+}
+
+
 void
 mx_buf_consume(mx_buf_t *b, size_t n)
 {

@@ -718,7 +718,7 @@ mx_h1_send_head(mx_h1conn_t *c, mx_session_t *s)
     mx_str_t reason = s->reason.len ? s->reason : (mx_str_t){mx_http_reason(status), 0};
     if (reason.len == 0)
         reason.len = strlen(reason.data);
-    mx_buf_printf(b, "HTTP/1.1 %03d %.*s\r\n", status, (int)reason.len, reason.data);
+    mx_buf_status_line(b, status, reason);
     append_headers(b, &s->resp_headers);
 
     if (status == 101 || (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300)) {
@@ -774,7 +774,7 @@ mx_h1_send_body(mx_h1conn_t *c, mx_session_t *s, const char *p, size_t n)
         return mx_h1_write(c, &b, 1);
     }
     char size[24];
-    int len = snprintf(size, sizeof(size), "%zx\r\n", n);
+    size_t len = mx_fmt_chunk_size(size, n);
     uv_buf_t b[3] = {uv_buf_init(size, (unsigned)len), uv_buf_init((char *)p, (unsigned)n),
                      uv_buf_init("\r\n", 2)};
     return mx_h1_write(c, b, 3);

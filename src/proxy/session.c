@@ -169,8 +169,8 @@ prepare_upstream_headers(mx_session_t *s)
         mx_buf_dispose(&v);
     }
     if (svc->via) {
-        char via[16];
-        int n = snprintf(via, sizeof(via), "%d.%d moxy", s->http_major, s->http_minor);
+        const char *via = s->http_minor >= 1 ? "1.1 moxy" : "1.0 moxy";
+        int n = 8;
         ssize_t i = mx_headers_find(h, MX_STR("via"), 0);
         if (i >= 0) {
             size_t len = h->v[i].value.len + 2 + (size_t)n;
@@ -180,7 +180,7 @@ prepare_upstream_headers(mx_session_t *s)
             memcpy(p + h->v[i].value.len + 2, via, (size_t)n);
             h->v[i].value = (mx_str_t){p, len};
         } else {
-            mx_headers_add(h, a, MX_STR("Via"), (mx_str_t){mx_arena_strndup(a, via, n), n});
+            mx_headers_add(h, a, MX_STR("Via"), (mx_str_t){via, (size_t)n});
         }
     }
 }
@@ -195,8 +195,10 @@ serialize_upstream_head(mx_session_t *s)
     mx_str_t target = s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE
                           ? s->target.path_and_query
                           : s->target_raw;
-    mx_buf_printf(b, "%.*s %.*s HTTP/1.1\r\n", (int)s->method.len, s->method.data,
-                  (int)target.len, target.data);
+    mx_buf_append_str(b, s->method);
+    mx_buf_append(b, " ", 1);
+    mx_buf_append_str(b, target);
+    mx_buf_append_str(b, MX_STR(" HTTP/1.1\r\n"));
     for (size_t i = 0; i < h->n; i++) {
         const mx_header_t *f = &h->v[i];
         if (f->flags & MX_HDR_HOP)
@@ -405,7 +407,7 @@ mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
         return;
     }
     char size[24];
-    int len = snprintf(size, sizeof(size), "%zx\r\n", n);
+    size_t len = mx_fmt_chunk_size(size, n);
     uv_buf_t b[3] = {uv_buf_init(size, (unsigned)len), uv_buf_init((char *)p, (unsigned)n),
                      uv_buf_init("\r\n", 2)};
     send_up(s, b, 3);
@@ -580,9 +582,8 @@ mx_session_on_response_head(mx_session_t *s)
     }
     mx_headers_mark_hop_by_hop(&s->resp_headers);
     if (c->svc->via) {
-        char via[16];
-        int n = snprintf(via, sizeof(via), "%d.%d moxy", s->u->parser.http_major,
-                         s->u->parser.http_minor);
+        const char *via = s->u->parser.http_minor >= 1 ? "1.1 moxy" : "1.0 moxy";
+        int n = 8;
         ssize_t i = mx_headers_find(&s->resp_headers, MX_STR("via"), 0);
         if (i >= 0) {
             mx_str_t old = s->resp_headers.v[i].value;
@@ -593,7 +594,7 @@ mx_session_on_response_head(mx_session_t *s)
             s->resp_headers.v[i].value = (mx_str_t){p, old.len + 2 + (size_t)n};
         } else {
             mx_headers_add(&s->resp_headers, &s->arena, MX_STR("Via"),
-                           (mx_str_t){mx_arena_strndup(&s->arena, via, n), (size_t)n});
+                           (mx_str_t){via, (size_t)n});
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;

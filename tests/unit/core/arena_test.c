@@ -1,4 +1,5 @@
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "core/arena.h"
@@ -41,4 +42,28 @@ Test(buf, appends_formats_and_consumes)
     cr_assert_eq(b.len, 10004);
     mx_buf_dispose(&b);
     cr_assert_null(b.data);
+}
+
+
+Test(buf, formats_chunk_sizes_and_status_lines_without_printf)
+{
+    static const struct {
+        size_t n;
+        const char *want;
+    } cases[] = {{0, "0\r\n"}, {9, "9\r\n"}, {10, "a\r\n"}, {255, "ff\r\n"}, {4096, "1000\r\n"},
+                 {0xdeadbeef, "deadbeef\r\n"}, {SIZE_MAX, "ffffffffffffffff\r\n"}};
+    char out[24];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len = mx_fmt_chunk_size(out, cases[i].n);
+        cr_assert_eq(len, strlen(cases[i].want));
+        cr_assert(memcmp(out, cases[i].want, len) == 0, "%zu -> \"%.*s\"", cases[i].n, (int)len,
+                  out);
+    }
+    mx_buf_t b;
+    mx_buf_init(&b);
+    mx_buf_status_line(&b, 204, MX_STR("No Content"));
+    mx_buf_status_line(&b, 502, MX_STR(""));
+    cr_assert_eq(b.len, strlen("HTTP/1.1 204 No Content\r\nHTTP/1.1 502 \r\n"));
+    cr_assert(memcmp(b.data, "HTTP/1.1 204 No Content\r\nHTTP/1.1 502 \r\n", b.len) == 0);
+    mx_buf_dispose(&b);
 }
