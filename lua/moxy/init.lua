@@ -207,4 +207,12 @@ _M.worker = {
 }
 
 
+-- moxy.shared.dict(name): shared dicts (moxy.shared), required on first use.
+_M.shared = setmetatable({}, { __index = function(t, k)
+    local v = require("moxy.shared")[k]
+    rawset(t, k, v)
+    return v
+end })
+
+
 return _M

@@ -109,21 +109,21 @@ local function key_of(key)
 end
 
 
-local function check_self(self, method)
+local function check_self(self, method, level)
     if type(self) ~= "table" or self.p == nil then
         error(format("bad argument #1 to '%s' (dict expected; call it as d:%s(...))",
-                     method, method), 3)
+                     method, method), level or 3)
     end
 end
 
 
-local function check_ttl(ttl, method, argn)
+local function check_ttl(ttl, method, argn, level)
     if ttl == nil then
         return 0
     end
     if type(ttl) ~= "number" or ttl < 0 or ttl ~= ttl then
         error(format("bad argument #%d to '%s' (ttl: seconds >= 0 expected, got %s)", argn,
-                     method, tostring(ttl)), 3)
+                     method, tostring(ttl)), level or 3)
     end
     return ttl
 end

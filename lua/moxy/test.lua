@@ -108,6 +108,7 @@ end
 
 
 -- Loads a script as the server would and runs its init(config); returns the app table.
+-- config.shared_dicts = { name = size } declares moxy.shared dicts (see moxy.shared_fake).
 function _M.load(path, config)
     if type(path) ~= "string" then
         error("bad argument #1 to 'load' (string expected, got " .. type(path) .. ")", 2)
@@ -116,6 +117,9 @@ function _M.load(path, config)
     local chunk, err = loadfile(path)
     if not chunk then
         error(err, 2)
+    end
+    if type(config) == "table" and config.shared_dicts ~= nil then
+        require("moxy.shared_fake").declare(config.shared_dicts)   -- made anew, empty
     end
     local app = chunk()
     if type(app) ~= "table" then

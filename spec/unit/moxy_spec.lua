@@ -174,9 +174,9 @@ end)
 
 
 describe("absent until implemented", function()
-    it("has no upstream, balancer, http, tcp, timer, thread, shared, limit, metrics", function()
+    it("has no upstream, balancer, http, tcp, timer, thread, limit, metrics", function()
         for _, name in ipairs { "upstream", "balancer", "http", "tcp", "timer", "thread",
-                                "shared", "limit", "metrics" } do
+                                "limit", "metrics" } do
             assert.is_nil(moxy[name], name)
         end
     end)

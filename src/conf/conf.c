@@ -74,6 +74,7 @@ static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
 static int on_tls(ld_t *ld, yaml_node_t *v, void *base);
 static int on_upstream_ref(ld_t *ld, yaml_node_t *v, void *base);
+static int on_shared_dicts(ld_t *ld, yaml_node_t *v, void *base);
 
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const lb_names[] = {"round_robin", "weighted",   "random", "fnv",
@@ -104,6 +105,7 @@ static const keydef_t conf_keys[] = {
     {"upstream_keepalive_pool_size",      K_INT,  C_(upstream_keepalive_pool_size), 0, 65536},
     {"lua_path",                          K_STR,  C_(lua_path)},
     {"upstreams",                         K_FN,   .fn = on_upstreams},
+    {"shared_dicts",                      K_FN,   .fn = on_shared_dicts},
     {"services",                          K_FN,   .fn = on_services, .required = true},
     {.name = NULL},
 };
@@ -781,6 +783,63 @@ on_upstream_ref(ld_t *ld, yaml_node_t *v, void *base)
 }
 
 
+/* Reads a dict size: bytes (1048576) or k/m/g (1024-based, as nginx's
+ * lua_shared_dict: "512k", "10m"), 8 KiB..1 TiB. */
+static int
+get_size(ld_t *ld, const yaml_node_t *v, size_t *out)
+{
+    static const char *want = "a size in bytes (1048576, \"512k\", \"10m\")";
+    char *end;
+
+    if (v->type != YAML_SCALAR_NODE)
+        return type_error(ld, v, want);
+    const char *s = scalar(v);
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    unsigned long long mult = 1;
+    if (*end != '\0' && end[1] == '\0' && strchr("kKmMgG", *end) != NULL)
+        mult = 1ULL << (*end == 'k' || *end == 'K' ? 10 : *end == 'm' || *end == 'M' ? 20 : 30);
+    else if (*end != '\0')
+        end = (char *)s;
+    if (end == s || !(s[0] >= '0' && s[0] <= '9'))
+        return type_error(ld, v, want);
+    if (errno == ERANGE || n > (1ULL << 40) / mult || n * mult < 8192)
+        return fail(ld, v, "%s is out of range (8k..1099511627776 bytes)", s);
+    *out = (size_t)(n * mult);
+    return MX_OK;
+}
+
+
+/* shared_dicts: a mapping of dict name to size in bytes: 1048576, or with a
+ * k/m/g suffix (1024-based, as nginx's lua_shared_dict): "512k", "10m". */
+static int
+on_shared_dicts(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_t *c = base;
+
+    if (v->type != YAML_MAPPING_NODE)
+        return type_error(ld, v, "a mapping of dict names to sizes");
+    yaml_node_pair_t *start = v->data.mapping.pairs.start;
+    c->nshared_dicts = (size_t)(v->data.mapping.pairs.top - start);
+    c->shared_dicts = mx_calloc(c->nshared_dicts ? c->nshared_dicts : 1, sizeof(mx_conf_shdict_t));
+    for (size_t i = 0; i < c->nshared_dicts; i++) {
+        yaml_node_t *k = node(ld, start[i].key), *sz = node(ld, start[i].value);
+        const char *name;
+        if (get_str(ld, k, &name) != MX_OK)
+            return MX_ECONF;
+        size_t mark = push(ld, name, 0);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->shared_dicts[j].name, name) == 0)
+                return fail(ld, k, "duplicate shared dict name");
+        c->shared_dicts[i].name = mx_strdup(name);
+        if (get_size(ld, sz, &c->shared_dicts[i].size) != MX_OK)
+            return MX_ECONF;
+        pop(ld, mark);
+    }
+    return MX_OK;
+}
+
+
 static mx_conf_t *
 conf_new(const char *file)
 {
@@ -917,6 +976,9 @@ mx_conf_free(mx_conf_t *c)
         mx_free(svc->script);
         mx_free(svc->upstream);
     }
+    for (size_t i = 0; i < c->nshared_dicts; i++)
+        mx_free(c->shared_dicts[i].name);
+    mx_free(c->shared_dicts);
     mx_free(c->upstreams);
     mx_free(c->services);
     mx_free(c->file);

@@ -85,6 +85,11 @@ struct mx_conf_service_s {
     bool allow_connect;   /* key `allow_connect`, default false: CONNECT -> 405 */
 };
 
+typedef struct {
+    char *name;  /* the key under shared_dicts: */
+    size_t size; /* bytes, 8192..2^40 */
+} mx_conf_shdict_t;
+
 struct mx_conf_s {
     char *file; /* path the config was read from */
     int version;
@@ -106,6 +111,8 @@ struct mx_conf_s {
     size_t nupstreams;
     mx_conf_service_t *services;
     size_t nservices; /* >= 1 */
+    mx_conf_shdict_t *shared_dicts; /* moxy.shared.dict(name), see lua/shdict.h */
+    size_t nshared_dicts;
 };
 
 /* Loads and validates the YAML file at <path>. On success returns MX_OK and

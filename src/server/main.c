@@ -16,6 +16,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/shdict.h"
 #include "lua/vm.h"
 #include "net/listener.h"
 #include "server/server.h"
@@ -90,6 +91,8 @@ check_supported(const mx_conf_t *c, char *err, size_t errlen)
             return MX_ECONF;
         }
     }
+    /* Shared dicts exist before any VM: init() may already use them. */
+    mx_shdict_create_all(c);
     /* Scripts load in a scratch VM first: syntax and init() errors surface here. */
     for (size_t i = 0; i < c->nservices; i++) {
         if (c->services[i].script != NULL) {
@@ -337,6 +340,7 @@ main(int argc, char **argv)
     mx_conf_t *conf = server.conf;
     if (test) {
         printf("moxy: configuration file %s test is successful\n", path);
+        mx_shdict_free_all();
         mx_conf_free(conf);
         return 0;
     }
@@ -431,6 +435,7 @@ main(int argc, char **argv)
     mx_free(server.workers);
     mx_free(server.fds);
     mx_log_close();
+    mx_shdict_free_all();
     mx_conf_free(conf);
     return 0;
 }
