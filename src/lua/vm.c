@@ -251,7 +251,9 @@ mx_lua_run(mx_session_t *s, int phase)
     s->lua_phase = phase;
     lua_pushinteger(co, phase);
     if (nargs == 3) {
-        lua_pushlightuserdata(co, s);
+        /* A number, not a lightuserdata: ffi.cast of a lightuserdata is NYI and
+         * would keep the coroutine body out of the JIT (pointers < 2^53). */
+        lua_pushnumber(co, (lua_Number)(uintptr_t)s);
         lua_pushinteger(co, (lua_Integer)s->svc_index);
     }
     return after_resume(s, co, lua_resume(co, nargs));
