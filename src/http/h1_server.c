@@ -678,26 +678,6 @@ on_message_complete(llhttp_t *p)
 
 /* --- response framing --- */
 
-static void
-append_headers(mx_buf_t *b, const mx_headers_t *h)
-{
-    for (size_t i = 0; i < h->n; i++) {
-        const mx_header_t *f = &h->v[i];
-        if (f->flags & MX_HDR_HOP)
-            continue;
-        mx_buf_reserve(b, f->name.len + f->value.len + 4);
-        memcpy(b->data + b->len, f->name.data, f->name.len);
-        b->len += f->name.len;
-        b->data[b->len++] = ':';
-        b->data[b->len++] = ' ';
-        memcpy(b->data + b->len, f->value.data, f->value.len);
-        b->len += f->value.len;
-        b->data[b->len++] = '\r';
-        b->data[b->len++] = '\n';
-    }
-}
-
-
 int
 mx_h1_flush(mx_h1conn_t *c)
 {
@@ -719,7 +699,7 @@ mx_h1_send_head(mx_h1conn_t *c, mx_session_t *s)
     if (reason.len == 0)
         reason.len = strlen(reason.data);
     mx_buf_status_line(b, status, reason);
-    append_headers(b, &s->resp_headers);
+    mx_headers_serialize(&s->resp_headers, b);
 
     if (status == 101 || (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300)) {
         if (status == 101) {
@@ -793,7 +773,7 @@ mx_h1_send_end(mx_h1conn_t *c, mx_session_t *s)
     mx_buf_t b;
     mx_buf_init(&b);
     mx_buf_append_str(&b, MX_STR("0\r\n"));
-    append_headers(&b, &s->resp_trailers);
+    mx_headers_serialize(&s->resp_trailers, &b);
     mx_buf_append_str(&b, MX_STR("\r\n"));
     uv_buf_t ub = uv_buf_init(b.data, (unsigned)b.len);
     int rc = mx_h1_write(c, &ub, 1);

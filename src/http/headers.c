@@ -287,3 +287,26 @@ mx_http_parse_content_length(mx_str_t v, uint64_t *out)
     *out = n;
     return MX_OK;
 }
+
+
+void
+mx_headers_serialize(const mx_headers_t *h, mx_buf_t *b)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        const mx_header_t *f = &h->v[i];
+        if (f->flags & MX_HDR_HOP)
+            continue;
+        mx_buf_reserve(b, f->name.len + f->value.len + 4);
+        char *p = b->data + b->len;
+        memcpy(p, f->name.data, f->name.len);
+        p += f->name.len;
+        *p++ = ':';
+        *p++ = ' ';
+        if (f->value.len > 0)
+            memcpy(p, f->value.data, f->value.len);
+        p += f->value.len;
+        *p++ = '\r';
+        *p++ = '\n';
+        b->len = (size_t)(p - b->data);
+    }
+}

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "core/arena.h"
+#include "core/buf.h"
 #include "core/types.h"
 
 #define MX_HDR_HOP 0x1u /* hop-by-hop (RFC 9110 §7.6.1): never forwarded */
@@ -37,6 +38,9 @@ void mx_headers_set(mx_headers_t *h, mx_arena_t *a, mx_str_t name, mx_str_t valu
 /* Sets MX_HDR_HOP on Connection, Proxy-Connection, Keep-Alive, TE,
  * Transfer-Encoding, Upgrade, and on every field named by a Connection token. */
 void mx_headers_mark_hop_by_hop(mx_headers_t *h);
+
+/* Appends every field but the hop-by-hop ones as "Name: value\r\n" lines. */
+void mx_headers_serialize(const mx_headers_t *h, mx_buf_t *b);
 
 /* Case-insensitive equality of two views. */
 bool mx_str_caseeq(mx_str_t a, mx_str_t b);

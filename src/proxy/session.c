@@ -199,20 +199,7 @@ serialize_upstream_head(mx_session_t *s)
     mx_buf_append(b, " ", 1);
     mx_buf_append_str(b, target);
     mx_buf_append_str(b, MX_STR(" HTTP/1.1\r\n"));
-    for (size_t i = 0; i < h->n; i++) {
-        const mx_header_t *f = &h->v[i];
-        if (f->flags & MX_HDR_HOP)
-            continue;
-        mx_buf_reserve(b, f->name.len + f->value.len + 4);
-        memcpy(b->data + b->len, f->name.data, f->name.len);
-        b->len += f->name.len;
-        memcpy(b->data + b->len, ": ", 2);
-        b->len += 2;
-        memcpy(b->data + b->len, f->value.data, f->value.len);
-        b->len += f->value.len;
-        memcpy(b->data + b->len, "\r\n", 2);
-        b->len += 2;
-    }
+    mx_headers_serialize(h, b);
     if (s->req_chunked)
         mx_buf_append_str(b, MX_STR("Transfer-Encoding: chunked\r\n"));
     if (s->req_upgrade && s->llmethod != HTTP_CONNECT) {

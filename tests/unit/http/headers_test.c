@@ -408,3 +408,26 @@ Test(headers, content_length_refuses_what_smuggles)
                  MX_EBADREQ);
     cr_assert_eq(mx_http_parse_content_length((mx_str_t){"\0", 1}, &n), MX_EBADREQ);
 }
+
+
+Test(headers, serialize_keeps_order_and_case_and_skips_hop_by_hop)
+{
+    char first[512];
+    mx_arena_t a;
+    mx_arena_init(&a, first, sizeof(first));
+    mx_headers_t h;
+    mx_headers_init(&h);
+    mx_headers_add(&h, &a, MX_STR("X-B"), MX_STR("1"));
+    mx_headers_add(&h, &a, MX_STR("Connection"), MX_STR("x-a"));
+    mx_headers_add(&h, &a, MX_STR("x-a"), MX_STR("2"));
+    mx_headers_add(&h, &a, MX_STR("Empty"), (mx_str_t){NULL, 0});
+    mx_headers_mark_hop_by_hop(&h);
+    mx_buf_t b;
+    mx_buf_init(&b);
+    mx_headers_serialize(&h, &b);
+    const char *want = "X-B: 1\r\nEmpty: \r\n";
+    cr_assert_eq(b.len, strlen(want), "got \"%.*s\"", (int)b.len, b.data);
+    cr_assert(memcmp(b.data, want, b.len) == 0);
+    mx_buf_dispose(&b);
+    mx_arena_dispose(&a);
+}
