@@ -230,8 +230,13 @@ function _M.worker_id() return C.moxy_worker_id() end
 function _M.worker_count() return C.moxy_worker_count() end
 
 
+-- A log line: inside a request it carries the request id, like moxy's own lines.
 function _M.log(level, msg)
     msg = tostring(msg)
+    local sp = _M.co_sp[running()]
+    if sp ~= nil then
+        msg = "#" .. tostring(C.moxy_session_num(sp, 0)) .. " " .. msg
+    end
     C.moxy_log(LEVELS[level] or 1, msg, #msg)
 end
 

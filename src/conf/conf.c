@@ -77,6 +77,7 @@ static int on_upstream_ref(ld_t *ld, yaml_node_t *v, void *base);
 static int on_shared_dicts(ld_t *ld, yaml_node_t *v, void *base);
 
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const lua_policy_names[] = {"fail_closed", "fail_open", NULL};
 static const char *const lb_names[] = {"round_robin", "weighted",   "random", "fnv",
                                        "ketama",      "least_conn", NULL};
 static const char *const health_types[] = {"tcp", "http", NULL};
@@ -96,6 +97,7 @@ static const keydef_t conf_keys[] = {
     {"pid_file",                          K_STR,  C_(pid_file)},
     {"error_log",                         K_STR,  C_(error_log)},
     {"log_level",                         K_ENUM, C_(log_level), .names = level_names},
+    {"lua_error_policy",                  K_ENUM, C_(lua_error_policy), .names = lua_policy_names},
     {"access_log",                        K_FN,   .fn = on_access_log},
     {"upgrade_sock",                      K_STR,  C_(upgrade_sock)},
     {"user",                              K_STR,  C_(user)},

@@ -14,6 +14,10 @@ typedef enum {
     MX_LOG_ERROR,
 } mx_log_level_t;
 
+/* lua_error_policy: what a failing Lua phase means for the request. */
+#define MX_LUA_FAIL_CLOSED 0 /* LUA_API.md's per-phase error answers */
+#define MX_LUA_FAIL_OPEN   1 /* the failing phase is skipped (logged), the request goes on */
+
 typedef enum {
     MX_LB_ROUND_ROBIN = 0,
     MX_LB_WEIGHTED,
@@ -106,6 +110,7 @@ struct mx_conf_s {
     double graceful_shutdown_timeout_seconds; /* default 30 */
     int upstream_keepalive_pool_size;         /* default 128 */
     char *lua_path;                           /* NULL when absent */
+    int lua_error_policy; /* MX_LUA_FAIL_CLOSED (default: error answers) or MX_LUA_FAIL_OPEN */
 
     mx_conf_upstream_t *upstreams;
     size_t nupstreams;

@@ -204,6 +204,8 @@ after_resume(mx_session_t *s, lua_State *co, int st)
         }
         lua_settop(co, 0);
         s->lua_phase = -1;
+        if (!ok && s->w->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
+            return MX_OK; /* logged above; the phase counts as skipped */
         return ok ? MX_OK : MX_ELUA;
     }
     if (st == LUA_YIELD) {

@@ -297,3 +297,20 @@ class RequestBody(MoxyTestCase):
         r = request(self.moxy.port, "POST", "/echo", body=b"q" * 1000000)
         self.assert_status(r, 200, self.moxy)
         self.assertEqual(r.json()["body_len"], 1000000)
+
+
+class FailOpen(MoxyTestCase):
+    def test_fail_open_skips_a_failing_phase_and_still_logs_it(self):
+        import tempfile
+        o = self.start_origin()
+        path = script("phases.lua", tempfile.mkdtemp(prefix="moxy-lua-"), ORIGIN_PORT=o.port,
+                      DEAD_PORT=free_port())
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path}], {"origin": upstream(o.port)},
+                                   lua_error_policy="fail_open"))
+        r = request(m.port, "GET", "/boom")        # request_filter raises: skipped
+        self.assert_status(r, 200, m)
+        self.assertEqual(r.header("x-served-by"), "moxy")
+        self.assertIn("/boom", o.targets())
+        m.wait_log("lua request_filter")
+        self.assertRegex(m.error_log(), r"lua request_filter \S*phases\.lua:15: attempt to index")
