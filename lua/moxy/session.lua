@@ -717,6 +717,10 @@ function S.log_field(self, key, value)
         self.log_fields = f
     end
     f[key] = value
+    local b = self.b
+    if b.log_field then
+        b.log_field(self.sp, key, value)    -- the live engine's access log
+    end
 end
 
 

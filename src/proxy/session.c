@@ -70,6 +70,7 @@ mx_session_new(mx_h1conn_t *c)
     mx_buf_init(&s->pending);
     mx_buf_init(&s->body_repl);
     mx_buf_init(&s->body_buf);
+    mx_buf_init(&s->log_fields);
     return s;
 }
 
@@ -88,6 +89,7 @@ mx_session_free(mx_session_t *s)
     mx_buf_dispose(&s->pending);
     mx_buf_dispose(&s->body_repl);
     mx_buf_dispose(&s->body_buf);
+    mx_buf_dispose(&s->log_fields);
     mx_arena_dispose(&s->arena);
     mx_free(s);
 }
@@ -901,17 +903,18 @@ access_log(mx_session_t *s)
     mx_str_t ua = mx_headers_get(&s->req_headers, MX_STR("user-agent"));
     mx_str_t ref = mx_headers_get(&s->req_headers, MX_STR("referer"));
     double rt = (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0;
-    char line[2048];
+    char line[4096];
     int n = snprintf(line, sizeof(line),
                      "%s - - [%s] \"%.*s %.*s HTTP/%d.%d\" %d %llu \"%.*s\" \"%.*s\" rt=%.3f "
-                     "upstream=%s\n",
+                     "upstream=%s%.*s\n",
                      s->c ? s->c->client_addr : "-", ts, (int)s->method.len,
                      s->method.data ? s->method.data : "", (int)s->target_raw.len,
                      s->target_raw.data ? s->target_raw.data : "", s->http_major, s->http_minor,
                      s->status, (unsigned long long)s->resp_body_bytes,
                      ref.data ? (int)ref.len : 1, ref.data ? ref.data : "-",
                      ua.data ? (int)ua.len : 1, ua.data ? ua.data : "-", rt,
-                     s->peer ? s->peer->text : "-");
+                     s->peer ? s->peer->text : "-", (int)s->log_fields.len,
+                     s->log_fields.data ? s->log_fields.data : "");
     if (n > (int)sizeof(line) - 1) {
         n = sizeof(line) - 1;
         line[n - 1] = '\n';

@@ -174,6 +174,7 @@ struct mx_session_s {
     unsigned retry_requested : 1; /* fail_to_connect asked for another try */
     unsigned body_waiting : 1;    /* s.req:body() waits for the rest of the body */
     mx_buf_t body_buf;            /* the decoded request body, kept during request phases */
+    mx_buf_t log_fields;          /* s:log_field()s, as ' key="value"' for the access log */
     size_t body_max;
     unsigned up_headers_ready : 1; /* XFF/Via/Host added (once, even across retries) */
     mx_headers_t up_headers_base; /* the request before upstream_request_filter, per try */

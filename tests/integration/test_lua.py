@@ -4,7 +4,8 @@ import os
 import threading
 import time
 
-from harness import (Client, MoxyTestCase, config, free_port, request, run_moxy, upstream)
+from harness import (Client, MoxyTestCase, config, free_port, request, run_moxy, upstream,
+                     wait_for)
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
 
@@ -146,6 +147,13 @@ class Phases(MoxyTestCase):
         since = self.moxy.log_size()
         self.assertEqual(request(self.moxy.port, "GET", "/managed").status, 500)
         self.moxy.wait_log("managed by moxy", since)
+
+    def test_log_fields_reach_the_access_log(self):
+        self.assert_status(request(self.moxy.port, "GET", "/local?fields",
+                                   headers=[("User-Agent", "field-test")]), 201, self.moxy)
+        self.assertTrue(wait_for(lambda: "/local?fields" in self.moxy.read("access.log"), 3))
+        line = [l for l in self.moxy.read("access.log").splitlines() if "/local?fields" in l][0]
+        self.assertIn(' ua="field-test" note="say \\"hi\\""', line)
 
     def test_client_gone_while_sleeping(self):
         with Client(self.moxy.port) as c:

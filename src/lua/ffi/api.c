@@ -59,6 +59,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
@@ -472,6 +473,33 @@ moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
     if (s->c != NULL)
         mx_h1_read_pause(s->c, false);
     return MX_AGAIN;
+}
+
+
+/* s:log_field(k, v): appended to the request's access-log line as k="v"
+ * (quotes, backslashes and control bytes escaped; at most 2 KiB in all). */
+int
+moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl)
+{
+    if (mx_h1_guard_name((mx_str_t){k, kl}) != 0)
+        return fail(MX_EBADARG, "log field names are tokens");
+    if (s->log_fields.len + kl + vl > 2048)
+        return fail(MX_EBADARG, "log fields over 2 KiB");
+    mx_buf_t *b = &s->log_fields;
+    mx_buf_append(b, " ", 1);
+    mx_buf_append(b, k, kl);
+    mx_buf_append(b, "=\"", 2);
+    for (size_t i = 0; i < vl; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch == '"' || ch == '\\')
+            mx_buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20 || ch == 0x7f)
+            mx_buf_printf(b, "\\x%02x", ch);
+        else
+            mx_buf_append(b, v + i, 1);
+    }
+    mx_buf_append(b, "\"", 1);
+    return MX_OK;
 }
 
 

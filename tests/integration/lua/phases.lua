@@ -64,6 +64,8 @@ end
 
 
 function app.logging(s, err, ctx)
+    s:log_field("ua", s.req:header("user-agent") or "-")
+    s:log_field("note", 'say "hi"')
     moxy.log.info("logged ", s.req:method(), " ", s.req:uri(), " ", s.resp:status(),
                   " err=", tostring(err))
 end
