@@ -43,6 +43,10 @@ end })
 
 local _M = {}
 
+-- s.conn_ctx per downstream connection id; C drops an entry when the connection closes.
+local conn_ctxs = {}
+_M.conn_ctxs = conn_ctxs
+
 
 function _M.start(worker_id, worker_count)
     _M.worker_id, _M.worker_count = worker_id, worker_count
@@ -187,7 +191,13 @@ function _M.body(phase, p, svc)
                 ctx = r
             end
         end
-        local s = session.new(sp, ctx)
+        local cid = live.conn_id(sp)
+        local conn_ctx = conn_ctxs[cid]
+        if conn_ctx == nil then
+            conn_ctx = {}
+            conn_ctxs[cid] = conn_ctx
+        end
+        local s = session.new(sp, ctx, conn_ctx)
         co_sp[running()] = sp
         while phase ~= RELEASE do
             local ok, err

@@ -46,6 +46,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
@@ -323,6 +324,11 @@ function _M.log_field(sp, key, value)
     value = value == nil and "" or tostring(value)
     local rc = C.moxy_log_field(sp, key, #key, value, #value)
     if rc ~= OK then raise(rc, "s:log_field()") end
+end
+
+
+function _M.conn_id(sp)
+    return C.moxy_conn_id(sp)
 end
 
 

@@ -10,6 +10,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "http/status.h"
+#include "lua/vm.h"
 #include "net/addr.h"
 #include "proxy/session.h"
 
@@ -71,6 +72,7 @@ mx_h1_on_accept(uv_stream_t *server, int status)
 
     mx_h1conn_t *c = mx_calloc(1, sizeof(*c));
     c->w = w;
+    c->id = ++w->conn_seq;
     c->svc = a->svc;
     if (a->lc->addr.kind == MX_ADDR_UNIX)
         uv_pipe_init(&w->loop, &c->h.pipe, 0);
@@ -390,6 +392,8 @@ on_close(uv_handle_t *h)
     if (--c->handles_open > 0)
         return;
     mx_worker_t *w = c->w;
+    if (c->lua_conn_ctx)
+        mx_vm_conn_closed(w->vm, c->id); /* a uv callback: no Lua is running */
     if (c->rbuf != NULL)
         mx_worker_buf_put(w, c->rbuf);
     mx_buf_dispose(&c->span);

@@ -24,6 +24,7 @@ struct mx_vm_s {
     lua_State *L;
     mx_worker_t *w;
     int body_ref;
+    int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
     size_t nsvc;
     int *pool; /* refs of idle coroutines */
@@ -146,6 +147,8 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
         vm->masks[i] = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
     }
+    lua_getfield(L, -1, "conn_ctxs");
+    vm->conn_ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "body");
     vm->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
@@ -269,6 +272,20 @@ mx_lua_resume(mx_session_t *s)
     int rc = after_resume(s, co, lua_resume(co, 0));
     if (rc != MX_AGAIN)
         mx_session_on_phase_done(s, rc);
+}
+
+
+void
+mx_vm_conn_closed(mx_vm_t *vm, uint64_t id)
+{
+    if (vm == NULL)
+        return;
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_ctxs_ref);
+    lua_pushnumber(L, (lua_Number)id);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
 }
 
 

@@ -45,6 +45,9 @@ void mx_lua_resume(mx_session_t *s);
 /* Arms a timer that resumes <s>'s handler: returns MX_AGAIN (the Lua side
  * then yields), or MX_EBADARG if it already waits. */
 int mx_lua_sleep(mx_session_t *s, double seconds);
+/* Downstream connection <id> closed: drop its s.conn_ctx. Call only when no
+ * Lua code is running (a uv callback). */
+void mx_vm_conn_closed(mx_vm_t *vm, uint64_t id);
 /* The session ends: cancel waits, recycle its coroutine. */
 void mx_lua_release(mx_session_t *s);
 

@@ -54,7 +54,9 @@ struct mx_h1conn_s {
     mx_buf_t out;    /* a response head waiting to go out with the first body bytes */
     char client_addr[64];
     int client_port;
+    uint64_t id;       /* per worker, for s.conn_ctx */
     uint32_t nrequests;
+    unsigned lua_conn_ctx : 1; /* Lua keeps an s.conn_ctx for it: dropped at close */
     unsigned reading : 1;
     unsigned paused : 1;    /* parser stopped after a message (pipelining) */
     unsigned closing : 1;   /* uv_close called, or will be once writes drain */

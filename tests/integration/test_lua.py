@@ -155,6 +155,12 @@ class Phases(MoxyTestCase):
         line = [l for l in self.moxy.read("access.log").splitlines() if "/local?fields" in l][0]
         self.assertIn(' ua="field-test" note="say \\"hi\\""', line)
 
+    def test_conn_ctx_lives_across_keepalive_requests_only(self):
+        with Client(self.moxy.port) as c:
+            self.assertEqual([c.request("GET", "/conn").body for _ in range(3)], [b"1", b"2", b"3"])
+        with Client(self.moxy.port) as c:       # a new connection starts afresh
+            self.assertEqual(c.request("GET", "/conn").body, b"1")
+
     def test_client_gone_while_sleeping(self):
         with Client(self.moxy.port) as c:
             c.send(b"GET /sleep?t=0.4 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -59,6 +59,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
@@ -500,6 +501,18 @@ moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t 
     }
     mx_buf_append(b, "\"", 1);
     return MX_OK;
+}
+
+
+/* The downstream connection's id, for s.conn_ctx; 0 without one. From now on
+ * the connection drops its Lua table when it closes. */
+double
+moxy_conn_id(mx_session_t *s)
+{
+    if (s->c == NULL)
+        return 0;
+    s->c->lua_conn_ctx = 1;
+    return (double)s->c->id;
 }
 
 

@@ -13,6 +13,9 @@ function app.request_filter(s, ctx)
     elseif path == "/boom" then
         local t = nil
         return t.field                          -- line 15: the error the test expects
+    elseif path == "/conn" then
+        s.conn_ctx.n = (s.conn_ctx.n or 0) + 1
+        return s:respond(200, tostring(s.conn_ctx.n))
     elseif path == "/misuse" then
         s.resp:set_header("x-nope", "1")        -- not allowed in request_filter
     elseif path == "/sleep" then
