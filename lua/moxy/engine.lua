@@ -20,6 +20,7 @@ local loadfile = loadfile
 local setmetatable = setmetatable
 local tostring = tostring
 local type = type
+local unpack = unpack
 local xpcall = xpcall
 local yield = coroutine.yield
 local running = coroutine.running
@@ -50,6 +51,19 @@ _M.conn_ctxs = conn_ctxs
 
 function _M.start(worker_id, worker_count)
     _M.worker_id, _M.worker_count = worker_id, worker_count
+end
+
+
+-- A moxy.timer fired (C, from the loop): runs fn(premature, ...); errors go to the log.
+function _M.timer_fire(id, premature)
+    local t = live.timers[id]
+    if t == nil then
+        return
+    end
+    if premature or not t.every then
+        live.timers[id] = nil
+    end
+    t.fn(premature, unpack(t.args, 1, t.n))
 end
 
 

@@ -10,6 +10,8 @@ local coroutine_yield = coroutine.yield
 local error = error
 local lower = string.lower
 local pairs = pairs
+local pcall = pcall
+local unpack = unpack
 local remove = table.remove
 local setmetatable = setmetatable
 local sort = table.sort
@@ -31,12 +33,36 @@ local Clock = {}
 local clock_mt = { __index = Clock }
 
 
--- Moves the clock forward by <seconds>.
+-- Moves the clock forward by <seconds>, running the moxy.timer timers that fall due on
+-- the way, in time order, each with the clock at its due time.
 function Clock.advance(self, seconds)
     if type(seconds) ~= "number" or seconds < 0 then
         error("bad argument #1 to 'advance' (seconds >= 0 expected)", 2)
     end
-    self.now = self.now + seconds
+    local target = self.now + seconds
+    while true do
+        local next_t
+        for t in pairs(_M.timers) do
+            if t.due <= target and (next_t == nil or t.due < next_t.due) then
+                next_t = t
+            end
+        end
+        if next_t == nil then
+            break
+        end
+        self.now = next_t.due
+        if next_t.every then
+            next_t.due = next_t.due + next_t.delay
+        else
+            _M.timers[next_t] = nil
+        end
+        local ok, err = pcall(next_t.fn, false, unpack(next_t.args, 1, next_t.n))
+        if not ok then
+            local sink = _M.sink
+            sink[#sink + 1] = "[err] lua timer " .. tostring(err)
+        end
+    end
+    self.now = target
     return self.now
 end
 
@@ -50,6 +76,7 @@ end
 
 
 _M.clock = _M.new_clock()
+_M.timers = {}          -- pending moxy.timer handles (set of tables)
 _M.co = nil             -- the coroutine of the running t.run request, if any
 _M.logs = {}            -- log lines written outside a run (t.run collects into res.logs)
 _M.sink = _M.logs
@@ -222,6 +249,15 @@ function B.id(sp) return sp.id end
 function B.start_time(sp) return sp.start_time end
 function B.phase(sp) return sp.phase end
 function B.now() return _M.clock.now end
+function B.timer_start(t)
+    t.due = _M.clock.now + t.delay
+    _M.timers[t] = true
+end
+function B.timer_cancel(t)
+    if not _M.timers[t] then return nil, "not found" end
+    _M.timers[t] = nil
+    return true
+end
 function B.worker_id() return _M.worker.id end
 function B.worker_count() return _M.worker.count end
 

@@ -188,6 +188,40 @@ _M.log = {
 }
 
 
+-- timers -------------------------------------------------------------------------------------
+
+local timer_mt = { __index = {
+    -- Stops a pending timer; true, or nil, "not found" when it already ran or was cancelled.
+    cancel = function(self) return engine().timer_cancel(self) end,
+} }
+
+
+local function new_timer(every, delay, fn, ...)
+    if type(delay) ~= "number" or delay < 0 or delay ~= delay or (every and delay <= 0) then
+        error("bad argument #1 to '" .. (every and "every" or "at") .. "' (seconds "
+              .. (every and "> 0" or ">= 0") .. " expected, got " .. tostring(delay) .. ")", 3)
+    end
+    if type(fn) ~= "function" then
+        error("bad argument #2 to '" .. (every and "every" or "at") .. "' (function expected, got "
+              .. type(fn) .. ")", 3)
+    end
+    local t = setmetatable({ fn = fn, args = { ... }, n = select("#", ...), every = every,
+                             delay = delay }, timer_mt)
+    engine().timer_start(t)
+    return t
+end
+
+
+-- moxy.timer.at(delay, fn, ...) / moxy.timer.every(interval, fn, ...): fn(premature, ...)
+-- runs in the worker after <delay> seconds (every <interval>), outside any request;
+-- premature is true when the worker is stopping. Timer functions cannot wait (no
+-- moxy.sleep) yet. Returns a handle with :cancel(). Phases: all, and init.
+_M.timer = {
+    at = function(delay, fn, ...) return new_timer(false, delay, fn, ...) end,
+    every = function(interval, fn, ...) return new_timer(true, interval, fn, ...) end,
+}
+
+
 -- json and worker --------------------------------------------------------------------------
 
 -- lua-cjson instances of moxy's own (configuring them does not change require "cjson").

@@ -46,6 +46,8 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_timer_start(double id, double seconds, int every);
+int moxy_timer_cancel(double id);
 double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
@@ -329,6 +331,34 @@ end
 
 function _M.conn_id(sp)
     return C.moxy_conn_id(sp)
+end
+
+
+-- moxy.timer handles by id; engine.timer_fire runs them when C's timer fires.
+local timers = {}
+local timer_seq = 0
+_M.timers = timers
+
+
+function _M.timer_start(t)
+    timer_seq = timer_seq + 1
+    t.id = timer_seq
+    timers[timer_seq] = t
+    local rc = C.moxy_timer_start(timer_seq, t.delay, t.every and 1 or 0)
+    if rc ~= OK then
+        timers[timer_seq] = nil
+        raise(rc, "moxy.timer")
+    end
+end
+
+
+function _M.timer_cancel(t)
+    if t.id == nil or timers[t.id] == nil then
+        return nil, "not found"
+    end
+    timers[t.id] = nil
+    C.moxy_timer_cancel(t.id)
+    return true
 end
 
 

@@ -103,6 +103,7 @@ end
 function _M.clock(start)
     local c = fake.new_clock(start)
     fake.clock = c
+    fake.timers = {}            -- a new timeline: timers of an earlier clock are dropped
     return c
 end
 

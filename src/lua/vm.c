@@ -25,12 +25,24 @@ struct mx_vm_s {
     mx_worker_t *w;
     int body_ref;
     int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
+    int timer_fire_ref; /* engine.timer_fire(id, premature) */
+    mx_list_t timers;   /* vm_timer_t.node */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
     size_t nsvc;
     int *pool; /* refs of idle coroutines */
     size_t npool;
     size_t cap;
 };
+
+__thread mx_vm_t *mx_current_vm;
+
+typedef struct {
+    uv_timer_t timer;
+    mx_vm_t *vm;
+    double id;
+    bool every;
+    mx_list_t node;
+} vm_timer_t;
 
 static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
@@ -106,6 +118,9 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
 {
     mx_vm_t *vm = mx_calloc(1, sizeof(*vm));
     vm->w = w;
+    mx_list_init(&vm->timers);
+    mx_vm_t *prev_vm = mx_current_vm;
+    mx_current_vm = vm; /* init() may arm timers */
     vm->nsvc = conf->nservices;
     vm->masks = mx_calloc(vm->nsvc ? vm->nsvc : 1, sizeof(uint32_t));
     lua_State *L = vm->L = luaL_newstate();
@@ -149,13 +164,18 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
     }
     lua_getfield(L, -1, "conn_ctxs");
     vm->conn_ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "timer_fire");
+    vm->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "body");
     vm->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
+    mx_current_vm = prev_vm;
     *out = vm;
     return MX_OK;
 
 fail:
+    mx_current_vm = prev_vm;
+    mx_vm_timers_retire(vm);
     lua_close(L);
     mx_free(vm->masks);
     mx_free(vm);
@@ -286,6 +306,103 @@ mx_vm_conn_closed(mx_vm_t *vm, uint64_t id)
     lua_pushnil(L);
     lua_rawset(L, -3);
     lua_pop(L, 1);
+}
+
+
+/* --- moxy.timer --- */
+
+static void
+on_timer_close(uv_handle_t *h)
+{
+    mx_free(mx_container_of((uv_timer_t *)h, vm_timer_t, timer));
+}
+
+
+static void
+timer_close(vm_timer_t *t)
+{
+    mx_list_remove(&t->node);
+    uv_timer_stop(&t->timer);
+    uv_close((uv_handle_t *)&t->timer, on_timer_close);
+}
+
+
+/* Runs engine.timer_fire(id, premature) on the main Lua state: timer
+ * functions do not yield, so no coroutine is needed. */
+static void
+timer_call(mx_vm_t *vm, double id, bool premature)
+{
+    lua_State *L = vm->L;
+    char err[512];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->timer_fire_ref);
+    lua_pushnumber(L, id);
+    lua_pushboolean(L, premature);
+    if (pcall(L, 2, 0, err, sizeof(err)) != MX_OK)
+        mx_log_error("lua timer %s", err);
+}
+
+
+static void
+on_timer(uv_timer_t *h)
+{
+    vm_timer_t *t = mx_container_of(h, vm_timer_t, timer);
+    mx_vm_t *vm = t->vm;
+    double id = t->id;
+    if (!t->every)
+        timer_close(t);
+    timer_call(vm, id, false);
+}
+
+
+int
+mx_vm_timer_start(double id, double seconds, bool every)
+{
+    mx_vm_t *vm = mx_current_vm;
+    if (vm == NULL)
+        return MX_EBADARG;
+    if (vm->w == NULL)
+        return MX_OK; /* the scratch VM of moxy -t: never fires */
+    vm_timer_t *t = mx_calloc(1, sizeof(*t));
+    t->vm = vm;
+    t->id = id;
+    t->every = every;
+    uv_timer_init(&vm->w->loop, &t->timer);
+    uint64_t ms = (uint64_t)(seconds * 1000.0 + 0.5);
+    uv_timer_start(&t->timer, on_timer, ms, every ? (ms ? ms : 1) : 0);
+    mx_list_push(&vm->timers, &t->node);
+    return MX_OK;
+}
+
+
+int
+mx_vm_timer_cancel(double id)
+{
+    mx_vm_t *vm = mx_current_vm;
+    if (vm == NULL)
+        return MX_DECLINED;
+    for (mx_list_t *n = vm->timers.next; n != &vm->timers; n = n->next) {
+        vm_timer_t *t = mx_container_of(n, vm_timer_t, node);
+        if (t->id == id) {
+            timer_close(t);
+            return MX_OK;
+        }
+    }
+    return MX_DECLINED;
+}
+
+
+void
+mx_vm_timers_retire(mx_vm_t *vm)
+{
+    if (vm == NULL)
+        return;
+    while (!mx_list_empty(&vm->timers)) {
+        vm_timer_t *t = mx_container_of(vm->timers.next, vm_timer_t, node);
+        double id = t->id;
+        timer_close(t);
+        if (vm->timer_fire_ref != 0)
+            timer_call(vm, id, true);
+    }
 }
 
 

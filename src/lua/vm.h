@@ -48,6 +48,15 @@ int mx_lua_sleep(mx_session_t *s, double seconds);
 /* Downstream connection <id> closed: drop its s.conn_ctx. Call only when no
  * Lua code is running (a uv callback). */
 void mx_vm_conn_closed(mx_vm_t *vm, uint64_t id);
+/* moxy.timer: arms timer <id> of the current worker's VM (<every>: repeat).
+ * The scratch VM of moxy -t never fires. */
+int mx_vm_timer_start(double id, double seconds, bool every);
+int mx_vm_timer_cancel(double id);
+/* The worker is stopping: every pending timer runs once with premature =
+ * true, then all are closed. */
+void mx_vm_timers_retire(mx_vm_t *vm);
+/* The VM whose scripts run on this thread (set while loading and by the worker). */
+extern __thread mx_vm_t *mx_current_vm;
 /* The session ends: cancel waits, recycle its coroutine. */
 void mx_lua_release(mx_session_t *s);
 

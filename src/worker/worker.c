@@ -95,6 +95,7 @@ worker_main(void *arg)
     mx_worker_t *w = arg;
     mx_log_worker = w->id;
     mx_current_worker = w;
+    mx_current_vm = w->vm;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uv_update_time(&w->loop);
@@ -163,6 +164,7 @@ on_async(uv_async_t *a)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);
+        mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
         mx_list_t *n = w->conns.next;

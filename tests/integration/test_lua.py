@@ -328,3 +328,24 @@ class FailOpen(MoxyTestCase):
         self.assertIn("/boom", o.targets())
         m.wait_log("lua request_filter")
         self.assertRegex(m.error_log(), r"lua request_filter \S*phases\.lua:15: attempt to index")
+
+
+class Timers(MoxyTestCase):
+    def test_every_at_cancel_and_premature(self):
+        import tempfile
+        o = self.start_origin()
+        path = script("timers.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path, "upstream": "origin"}],
+                                   {"origin": upstream(o.port)}, grace_period_seconds=0))
+        t0 = int(request(m.port, "GET", "/ticks").body)
+        time.sleep(0.6)
+        t1 = int(request(m.port, "GET", "/ticks").body)
+        self.assertGreaterEqual(t1 - t0, 3, "every(0.1) did not tick")
+        self.assertEqual(request(m.port, "GET", "/at?name=one").body, b"armed")
+        self.assertEqual(request(m.port, "GET", "/fired").body, b"")
+        time.sleep(0.5)
+        self.assertEqual(request(m.port, "GET", "/fired").body, b"one")
+        m.stop()
+        self.assertEqual(m.returncode, 0)
+        self.assertIn("long timer ran, premature=true", m.error_log())

@@ -59,6 +59,8 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_timer_start(double id, double seconds, int every);
+int moxy_timer_cancel(double id);
 double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
@@ -513,6 +515,23 @@ moxy_conn_id(mx_session_t *s)
         return 0;
     s->c->lua_conn_ctx = 1;
     return (double)s->c->id;
+}
+
+
+int
+moxy_timer_start(double id, double seconds, int every)
+{
+    if (!(seconds >= 0) || seconds > 31536000.0)
+        return fail(MX_EBADARG, "seconds must be 0..31536000");
+    int rc = mx_vm_timer_start(id, seconds, every != 0);
+    return rc == MX_OK ? MX_OK : fail(rc, "no Lua VM on this thread");
+}
+
+
+int
+moxy_timer_cancel(double id)
+{
+    return mx_vm_timer_cancel(id);
 }
 
 
