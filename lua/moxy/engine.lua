@@ -7,6 +7,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 local backend = require "moxy.backend"
 local live = require "moxy.live"
+local cjson = require "cjson.safe"
 
 backend.set(live)
 
@@ -67,8 +68,9 @@ function _M.timer_fire(id, premature)
 end
 
 
--- Loads the script of service <svc>; returns the bitmask of the phases it handles.
-function _M.load(svc, path)
+-- Loads the script of service <svc> and runs its init(config), <config_json> being the
+-- service's `config:` mapping; returns the bitmask of the phases it handles.
+function _M.load(svc, path, config_json)
     local chunk, err = loadfile(path)
     if chunk == nil then
         error(err, 0)
@@ -78,7 +80,7 @@ function _M.load(svc, path)
         error(path .. ": a script must return a table of phase handlers, got " .. type(app), 0)
     end
     if type(app.init) == "function" then
-        app.init({})
+        app.init(config_json and cjson.decode(config_json) or {})
     end
     local mask = 0
     session.check_app(app, path)

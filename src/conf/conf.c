@@ -5,6 +5,7 @@
  * "moxy.yaml:8:5: services[0].listner: unknown key". */
 #include "conf/conf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <yaml.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/errors.h"
 
 #define MAX_CONF_BYTES (16 * 1024 * 1024)
@@ -75,6 +77,7 @@ static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
 static int on_tls(ld_t *ld, yaml_node_t *v, void *base);
 static int on_upstream_ref(ld_t *ld, yaml_node_t *v, void *base);
 static int on_shared_dicts(ld_t *ld, yaml_node_t *v, void *base);
+static int on_script_config(ld_t *ld, yaml_node_t *v, void *base);
 
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const lua_policy_names[] = {"fail_closed", "fail_open", NULL};
@@ -184,6 +187,7 @@ static const keydef_t service_keys[] = {
     {"x_forwarded_for", K_BOOL, S_(x_forwarded_for)},
     {"via",             K_BOOL, S_(via)},
     {"allow_connect",   K_BOOL, S_(allow_connect)},
+    {"config",          K_FN,   .fn = on_script_config},
     {.name = NULL},
 };
 /* clang-format on */
@@ -754,6 +758,124 @@ on_listeners(ld_t *ld, yaml_node_t *v, void *base)
 }
 
 
+/* True when <s> is a JSON number (what a plain YAML scalar like 3, -2.5 or
+ * 1e3 means to a script). */
+static bool
+json_number(const char *s)
+{
+    const char *p = s;
+    if (*p == '-')
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return false;
+    if (*p == '0' && isdigit((unsigned char)p[1]))
+        return false;
+    while (isdigit((unsigned char)*p))
+        p++;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    return *p == '\0';
+}
+
+
+static void
+json_string(mx_buf_t *b, const char *s)
+{
+    mx_buf_append(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            mx_buf_printf(b, "\\%c", *p);
+        else if (*p < 0x20)
+            mx_buf_printf(b, "\\u%04x", *p);
+        else
+            mx_buf_append(b, (const char *)p, 1);
+    }
+    mx_buf_append(b, "\"", 1);
+}
+
+
+/* Serializes YAML node <v> as JSON: plain scalars that read as numbers,
+ * true/false or null keep that meaning, everything else is a string. */
+static int
+to_json(ld_t *ld, yaml_node_t *v, mx_buf_t *b, int depth)
+{
+    if (depth > 32)
+        return fail(ld, v, "nested deeper than 32 levels");
+    if (v->type == YAML_SCALAR_NODE) {
+        const char *s = scalar(v);
+        if (v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+            json_string(b, s);
+        else if (is_null(v))
+            mx_buf_append_str(b, MX_STR("null"));
+        else if (strcmp(s, "true") == 0 || strcmp(s, "false") == 0 || json_number(s))
+            mx_buf_append(b, s, strlen(s));
+        else
+            json_string(b, s);
+        return MX_OK;
+    }
+    if (v->type == YAML_SEQUENCE_NODE) {
+        mx_buf_append(b, "[", 1);
+        for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top;
+             i++) {
+            if (i != v->data.sequence.items.start)
+                mx_buf_append(b, ",", 1);
+            if (to_json(ld, node(ld, *i), b, depth + 1) != MX_OK)
+                return MX_ECONF;
+        }
+        mx_buf_append(b, "]", 1);
+        return MX_OK;
+    }
+    mx_buf_append(b, "{", 1);
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(ld, p->key);
+        if (k->type != YAML_SCALAR_NODE)
+            return fail(ld, k, "keys must be scalars");
+        if (p != v->data.mapping.pairs.start)
+            mx_buf_append(b, ",", 1);
+        json_string(b, scalar(k));
+        mx_buf_append(b, ":", 1);
+        if (to_json(ld, node(ld, p->value), b, depth + 1) != MX_OK)
+            return MX_ECONF;
+    }
+    mx_buf_append(b, "}", 1);
+    return MX_OK;
+}
+
+
+/* services[].config: any mapping, handed to the script's init(config). */
+static int
+on_script_config(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_service_t *svc = base;
+    if (v->type != YAML_MAPPING_NODE)
+        return type_error(ld, v, "a mapping");
+    mx_buf_t b;
+    mx_buf_init(&b);
+    if (to_json(ld, v, &b, 0) != MX_OK) {
+        mx_buf_dispose(&b);
+        return MX_ECONF;
+    }
+    mx_free(svc->script_config);
+    svc->script_config = mx_strndup(b.data, b.len);
+    mx_buf_dispose(&b);
+    return MX_OK;
+}
+
+
 static int
 on_tls(ld_t *ld, yaml_node_t *v, void *base)
 {
@@ -976,6 +1098,7 @@ mx_conf_free(mx_conf_t *c)
         mx_free(svc->listeners);
         mx_free(svc->name);
         mx_free(svc->script);
+        mx_free(svc->script_config);
         mx_free(svc->upstream);
     }
     for (size_t i = 0; i < c->nshared_dicts; i++)

@@ -69,6 +69,7 @@ struct mx_conf_service_s {
     mx_conf_listener_t *listeners;
     size_t nlisteners; /* >= 1 */
     char *script;      /* NULL when absent */
+    char *script_config; /* `config:` mapping as JSON text for init(config), NULL when absent */
     char *upstream;    /* name of an upstreams: entry, NULL when absent */
     const mx_conf_upstream_t *upstream_ref; /* resolved by the loader */
 

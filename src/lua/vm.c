@@ -157,7 +157,11 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
         lua_getfield(L, -1, "load");
         lua_pushinteger(L, (lua_Integer)i);
         lua_pushstring(L, conf->services[i].script);
-        if (pcall(L, 2, 1, err, errlen) != MX_OK)
+        if (conf->services[i].script_config != NULL)
+            lua_pushstring(L, conf->services[i].script_config);
+        else
+            lua_pushnil(L);
+        if (pcall(L, 3, 1, err, errlen) != MX_OK)
             goto fail;
         vm->masks[i] = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);

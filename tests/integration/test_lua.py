@@ -349,3 +349,30 @@ class Timers(MoxyTestCase):
         m.stop()
         self.assertEqual(m.returncode, 0)
         self.assertIn("long timer ran, premature=true", m.error_log())
+
+
+class InitConfig(MoxyTestCase):
+    def test_init_gets_the_services_config_mapping(self):
+        import json
+        import tempfile
+        path = script("config.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"], "script": path,
+                        "config": {"greeting": "hi", "n": 3, "ratio": 0.5, "on": True,
+                                   "list": [1, "two", False], "nested": {"k": "v"}}}],
+                      {"origin": upstream(free_port())})
+        m = self.start_moxy(conf)
+        got = json.loads(request(m.port, "GET", "/").body)
+        self.assertEqual(got, {"greeting": "hi", "n": 3, "ratio": 0.5, "on": True,
+                               "list": [1, "two", False], "nested": {"k": "v"}})
+
+    def test_config_must_be_a_mapping(self):
+        import tempfile
+        d = tempfile.mkdtemp(prefix="moxy-lua-")
+        path = script("config.lua", d)
+        conf = os.path.join(d, "moxy.yaml")
+        with open(conf, "w") as f:
+            f.write(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                             "script": path, "config": "nope"}], {"origin": upstream(free_port())}))
+        r = run_moxy(["-t", "-c", conf])
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"moxy\.yaml:\d+:\d+: services\[0\]\.config: expected a mapping")
