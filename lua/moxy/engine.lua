@@ -117,6 +117,9 @@ local function set_peer(sp, peer, handler)
         return live.set_peer(sp, peer)
     end
     if t == "table" then
+        if peer.upstream then
+            return live.set_upstream(sp, peer.upstream)
+        end
         if peer.unix then
             return live.set_peer(sp, "unix:" .. peer.unix)
         end

@@ -9,6 +9,7 @@ local coroutine_running = coroutine.running
 local coroutine_yield = coroutine.yield
 local error = error
 local lower = string.lower
+local ipairs = ipairs
 local pairs = pairs
 local pcall = pcall
 local unpack = unpack
@@ -77,6 +78,7 @@ end
 
 _M.clock = _M.new_clock()
 _M.timers = {}          -- pending moxy.timer handles (set of tables)
+_M.upstreams = {}       -- YAML-like groups for moxy.upstream(): name -> { "host:port" | { address, weight } }
 _M.co = nil             -- the coroutine of the running t.run request, if any
 _M.logs = {}            -- log lines written outside a run (t.run collects into res.logs)
 _M.sink = _M.logs
@@ -249,6 +251,19 @@ function B.id(sp) return sp.id end
 function B.start_time(sp) return sp.start_time end
 function B.phase(sp) return sp.phase end
 function B.now() return _M.clock.now end
+function B.upstream_backends(name)
+    local g = _M.upstreams[name]
+    if g == nil then return nil end
+    local list = {}
+    for i, b in ipairs(g) do
+        if type(b) == "table" then
+            list[i] = { addr = b.address, weight = b.weight or 1 }
+        else
+            list[i] = { addr = b, weight = 1 }
+        end
+    end
+    return list
+end
 function B.timer_start(t)
     t.due = _M.clock.now + t.delay
     _M.timers[t] = true

@@ -119,6 +119,9 @@ function _M.load(path, config)
     if not chunk then
         error(err, 2)
     end
+    if type(config) == "table" and config.upstreams ~= nil then
+        fake.upstreams = deep_copy(config.upstreams)    -- groups for moxy.upstream(name)
+    end
     if type(config) == "table" and config.shared_dicts ~= nil then
         require("moxy.shared_fake").declare(config.shared_dicts)   -- made anew, empty
     end

@@ -22,6 +22,7 @@
 
 struct mx_vm_s {
     lua_State *L;
+    const mx_conf_t *conf;
     mx_worker_t *w;
     int body_ref;
     int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
@@ -118,6 +119,7 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
 {
     mx_vm_t *vm = mx_calloc(1, sizeof(*vm));
     vm->w = w;
+    vm->conf = conf;
     mx_list_init(&vm->timers);
     mx_vm_t *prev_vm = mx_current_vm;
     mx_current_vm = vm; /* init() may arm timers */
@@ -196,6 +198,13 @@ mx_vm_free(mx_vm_t *vm)
     mx_free(vm->masks);
     mx_free(vm->pool);
     mx_free(vm);
+}
+
+
+const mx_conf_t *
+mx_vm_conf(const mx_vm_t *vm)
+{
+    return vm->conf;
 }
 
 

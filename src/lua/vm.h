@@ -55,6 +55,7 @@ int mx_vm_timer_cancel(double id);
 /* The worker is stopping: every pending timer runs once with premature =
  * true, then all are closed. */
 void mx_vm_timers_retire(mx_vm_t *vm);
+const mx_conf_t *mx_vm_conf(const mx_vm_t *vm);
 /* The VM whose scripts run on this thread (set while loading and by the worker). */
 extern __thread mx_vm_t *mx_current_vm;
 /* The session ends: cancel waits, recycle its coroutine. */

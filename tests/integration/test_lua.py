@@ -376,3 +376,19 @@ class InitConfig(MoxyTestCase):
         r = run_moxy(["-t", "-c", conf])
         self.assertEqual(r.returncode, 1)
         self.assertRegex(r.stderr, r"moxy\.yaml:\d+:\d+: services\[0\]\.config: expected a mapping")
+
+
+class Groups(MoxyTestCase):
+    def test_upstream_groups_from_lua(self):
+        import tempfile
+        blue, green = self.start_origin(), self.start_origin()
+        path = script("groups.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path}],
+                                   {"blue": upstream(blue.port),
+                                    "green": {"backends": [{"address": green.addr, "weight": 3}]}}))
+        self.assert_status(request(m.port, "GET", "/echo?color=green"), 200, m)
+        self.assert_status(request(m.port, "GET", "/echo?color=blue"), 200, m)
+        self.assertEqual(green.targets(), ["/echo?color=green"])
+        self.assertEqual(blue.targets(), ["/echo?color=blue"])
+        self.assertEqual(request(m.port, "GET", "/backends").body, f"{green.addr}/3".encode())

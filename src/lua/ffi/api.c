@@ -59,6 +59,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *weight);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
 double moxy_conn_id(mx_session_t *s);
@@ -532,6 +533,32 @@ int
 moxy_timer_cancel(double id)
 {
     return mx_vm_timer_cancel(id);
+}
+
+
+/* YAML group <name>: with <i> < 0 returns its backend count (-1 when there is
+ * no such group); else fills backend <i>'s address text and weight. */
+int
+moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *weight)
+{
+    const mx_conf_t *conf = mx_current_worker ? mx_current_worker->conf : NULL;
+    if (conf == NULL && mx_current_vm != NULL)
+        conf = mx_vm_conf(mx_current_vm);
+    if (conf == NULL)
+        return -1;
+    for (size_t k = 0; k < conf->nupstreams; k++) {
+        const mx_conf_upstream_t *u = &conf->upstreams[k];
+        if (strlen(u->name) != len || memcmp(u->name, name, len) != 0)
+            continue;
+        if (i < 0)
+            return (int)u->nbackends;
+        if ((size_t)i >= u->nbackends)
+            return MX_DECLINED;
+        *addr = (mx_str_t){u->backends[i].addr.text, strlen(u->backends[i].addr.text)};
+        *weight = u->backends[i].weight;
+        return MX_OK;
+    }
+    return -1;
 }
 
 
