@@ -18,6 +18,7 @@ local getinfo = debug.getinfo
 local traceback = debug.traceback
 local error = error
 local loadfile = loadfile
+local pairs = pairs
 local setmetatable = setmetatable
 local tostring = tostring
 local type = type
@@ -52,6 +53,19 @@ _M.conn_ctxs = conn_ctxs
 
 function _M.start(worker_id, worker_count)
     _M.worker_id, _M.worker_count = worker_id, worker_count
+end
+
+
+-- The worker stops (C): every script's shutdown(), each protected; errors are logged.
+function _M.shutdown()
+    for _, app in pairs(apps) do
+        if type(app.shutdown) == "function" then
+            local ok, err = xpcall(app.shutdown, traceback)
+            if not ok then
+                live.log("err", "lua shutdown " .. tostring(err):match("^[^\n]*"))
+            end
+        end
+    end
 end
 
 

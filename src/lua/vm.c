@@ -27,6 +27,7 @@ struct mx_vm_s {
     int body_ref;
     int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
     int timer_fire_ref; /* engine.timer_fire(id, premature) */
+    int shutdown_ref;   /* engine.shutdown(): every script's shutdown() */
     mx_list_t timers;   /* vm_timer_t.node */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
     size_t nsvc;
@@ -172,6 +173,8 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
     vm->conn_ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "timer_fire");
     vm->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "shutdown");
+    vm->shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "body");
     vm->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
@@ -404,6 +407,19 @@ mx_vm_timer_cancel(double id)
 }
 
 
+/* The worker stops: each script's shutdown() runs (errors are logged). */
+static void
+run_shutdown(mx_vm_t *vm)
+{
+    if (vm->shutdown_ref == 0 || vm->w == NULL)
+        return;
+    char err[512];
+    lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->shutdown_ref);
+    if (pcall(vm->L, 0, 0, err, sizeof(err)) != MX_OK)
+        mx_log_error("lua shutdown %s", err);
+}
+
+
 void
 mx_vm_timers_retire(mx_vm_t *vm)
 {
@@ -416,6 +432,8 @@ mx_vm_timers_retire(mx_vm_t *vm)
         if (vm->timer_fire_ref != 0)
             timer_call(vm, id, true);
     }
+    run_shutdown(vm);
+    vm->shutdown_ref = 0; /* once */
 }
 
 

@@ -53,7 +53,7 @@ void mx_vm_conn_closed(mx_vm_t *vm, uint64_t id);
 int mx_vm_timer_start(double id, double seconds, bool every);
 int mx_vm_timer_cancel(double id);
 /* The worker is stopping: every pending timer runs once with premature =
- * true, then all are closed. */
+ * true, then all are closed; then each script's shutdown() runs, once. */
 void mx_vm_timers_retire(mx_vm_t *vm);
 const mx_conf_t *mx_vm_conf(const mx_vm_t *vm);
 /* The VM whose scripts run on this thread (set while loading and by the worker). */

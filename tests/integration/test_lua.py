@@ -185,16 +185,16 @@ class CheckScripts(MoxyTestCase):
     def test_t_refuses_a_phase_that_is_not_built(self):
         import tempfile
         d = tempfile.mkdtemp(prefix="moxy-lua-")
-        path = os.path.join(d, "shutdown.lua")
+        path = os.path.join(d, "unbuilt.lua")
         with open(path, "w") as f:
-            f.write("return { shutdown = function() end }\n")
+            f.write("return { error_while_proxy = function() end }\n")
         conf = os.path.join(d, "moxy.yaml")
         with open(conf, "w") as f:
             f.write(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                              "script": path}], {"origin": upstream(free_port())}))
         r = run_moxy(["-t", "-c", conf])
         self.assertEqual(r.returncode, 1)
-        self.assertIn("shutdown is not supported", r.stderr)
+        self.assertIn("error_while_proxy is not supported", r.stderr)
 
     def test_t_reports_a_syntax_error_with_file_and_line(self):
         import tempfile
@@ -348,7 +348,10 @@ class Timers(MoxyTestCase):
         self.assertEqual(request(m.port, "GET", "/fired").body, b"one")
         m.stop()
         self.assertEqual(m.returncode, 0)
-        self.assertIn("long timer ran, premature=true", m.error_log())
+        log = m.error_log()
+        self.assertIn("long timer ran, premature=true", log)
+        self.assertIn("shutdown ran after ticks", log)
+        self.assertLess(log.index("long timer ran"), log.index("shutdown ran"))
 
 
 class InitConfig(MoxyTestCase):

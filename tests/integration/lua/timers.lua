@@ -18,6 +18,11 @@ function app.init()
 end
 
 
+function app.shutdown()
+    moxy.log.warn("shutdown ran after ", ticks > 0 and "ticks" or "no ticks")
+end
+
+
 function app.request_filter(s, ctx)
     local path = s.req:path()
     if path == "/ticks" then
