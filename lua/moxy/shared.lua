@@ -9,6 +9,14 @@
 -- Phases: all, and load time (init).
 local ffi = require "ffi"
 local backend = require "moxy.backend"
+local args = require "moxy.shared_args"
+local key_of, check_ttl, check_number = args.key_of, args.check_ttl, args.check_number
+
+
+local function check_self(self, method, level)
+    args.check_self(self, method, level, "p")
+end
+
 
 local C = ffi.C
 local ffi_cast = ffi.cast
@@ -33,7 +41,6 @@ local ERRORS = {                                      -- MX_SHDICT_E* in src/lua
     [-5204] = "value not a list",
     [-5205] = "value is a list",
 }
-local MAX_KEY = 65535
 local BUF_SIZE = 4096         -- the VM's buffer for values; larger ones get one of their own
 
 local _M = { _VERSION = "0.1.0" }
@@ -90,52 +97,11 @@ end
 
 -- Arguments: what OpenResty returns nil, err for, and what is misuse (raised) -----------
 
--- The key as a string, or nil, err (OpenResty: numbers are keys too).
-local function key_of(key)
-    if key == nil then
-        return nil, "nil key"
-    end
-    if type(key) ~= "string" then
-        key = tostring(key)
-    end
-    local n = #key
-    if n == 0 then
-        return nil, "empty key"
-    end
-    if n > MAX_KEY then
-        return nil, "key too long"
-    end
-    return key
-end
 
 
-local function check_self(self, method, level)
-    if type(self) ~= "table" or self.p == nil then
-        error(format("bad argument #1 to '%s' (dict expected; call it as d:%s(...))",
-                     method, method), level or 3)
-    end
-end
 
 
-local function check_ttl(ttl, method, argn, level)
-    if ttl == nil then
-        return 0
-    end
-    if type(ttl) ~= "number" or ttl < 0 or ttl ~= ttl then
-        error(format("bad argument #%d to '%s' (ttl: seconds >= 0 expected, got %s)", argn,
-                     method, tostring(ttl)), level or 3)
-    end
-    return ttl
-end
 
-
-local function check_number(n, method, argn, what)
-    if type(n) ~= "number" then
-        error(format("bad argument #%d to '%s' (%s: number expected, got %s)", argn, method,
-                     what, type(n)), 3)
-    end
-    return n
-end
 
 
 -- Fills val[0] with <value>; false for a type a dict cannot hold.

@@ -23,7 +23,6 @@ local type = type
 local _M = { DEFAULT_SIZE = 1048576, ENTRY_SIZE = 112, ITEM_SIZE = 40 }
 
 local ENTRY, ITEM = _M.ENTRY_SIZE, _M.ITEM_SIZE
-local MAX_KEY = 65535
 local EXPIRED_SCAN = 64
 
 local dicts = {}
@@ -32,52 +31,22 @@ local dicts = {}
 local function now()
     return require("moxy.fake").clock.now
 end
-
-
-local function key_of(key)
-    if key == nil then
-        return nil, "nil key"
-    end
-    if type(key) ~= "string" then
-        key = tostring(key)
-    end
-    if #key == 0 then
-        return nil, "empty key"
-    end
-    if #key > MAX_KEY then
-        return nil, "key too long"
-    end
-    return key
-end
+local args = require "moxy.shared_args"
+local key_of, check_ttl, check_number = args.key_of, args.check_ttl, args.check_number
 
 
 local function check_self(self, method, level)
-    if type(self) ~= "table" or self._map == nil then
-        error(format("bad argument #1 to '%s' (dict expected; call it as d:%s(...))",
-                     method, method), level or 3)
-    end
+    args.check_self(self, method, level, "_map")
 end
 
 
-local function check_ttl(ttl, method, argn, level)
-    if ttl == nil then
-        return 0
-    end
-    if type(ttl) ~= "number" or ttl < 0 or ttl ~= ttl then
-        error(format("bad argument #%d to '%s' (ttl: seconds >= 0 expected, got %s)", argn,
-                     method, tostring(ttl)), level or 3)
-    end
-    return ttl
-end
 
 
-local function check_number(n, method, argn, what)
-    if type(n) ~= "number" then
-        error(format("bad argument #%d to '%s' (%s: number expected, got %s)", argn, method,
-                     what, type(n)), 3)
-    end
-    return n
-end
+
+
+
+
+
 
 
 -- Expiry as the C side computes it: whole milliseconds, rounded up.
