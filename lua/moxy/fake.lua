@@ -226,6 +226,15 @@ function B.resp_header_at(sp, i)
 end
 
 
+function B.trailer_header(sp, name) return h_get(sp.trailers, name) end
+function B.trailer_header_count(sp) return #sp.trailers end
+function B.trailer_header_at(sp, i)
+    local f = sp.trailers[i]
+    if f then return f[1], f[2] end
+end
+function B.trailer_set_header(sp, name, value) h_set(sp.trailers, name, value) end
+function B.trailer_add_header(sp, name, value) h_add(sp.trailers, name, value) end
+function B.trailer_remove_header(sp, name) h_remove(sp.trailers, name) end
 function B.resp_set_header(sp, name, value) h_set(sp.resp_headers, name, value) end
 function B.resp_add_header(sp, name, value) h_add(sp.resp_headers, name, value) end
 function B.resp_remove_header(sp, name) h_remove(sp.resp_headers, name) end

@@ -20,6 +20,7 @@ ffi.cdef[[
 typedef struct mx_session_s mx_session_t;
 typedef struct { const char *data; size_t len; } moxy_str_t;
 int moxy_abi_version(void);
+const char *moxy_phase_name(int phase);
 int moxy_last_error(char *buf, size_t len);
 int moxy_req_str(mx_session_t *s, int what, moxy_str_t *out);
 int moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, moxy_str_t *out);
@@ -72,7 +73,15 @@ local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE = -5015, -5016, -5004
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
                  "fail_to_connect", "early_request_filter", "upstream_response_filter",
-                 "proxy_upstream_filter", "release" }
+                 "proxy_upstream_filter", "response_trailer_filter", "release" }
+for id = 0, #PHASES do
+    local name = ffi_str(C.moxy_phase_name(id))
+    if name ~= PHASES[id] then
+        error("moxy.live: phase " .. id .. " is \"" .. name .. "\" in the binary but \""
+              .. PHASES[id] .. "\" in this library (rebuild moxy, or use its own lua/)")
+    end
+end
+
 local LEVELS = { debug = 0, info = 1, notice = 1, warn = 2, err = 3 }
 local SOURCES = { [0] = "upstream", "local", "error" }
 
@@ -172,6 +181,14 @@ function _M.resp_header_at(sp, i) return header_at(sp, 1, i) end
 function _M.resp_set_header(sp, n, v) header_set(sp, 1, 0, n, v, "s.resp:set_header()") end
 function _M.resp_add_header(sp, n, v) header_set(sp, 1, 1, n, v, "s.resp:add_header()") end
 function _M.resp_remove_header(sp, n) header_set(sp, 1, 2, n, nil, "s.resp:remove_header()") end
+
+
+function _M.trailer_header(sp, name) return header(sp, 2, name, "trailers:header()") end
+function _M.trailer_header_count(sp) return header_count(sp, 2, "trailers:headers()") end
+function _M.trailer_header_at(sp, i) return header_at(sp, 2, i) end
+function _M.trailer_set_header(sp, n, v) header_set(sp, 2, 0, n, v, "trailers:set_header()") end
+function _M.trailer_add_header(sp, n, v) header_set(sp, 2, 1, n, v, "trailers:add_header()") end
+function _M.trailer_remove_header(sp, n) header_set(sp, 2, 2, n, nil, "trailers:remove_header()") end
 
 
 function _M.req_set_method(sp, m)

@@ -60,7 +60,7 @@ local RESPOND = set_of {
 -- LUA_API.md phases neither engine runs yet: a script that defines one is refused at
 -- load rather than silently half-run.
 local NOT_BUILT = {
-    "request_body_filter", "upstream_response_body_filter", "response_trailer_filter",
+    "request_body_filter", "upstream_response_body_filter",
     "connected_to_upstream", "error_while_proxy", "request_cache_filter",
     "cache_key", "cache_hit_filter", "cache_miss", "response_cache_filter",
 }
@@ -537,6 +537,18 @@ end
 
 
 -- s.resp -----------------------------------------------------------------------------------
+
+-- The response's trailers (response_trailer_filter's argument): the same header
+-- methods, readable and writable in that phase only.
+local Trailers = header_methods("trailer", "trailers",
+                                set_of { "response_trailer_filter" })
+local trailers_mt = { __index = Trailers }
+
+
+function _M.trailers(sp, b)
+    return setmetatable({ sp = sp, b = b or backend.current }, trailers_mt)
+end
+
 
 local Resp = header_methods("resp", "s.resp", RESP_WRITE)
 local resp_mt = { __index = Resp }

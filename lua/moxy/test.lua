@@ -355,6 +355,7 @@ local function run_request(app, s, opts, res)
             end
             sp.status = up.status
             sp.resp_headers = fake.header_list(up.headers, "upstream response")
+            sp.trailers = up.trailers and fake.header_list(up.trailers, "upstream trailers") or {}
             sp.resp_body = up.body or ""
             sp.source = "upstream"
             if not run("upstream_response_filter", nil, s, s.resp, ctx) then
@@ -402,6 +403,15 @@ local function run_request(app, s, opts, res)
             end
         end
         out[#out + 1] = chunk
+    end
+
+    -- As live: the origin's trailers pass response_trailer_filter after the body.
+    if sp.trailers and #sp.trailers > 0 and not res.aborted and not no_body then
+        if app.response_trailer_filter and
+            not run("response_trailer_filter", nil, s, session.trailers(sp, s.b), ctx) then
+            res.aborted = true
+        end
+        res.trailers = header_map(sp.trailers)
     end
 
     res.status = sp.status

@@ -550,3 +550,32 @@ describe("assertions", function()
         assert.has_error(function() assert.logged("absent", res) end)
     end)
 end)
+
+
+describe("t.run response_trailer_filter", function()
+    it("edits the origin's trailers, as live", function()
+        local app = {
+            upstream_peer = function() return "127.0.0.1:1" end,
+            response_trailer_filter = function(s, trailers)
+                trailers:set_header("grpc-status", "0")
+                trailers:remove_header("x-drop")
+            end,
+        }
+        local res = t.run(app, t.request(), { upstream = function()
+            return { status = 200, body = "x", trailers = { ["grpc-status"] = "13", ["x-drop"] = "1" } }
+        end })
+        assert.equal("0", res.trailers["grpc-status"])
+        assert.is_nil(res.trailers["x-drop"])
+    end)
+
+    it("an error there aborts the stream", function()
+        local app = {
+            upstream_peer = function() return "127.0.0.1:1" end,
+            response_trailer_filter = function() error("no") end,
+        }
+        local res = t.run(app, t.request(), { upstream = function()
+            return { status = 200, body = "x", trailers = { a = "1" } }
+        end })
+        assert.is_true(res.aborted)
+    end)
+end)

@@ -664,6 +664,13 @@ mx_session_on_response_done(mx_session_t *s)
         mx_session_respond_error(s, 500, MX_ELUA);
         return;
     }
+    /* The origin's trailers (gRPC status...) pass the script before they go out. */
+    if (s->c != NULL && s->resp_trailers.n > 0 &&
+        mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER) &&
+        mx_lua_run(s, MX_PH_RESPONSE_TRAILER_FILTER) != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA); /* the head went out: aborts the stream */
+        return;
+    }
     if (s->c != NULL)
         mx_h1_send_end(s->c, s);
     s->resp_done = 1;

@@ -395,3 +395,21 @@ class Groups(MoxyTestCase):
         self.assertEqual(green.targets(), ["/echo?color=green"])
         self.assertEqual(blue.targets(), ["/echo?color=blue"])
         self.assertEqual(request(m.port, "GET", "/backends").body, f"{green.addr}/3".encode())
+
+
+class TrailerFilter(MoxyTestCase):
+    def test_trailers_pass_the_filter(self):
+        import tempfile
+        o = self.start_origin()
+        path = script("trailers.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path, "upstream": "origin"}],
+                                   {"origin": upstream(o.port)}))
+        with Client(m.port) as c:
+            c.send(b"GET /trailers HTTP/1.1\r\nHost: a\r\n\r\n")
+            c.reader.read_until(b"\r\n\r\n")
+            rest = c.reader.read_until(b"0\r\n") + c.reader.read_until(b"\r\n\r\n")
+            self.assertIn(b"x-checksum: abc-seen\r\n", rest)   # set_header: the new name's case
+            self.assertIn(b"x-added-by: moxy\r\n", rest)
+            self.assertNotIn(b"X-Other", rest)
+            self.assert_status(c.request("GET", "/echo?after"), 200, m)

@@ -28,11 +28,13 @@
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
 #define RESP_GET                                                                                   \
     (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY) |                   \
-     PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
+     PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER) |                    \
+     PH(MX_PH_RESPONSE_TRAILER_FILTER))
 
 static __thread char last_error[256];
 
 int moxy_abi_version(void);
+const char *moxy_phase_name(int phase);
 int moxy_last_error(char *buf, size_t len);
 int moxy_req_str(mx_session_t *s, int what, mx_str_t *out);
 int moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, mx_str_t *out);
@@ -110,6 +112,14 @@ moxy_abi_version(void)
 }
 
 
+/* Lets moxy.live check that its phase ids are the binary's. */
+const char *
+moxy_phase_name(int phase)
+{
+    return mx_phase_name(phase);
+}
+
+
 int
 moxy_last_error(char *buf, size_t len)
 {
@@ -143,17 +153,22 @@ moxy_req_str(mx_session_t *s, int what, mx_str_t *out)
 }
 
 
+/* <which>: 0 the request, 1 the response, 2 the response's trailers. */
 static mx_headers_t *
-headers_of(mx_session_t *s, int resp)
+headers_of(mx_session_t *s, int which)
 {
-    return resp ? &s->resp_headers : &s->req_headers;
+    return which == 2 ? &s->resp_trailers : which ? &s->resp_headers : &s->req_headers;
 }
+
+
+#define TRAILERS PH(MX_PH_RESPONSE_TRAILER_FILTER)
 
 
 int
 moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, mx_str_t *out)
 {
-    if (resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
+    if (resp == 2 ? allowed(s, TRAILERS) != MX_OK
+                  : resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
         return MX_EBADPHASE;
     mx_headers_t *h = headers_of(s, resp);
     for (ssize_t i = mx_headers_find(h, (mx_str_t){n, nl}, 0); i >= 0;
@@ -173,7 +188,8 @@ moxy_header_get(mx_session_t *s, int resp, const char *n, size_t nl, mx_str_t *o
 int
 moxy_header_count(mx_session_t *s, int resp)
 {
-    if (resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
+    if (resp == 2 ? allowed(s, TRAILERS) != MX_OK
+                  : resp && !s->local_status && allowed(s, RESP_GET) != MX_OK)
         return MX_EBADPHASE;
     mx_headers_t *h = headers_of(s, resp);
     int n = 0;
@@ -217,7 +233,7 @@ int
 moxy_header_set(mx_session_t *s, int resp, int mode, const char *n, size_t nl, const char *v,
                 size_t vl)
 {
-    uint32_t mask = resp ? RESP_SET : REQ_SET;
+    uint32_t mask = resp == 2 ? TRAILERS : resp ? RESP_SET : REQ_SET;
     if (!(resp && s->local_status && (REQ_SET & PH(s->lua_phase))) && allowed(s, mask) != MX_OK)
         return MX_EBADPHASE;
     if (!valid_field(n, nl, true))
