@@ -32,7 +32,8 @@ local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
 local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
 local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
-local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, RELEASE = 11, 12, 13
+local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
+local RELEASE = 14
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -98,7 +99,7 @@ function _M.load(svc, path, config_json)
     end
     local mask = 0
     session.check_app(app, path)
-    for id = REQUEST_FILTER, RESPONSE_TRAILER_FILTER do
+    for id = REQUEST_FILTER, CONNECTED_TO_UPSTREAM do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -169,6 +170,8 @@ local function run(app, phase, s, ctx)
         handler(s, s.resp, ctx)
     elseif phase == EARLY_REQUEST_FILTER then
         handler(s, ctx)
+    elseif phase == CONNECTED_TO_UPSTREAM then
+        handler(s, live.upstream_reused(s.sp), live.peer(s.sp), ctx)
     elseif phase == RESPONSE_TRAILER_FILTER then
         handler(s, session.trailers(s.sp, s.b), ctx)
     elseif phase == PROXY_UPSTREAM_FILTER then

@@ -47,6 +47,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_upstream_reused(mx_session_t *s);
 int moxy_upstream_backend(const char *name, size_t len, int i, moxy_str_t *addr, int *weight);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
@@ -73,7 +74,8 @@ local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE = -5015, -5016, -5004
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
                  "fail_to_connect", "early_request_filter", "upstream_response_filter",
-                 "proxy_upstream_filter", "response_trailer_filter", "release" }
+                 "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream",
+                 "release" }
 for id = 0, #PHASES do
     local name = ffi_str(C.moxy_phase_name(id))
     if name ~= PHASES[id] then
@@ -395,6 +397,11 @@ function _M.upstream_backends(name)
         list[i + 1] = { addr = ffi_str(str1[0].data, str1[0].len), weight = weight1[0] }
     end
     return list
+end
+
+
+function _M.upstream_reused(sp)
+    return C.moxy_upstream_reused(sp) ~= 0
 end
 
 

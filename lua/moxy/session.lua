@@ -61,7 +61,7 @@ local RESPOND = set_of {
 -- load rather than silently half-run.
 local NOT_BUILT = {
     "request_body_filter", "upstream_response_body_filter",
-    "connected_to_upstream", "error_while_proxy", "request_cache_filter",
+    "error_while_proxy", "request_cache_filter",
     "cache_key", "cache_hit_filter", "cache_miss", "response_cache_filter",
 }
 

@@ -333,6 +333,11 @@ local function run_request(app, s, opts, res)
         failed = not run("upstream_request_filter", nil, s, s.req, ctx)
     end
 
+    if go_on() and peer and app.connected_to_upstream then
+        -- As live: after upstream_request_filter, once connected (never reused here).
+        run("connected_to_upstream", nil, s, false, { addr = tostring(peer) }, ctx)
+    end
+
     if go_on() and peer then
         local req = {
             method = sp.method,

@@ -423,6 +423,9 @@ mx_session_on_connected(mx_session_t *s, mx_upconn_t *u)
 {
     s->u = u;
     set_state(s, MX_SESS_PROXY);
+    /* A notification (it cannot wait); an error in it is logged only. */
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_CONNECTED_TO_UPSTREAM))
+        mx_lua_run(s, MX_PH_CONNECTED_TO_UPSTREAM);
     s->action = "sending request to upstream";
     uv_buf_t b[2] = {uv_buf_init(s->up_head.data, (unsigned)s->up_head.len),
                      uv_buf_init(s->pending.data, (unsigned)s->pending.len)};

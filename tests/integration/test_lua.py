@@ -161,6 +161,13 @@ class Phases(MoxyTestCase):
         with Client(self.moxy.port) as c:       # a new connection starts afresh
             self.assertEqual(c.request("GET", "/conn").body, b"1")
 
+    def test_connected_to_upstream_says_new_then_reused(self):
+        with Client(self.moxy.port) as c:
+            first = c.request("GET", "/echo?c1").header("x-conn")
+            second = c.request("GET", "/echo?c2").header("x-conn")
+        self.assertRegex(first or "", r"^(new|reused) 127\.0\.0\.1:\d+$")
+        self.assertEqual(second, f"reused 127.0.0.1:{self.origin.port}")
+
     def test_client_gone_while_sleeping(self):
         with Client(self.moxy.port) as c:
             c.send(b"GET /sleep?t=0.4 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -61,6 +61,7 @@ int moxy_fail_status(mx_session_t *s, int status);
 int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
+int moxy_upstream_reused(mx_session_t *s);
 int moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *weight);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
@@ -575,6 +576,13 @@ moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *
         return MX_OK;
     }
     return -1;
+}
+
+
+int
+moxy_upstream_reused(mx_session_t *s)
+{
+    return s->reused;
 }
 
 

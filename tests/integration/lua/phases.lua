@@ -60,7 +60,15 @@ function app.upstream_request_filter(s, req, ctx)
 end
 
 
+function app.connected_to_upstream(s, reused, peer, ctx)
+    ctx.conn = (reused and "reused " or "new ") .. peer.addr
+end
+
+
 function app.response_filter(s, resp, ctx)
+    if ctx.conn then
+        resp:set_header("x-conn", ctx.conn)
+    end
     resp:set_header("x-served-by", "moxy")
     resp:set_header("x-source", resp:source())
 end
