@@ -33,7 +33,7 @@ local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
 local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
 local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
 local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
-local RELEASE = 14
+local UPSTREAM_RESPONSE_BODY_FILTER, RELEASE = 14, 15
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -99,7 +99,7 @@ function _M.load(svc, path, config_json)
     end
     local mask = 0
     session.check_app(app, path)
-    for id = REQUEST_FILTER, CONNECTED_TO_UPSTREAM do
+    for id = REQUEST_FILTER, UPSTREAM_RESPONSE_BODY_FILTER do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -180,12 +180,12 @@ local function run(app, phase, s, ctx)
         end
     elseif phase == LOGGING then
         handler(s, live.error(s.sp), ctx)
-    elseif phase == RESPONSE_BODY_FILTER then
+    elseif phase == RESPONSE_BODY_FILTER or phase == UPSTREAM_RESPONSE_BODY_FILTER then
         local chunk, eos = live.body_chunk(s.sp)
         local out = handler(s, chunk, eos, ctx)
         if out ~= nil then
             if type(out) ~= "string" then
-                error(where(handler) .. ": response_body_filter must return a string or nil, got "
+                error(where(handler) .. ": " .. name .. " must return a string or nil, got "
                       .. type(out), 0)
             end
             live.body_replace(s.sp, out)

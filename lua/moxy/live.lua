@@ -75,7 +75,7 @@ local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_requ
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
                  "fail_to_connect", "early_request_filter", "upstream_response_filter",
                  "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream",
-                 "release" }
+                 "upstream_response_body_filter", "release" }
 for id = 0, #PHASES do
     local name = ffi_str(C.moxy_phase_name(id))
     if name ~= PHASES[id] then

@@ -60,7 +60,7 @@ local RESPOND = set_of {
 -- LUA_API.md phases neither engine runs yet: a script that defines one is refused at
 -- load rather than silently half-run.
 local NOT_BUILT = {
-    "request_body_filter", "upstream_response_body_filter",
+    "request_body_filter",
     "error_while_proxy", "request_cache_filter",
     "cache_key", "cache_hit_filter", "cache_miss", "response_cache_filter",
 }

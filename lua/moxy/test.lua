@@ -383,7 +383,8 @@ local function run_request(app, s, opts, res)
         chunks = { "" }
     end
     local filter = headers_ok and app.response_body_filter
-    if filter then
+    local up_filter = headers_ok and sp.source == "upstream" and app.upstream_response_body_filter
+    if filter or up_filter then
         fake.h_remove(sp.resp_headers, "content-length")   -- the engine sends it chunked
     end
     local no_body = sp.method == "HEAD" or sp.status == 204 or sp.status == 304
@@ -396,6 +397,17 @@ local function run_request(app, s, opts, res)
         local chunk, eos = chunks[i], chunks[i] == false
         if eos then
             chunk = ""
+        end
+        if up_filter then
+            -- As live: upstream responses pass upstream_response_body_filter first.
+            ok, r = run("upstream_response_body_filter", check_chunk_return, s, chunk, eos, ctx)
+            if not ok then
+                res.aborted = true
+                break
+            end
+            if r ~= nil then
+                chunk = r
+            end
         end
         if filter then
             ok, r = run("response_body_filter", check_chunk_return, s, chunk, eos, ctx)

@@ -579,3 +579,17 @@ describe("t.run response_trailer_filter", function()
         assert.is_true(res.aborted)
     end)
 end)
+
+
+describe("t.run upstream_response_body_filter", function()
+    it("runs before response_body_filter, for upstream responses only", function()
+        local app = dofile("tests/integration/lua/ubf.lua")
+        local res = t.run(app, t.request { uri = "/x" }, { peer = "a:1", upstream = function()
+            return { status = 200, headers = { ["content-length"] = "9" }, body = { "foo", "boo" } }
+        end })
+        assert.equal("F00B00", res.body)
+        assert.is_nil(res.headers["content-length"])
+        res = t.run(app, t.request { uri = "/local" })
+        assert.equal("LOCAL BODY", res.body)
+    end)
+end)

@@ -50,7 +50,8 @@ static const char *phase_names[MX_PH_MAX] = {
     "init",           "request_filter", "upstream_peer", "upstream_request_filter",
     "response_filter", "logging",       "fail_to_proxy", "response_body_filter",
     "fail_to_connect", "early_request_filter", "upstream_response_filter",
-    "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream", "release"};
+    "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream",
+    "upstream_response_body_filter", "release"};
 
 
 const char *

@@ -614,25 +614,55 @@ mx_session_on_response_head(mx_session_t *s)
 /* Runs response_body_filter over one chunk (<eos> for the end) and sends
  * what it returned, or the chunk itself. Returns MX_OK or MX_ELUA (the
  * headers went out: the caller can only cut the response short). */
+/* Runs body filter <phase> over <*cur>; a replacement becomes the new
+ * <*cur> (in s->body_repl). Returns MX_OK or MX_ELUA. */
 static int
-filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
+body_phase(mx_session_t *s, int phase, mx_str_t *cur, bool eos)
 {
-    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER)) {
-        mx_h1_send_body(s->c, s, p, n);
-        return MX_OK;
-    }
-    s->body_chunk = (mx_str_t){p, n};
+    s->body_chunk = *cur;
     s->body_eos = eos;
     s->body_replaced = 0;
-    int rc = mx_lua_run(s, MX_PH_RESPONSE_BODY_FILTER);
+    int rc = mx_lua_run(s, phase);
     s->body_chunk = (mx_str_t){NULL, 0};
     if (rc != MX_OK)
         return MX_ELUA;
     if (s->body_replaced)
-        mx_h1_send_body(s->c, s, s->body_repl.data, s->body_repl.len);
-    else
-        mx_h1_send_body(s->c, s, p, n);
+        *cur = (mx_str_t){s->body_repl.data, s->body_repl.len};
     return MX_OK;
+}
+
+
+static bool
+has_upstream_body_filter(mx_session_t *s)
+{
+    return !s->local_status &&
+           mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
+}
+
+
+/* Sends a chunk through upstream_response_body_filter (upstream responses
+ * only) then response_body_filter. Returns MX_OK, or MX_ELUA (the head went
+ * out: the caller can only cut the response short). */
+static int
+filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
+{
+    mx_str_t cur = {p, n};
+    mx_buf_t held;
+    mx_buf_init(&held);
+    int rc = MX_OK;
+    if (has_upstream_body_filter(s)) {
+        rc = body_phase(s, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER, &cur, eos);
+        if (rc == MX_OK && s->body_replaced) { /* the next filter reuses body_repl */
+            mx_buf_append(&held, cur.data, cur.len);
+            cur = (mx_str_t){held.data, held.len};
+        }
+    }
+    if (rc == MX_OK && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
+        rc = body_phase(s, MX_PH_RESPONSE_BODY_FILTER, &cur, eos);
+    if (rc == MX_OK)
+        mx_h1_send_body(s->c, s, cur.data, cur.len);
+    mx_buf_dispose(&held);
+    return rc;
 }
 
 
@@ -640,7 +670,9 @@ filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
 static void
 prepare_body_filter(mx_session_t *s)
 {
-    if (!s->resp_no_body && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
+    if (!s->resp_no_body &&
+        (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+         has_upstream_body_filter(s)))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
 }
 

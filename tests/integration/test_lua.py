@@ -420,3 +420,17 @@ class TrailerFilter(MoxyTestCase):
             self.assertIn(b"x-added-by: moxy\r\n", rest)
             self.assertNotIn(b"X-Other", rest)
             self.assert_status(c.request("GET", "/echo?after"), 200, m)
+
+
+class UpstreamBodyFilter(MoxyTestCase):
+    def test_filters_chain_in_order_and_local_answers_skip_the_upstream_one(self):
+        import tempfile
+        o = self.start_origin()
+        path = script("ubf.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
+        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                                     "script": path, "upstream": "origin"}],
+                                   {"origin": upstream(o.port)}))
+        r = request(m.port, "GET", "/echo?foo")
+        self.assert_status(r, 200, m)
+        self.assertIn(b'"TARGET": "/ECH0?F00"', r.body)
+        self.assertEqual(request(m.port, "GET", "/local").body, b"LOCAL BODY")

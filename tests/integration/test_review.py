@@ -196,6 +196,39 @@ class Review(MoxyTestCase):
                         f"download cut after {len(r.body)} of {n} bytes\n{m.diagnostics()}")
         self.assertEqual(sha(r.body), sha(pattern(n)))
 
+    def test_expect_continue_with_lua_body_read_hangs(self):
+        """moxy hides Expect from the origin and answers 100-continue itself,
+        but only in after_upstream_request_filter(), i.e. after every request
+        phase. A request_filter that reads the body (s.req:body(), which
+        yields with body_waiting and only resumes reading, api.c
+        moxy_req_body) waits for bytes the client will not send before it
+        sees 100 Continue: both wait until client_body_timeout, and the
+        request fails with 408 instead of being served."""
+        d = tempfile.mkdtemp(prefix="moxy-review-")
+        path = os.path.join(d, "body.lua")
+        with open(path, "w") as f:
+            f.write("local app = {}\n"
+                    "function app.request_filter(s, ctx)\n"
+                    "    local body = s.req:body()\n"
+                    "    return s:respond(200, 'got ' .. #body .. '\\n')\n"
+                    "end\n"
+                    "return app\n")
+        origin = self.start_origin()
+        m = self.moxy_for(origin.port, script=path)
+        with Client(m.port, timeout=2 * SLOW) as c:
+            c.send(build_request("POST", "/upload", [("Expect", "100-continue"),
+                                                     ("Content-Length", "5")]))
+            try:
+                first = c.response(interim=True)
+            except socket.timeout:
+                self.fail("no 100 Continue (nor a final answer): the client and the "
+                          "request_filter wait for each other")
+            if first.status == 100:
+                c.send(b"hello")
+                first = c.response()
+            self.assert_status(first, 200, m)
+            self.assertEqual(first.body, b"got 5\n")
+
 
 if __name__ == "__main__":
     import unittest

@@ -29,7 +29,7 @@
 #define RESP_GET                                                                                   \
     (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_LOGGING) | PH(MX_PH_FAIL_TO_PROXY) |                   \
      PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER) |                    \
-     PH(MX_PH_RESPONSE_TRAILER_FILTER))
+     PH(MX_PH_RESPONSE_TRAILER_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_BODY_FILTER))
 
 static __thread char last_error[256];
 
@@ -162,7 +162,8 @@ headers_of(mx_session_t *s, int which)
 }
 
 
-#define TRAILERS PH(MX_PH_RESPONSE_TRAILER_FILTER)
+#define TRAILERS     PH(MX_PH_RESPONSE_TRAILER_FILTER)
+#define BODY_FILTERS (PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_BODY_FILTER))
 
 
 int
@@ -424,7 +425,7 @@ moxy_session_phase(mx_session_t *s)
 int
 moxy_body_chunk(mx_session_t *s, mx_str_t *out)
 {
-    if (allowed(s, PH(MX_PH_RESPONSE_BODY_FILTER)) != MX_OK)
+    if (allowed(s, BODY_FILTERS) != MX_OK)
         return MX_EBADPHASE;
     *out = s->body_chunk.data ? s->body_chunk : MX_STR("");
     return s->body_eos;
@@ -434,7 +435,7 @@ moxy_body_chunk(mx_session_t *s, mx_str_t *out)
 int
 moxy_body_replace(mx_session_t *s, const char *p, size_t len)
 {
-    if (allowed(s, PH(MX_PH_RESPONSE_BODY_FILTER)) != MX_OK)
+    if (allowed(s, BODY_FILTERS) != MX_OK)
         return MX_EBADPHASE;
     mx_buf_reset(&s->body_repl);
     mx_buf_append(&s->body_repl, p, len);
