@@ -201,10 +201,9 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
                 mx_log_info("#%llu client read failed (%s) while reading request",
                             (unsigned long long)s->id, uv_err_name((int)nread));
             mx_h1_close(c);
-        } else {
-            /* The request is complete: answer it, then close. */
-            c->close_after = 1;
         }
+        /* Else the request is complete: answer it and whatever complete
+         * requests are buffered behind it; close when the input runs out. */
         return;
     }
     c->rlen += (size_t)nread;
@@ -279,6 +278,15 @@ conn_process(mx_h1conn_t *c)
     c->in_process = 0;
     if (c->closing)
         return;
+    if (c->eof && c->rpos == c->rlen &&
+        (c->s == NULL || (c->s->state == MX_SESS_READ_HEAD && !c->paused))) {
+        /* Half-closed and nothing complete left: a partial request never ends. */
+        if (c->s == NULL && c->ws.queued > 0)
+            c->close_after = 1;
+        else
+            mx_h1_close(c);
+        return;
+    }
     if (c->s == NULL && c->close_after) {
         if (c->ws.queued == 0)
             mx_h1_close(c);
@@ -298,8 +306,8 @@ finish_session(mx_h1conn_t *c)
 {
     mx_session_t *s = c->s;
     mx_h1_flush(c);
-    bool keep = s->req_done && s->req_keepalive && !c->close_after && !c->eof && !c->upgraded &&
-                !c->w->draining && s->err != MX_EBADREQ;
+    bool keep = s->req_done && s->req_keepalive && !c->close_after && !c->upgraded &&
+                !c->w->draining && s->err != MX_EBADREQ && (!c->eof || c->rpos < c->rlen);
     c->s = NULL;
     mx_session_free(s);
     c->nrequests++;

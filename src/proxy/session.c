@@ -758,7 +758,8 @@ mx_session_tunnel_down(mx_session_t *s, const char *p, size_t n)
         return;
     }
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    mx_upconn_write(s->u, &b, 1);
+    if (mx_upconn_write(s->u, &b, 1) < 0)
+        return; /* the session ended: <s> may be freed */
     if (s->u != NULL && s->u->ws.queued > HIGH_WATER && s->c != NULL)
         mx_h1_read_pause(s->c, true);
 }
@@ -787,7 +788,8 @@ mx_session_start_tunnel(mx_session_t *s)
     mx_h1_flush(s->c);
     if (s->pending.len > 0) {
         uv_buf_t b = uv_buf_init(s->pending.data, (unsigned)s->pending.len);
-        mx_upconn_write(s->u, &b, 1);
+        if (mx_upconn_write(s->u, &b, 1) < 0)
+            return; /* the session ended: <s> may be freed */
         mx_buf_reset(&s->pending);
     }
     mx_h1_tunnel(s->c);

@@ -179,9 +179,14 @@ mx_upconn_read_pause(mx_upconn_t *u, bool pause)
     if (pause && u->reading) {
         uv_read_stop(&u->h.stream);
         u->reading = 0;
+        /* A slow client, not the origin, holds us: read_timeout waits too. */
+        if (u->timer_mode == TM_READ)
+            uv_timer_stop(&u->timer);
     } else if (!pause && !u->reading) {
         if (uv_read_start(&u->h.stream, on_alloc, on_read) == 0)
             u->reading = 1;
+        if (u->timer_mode == TM_READ && u->s != NULL)
+            set_timer(u, TM_READ, u->ups->read_timeout);
     }
 }
 
@@ -272,7 +277,8 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             mx_session_tunnel_eof(s, true);
             return;
         }
-        if (nread == UV_EOF && u->got_bytes && llhttp_finish(&u->parser) == HPE_OK && u->done) {
+        llhttp_errno_t fin = nread == UV_EOF && u->got_bytes ? llhttp_finish(&u->parser) : HPE_OK;
+        if (nread == UV_EOF && u->got_bytes && (fin == HPE_OK || fin == HPE_PAUSED) && u->done) {
             u->done = 0;
             mx_session_on_response_done(s);
             return;
@@ -478,8 +484,11 @@ on_headers_complete(llhttp_t *p)
     if (s->status >= 200 || s->status == 101)
         set_timer(u, TM_READ, u->ups->read_timeout);
     u->in_trailers = 1; /* fields after this point are trailers */
+    int status = s->status;
     int rc = mx_session_on_response_head(s);
-    if (s->status >= 100 && s->status < 200 && s->status != 101)
+    if (u->closing || u->s != s)
+        return -1; /* the session ended (an error page went out): <s> may be freed */
+    if (status >= 100 && status < 200 && status != 101)
         u->in_trailers = 0;
     return rc;
 }

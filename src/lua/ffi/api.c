@@ -490,6 +490,10 @@ moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
         *out = (mx_str_t){s->body_buf.data ? s->body_buf.data : "", s->body_buf.len};
         return MX_OK;
     }
+    if (s->expect_continue && !s->sent_continue && s->c != NULL) {
+        mx_h1_send_continue(s->c); /* the client waits for it before sending the body */
+        s->sent_continue = 1;
+    }
     s->body_waiting = 1;
     s->body_max = max;
     if (s->c != NULL)
