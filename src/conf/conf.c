@@ -174,6 +174,7 @@ static const keydef_t timeout_keys[] = {
     {"client_header", K_DUR, S_(client_header_timeout), 0.001, DAY},
     {"client_body",   K_DUR, S_(client_body_timeout), 0.001, DAY},
     {"keepalive",     K_DUR, S_(keepalive_timeout), 0.001, DAY},
+    {"send",          K_DUR, S_(send_timeout), 0.001, DAY},
     {.name = NULL},
 };
 
@@ -664,6 +665,7 @@ service_init(mx_conf_service_t *svc)
     svc->client_header_timeout = 10;
     svc->client_body_timeout = 60;
     svc->keepalive_timeout = 60;
+    svc->send_timeout = 60;
     svc->x_forwarded_for = true;
     svc->via = true;
     svc->allow_connect = false;

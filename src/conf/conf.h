@@ -83,6 +83,7 @@ struct mx_conf_service_s {
     double client_header_timeout; /* default 10 -> 408 */
     double client_body_timeout;   /* default 60: between body reads */
     double keepalive_timeout;     /* default 60: idle keepalive connection */
+    double send_timeout;          /* default 60: response bytes the client does not take */
 
     /* headers added upstream (RFC 9110 §7.6.3, de-facto XFF): */
     bool x_forwarded_for; /* key `x_forwarded_for`, default true */

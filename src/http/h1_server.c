@@ -142,8 +142,8 @@ mx_h1_read_pause(mx_h1conn_t *c, bool pause)
 void
 mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms)
 {
-    if (c->closing)
-        return;
+    if (c->closing || c->send_timer)
+        return; /* a client not taking its response: send_timeout stands until it drains */
     if (ms == 0)
         uv_timer_stop(&c->timer);
     else
@@ -344,6 +344,12 @@ on_timeout(uv_timer_t *t)
 {
     mx_h1conn_t *c = t->data;
     mx_session_t *s = c->s;
+    if (c->send_timer) {
+        mx_log_info("client timed out (send_timeout) while taking the response, client: %s",
+                    c->client_addr);
+        mx_h1_close(c);
+        return;
+    }
     if (s == NULL) {
         mx_h1_close(c); /* keepalive timeout */
         return;
@@ -430,6 +436,15 @@ on_drain(mx_wstream_t *ws, int status)
         mx_h1_close(c);
         return;
     }
+    if (c->send_timer) {
+        c->send_timer = 0;
+        if (c->s == NULL)
+            mx_h1_set_timeout(c, MS(c->svc->keepalive_timeout));
+        else if (c->s->state == MX_SESS_READ_HEAD)
+            mx_h1_set_timeout(c, MS(c->svc->client_header_timeout));
+        else
+            mx_h1_set_timeout(c, 0);
+    }
     if (c->s != NULL)
         mx_session_on_downstream_drain(c->s);
 }
@@ -441,6 +456,8 @@ mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n)
     if (c->closing)
         return MX_ECLIENT;
     int rc;
+    if (c->send_timer == 0 && c->ws.queued == 0 && c->out.len == 0 && n == 0)
+        return MX_OK;
     if (c->out.len > 0) {
         uv_buf_t all[8];
         all[0] = uv_buf_init(c->out.data, (unsigned)c->out.len);
@@ -450,6 +467,11 @@ mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n)
         mx_buf_reset(&c->out);
     } else {
         rc = mx_wstream_write(&c->ws, bufs, n);
+    }
+    if (rc >= 0 && c->ws.queued > 0 && !c->send_timer) {
+        /* The kernel did not take it all: the client has send_timeout to. */
+        uv_timer_start(&c->timer, on_timeout, MS(c->svc->send_timeout), 0);
+        c->send_timer = 1;
     }
     if (rc < 0) {
         c->close_after = 1;

@@ -65,6 +65,7 @@ struct mx_h1conn_s {
     unsigned eof : 1;         /* the client half-closed */
     unsigned upgraded : 1;    /* the head asked for a protocol switch */
     unsigned tunnel : 1;      /* bytes now flow raw to the session */
+    unsigned send_timer : 1;  /* the timer waits for the client to take queued bytes */
 };
 
 /* An upstream connection: connecting, carrying one session, or idle in the

@@ -9,6 +9,7 @@ import threading
 import time
 
 from harness import (SLOW, Client, MoxyTestCase, build_request, config, free_port, pattern,
+                     request, simple_config,
                      service, sha, upstream)
 
 
@@ -233,3 +234,27 @@ class Review(MoxyTestCase):
 if __name__ == "__main__":
     import unittest
     unittest.main()
+
+
+class SendTimeout(MoxyTestCase):
+    def test_a_client_that_stops_reading_is_closed_after_send_timeout(self):
+        """Review, risk 1: nothing bounded a client that never reads its response, so
+        the connection and its queued bytes stayed forever. timeouts.send closes it."""
+        o = self.start_origin()
+        m = self.start_moxy(simple_config(o.port, service_opts={"timeouts": {"send": 1}}))
+        with Client(m.port) as c:
+            c.send(b"GET /bytes?n=30000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            time.sleep(3.5)                     # read nothing for longer than send: 1
+            got = 0
+            c.sock.settimeout(5)
+            try:
+                while True:
+                    data = c.sock.recv(1 << 20)
+                    if not data:
+                        break
+                    got += len(data)
+            except (ConnectionResetError, socket.timeout):
+                pass
+        self.assertLess(got, 30000000, "the whole response arrived: nothing timed out")
+        self.assertIn("send_timeout", m.error_log())
+        self.assert_status(request(m.port, "GET", "/echo?after"), 200, m)
