@@ -57,13 +57,24 @@ init_settings(void)
 static void
 set_timer(mx_upconn_t *u, int mode, double seconds)
 {
-    if (u->closing)
-        return;
+    if (u->closing || u->error)
+        return; /* an error report is pending (report_later): it goes first */
     u->timer_mode = mode;
     if (mode == TM_NONE || seconds <= 0)
         uv_timer_stop(&u->timer);
     else
         uv_timer_start(&u->timer, on_timeout, (uint64_t)(seconds * 1000.0), 0);
+}
+
+
+/* Reports <err> to the session from the loop, not from inside the caller: a
+ * report can end (free) the session, and callers are deep in session code. */
+static void
+report_later(mx_upconn_t *u, int err, int mode)
+{
+    u->error = err;
+    u->timer_mode = mode;
+    uv_timer_start(&u->timer, on_timeout, 0, 0);
 }
 
 
@@ -115,8 +126,7 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
                                 on_connect);
         if (rc < 0) {
             /* Reported from the loop, like any connect failure. */
-            u->error = rc;
-            set_timer(u, TM_CONNECT, 0.000001);
+            report_later(u, rc, TM_CONNECT);
             return;
         }
     }
@@ -154,7 +164,7 @@ mx_upconn_write(mx_upconn_t *u, const uv_buf_t *bufs, unsigned n)
     int rc = mx_wstream_write(&u->ws, bufs, n);
     if (rc < 0) {
         if (u->s != NULL)
-            mx_session_on_upstream_error(u->s, rc);
+            report_later(u, rc, TM_WRITE);
         return rc;
     }
     if (u->ws.queued > 0 && u->timer_mode != TM_READ)
