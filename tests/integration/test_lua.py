@@ -22,6 +22,14 @@ def script(name, tmpdir, **subst):
     return path
 
 
+def scripted(name, upstreams, subst=None, service=None, **top):
+    """A config whose one service 'web' runs a copy of lua/<name> (<subst> filled in)."""
+    import tempfile
+    path = script(name, tempfile.mkdtemp(prefix="moxy-lua-"), **(subst or {}))
+    svc = {"name": "web", "listeners": [f"127.0.0.1:{free_port()}"], "script": path, **(service or {})}
+    return config([svc], upstreams, **top)
+
+
 class Phases(MoxyTestCase):
     @classmethod
     def setup_class(cls):
@@ -179,10 +187,7 @@ class YamlFallback(MoxyTestCase):
     def test_without_upstream_peer_the_yaml_group_is_used(self):
         import tempfile
         o = self.start_origin()
-        path = script("noupstream.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path, "upstream": "origin"}],
-                                   {"origin": upstream(o.port)}))
+        m = self.start_moxy(scripted("noupstream.lua", {"origin": upstream(o.port)}, service={"upstream": "origin"}))
         r = request(m.port, "GET", "/echo")
         self.assert_status(r, 200, m)
         self.assertIn(["x-from-yaml-group", "1"], [[k.lower(), v] for k, v in r.json()["headers"]])
@@ -221,10 +226,7 @@ class BodyFilter(MoxyTestCase):
     def setup_class(cls):
         import tempfile
         cls.origin = cls.class_origin()
-        path = script("body.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                           "script": path, "upstream": "origin"}],
-                                         {"origin": upstream(cls.origin.port)}))
+        cls.moxy = cls.class_moxy(scripted("body.lua", {"origin": upstream(cls.origin.port)}, service={"upstream": "origin"}))
 
     def test_chunks_are_rewritten_and_the_end_is_appended(self):
         r = request(self.moxy.port, "GET", "/echo?abc")
@@ -261,10 +263,7 @@ class FailToConnect(MoxyTestCase):
         import tempfile
         cls.origin = cls.class_origin()
         cls.dead = free_port()
-        path = script("retry.lua", tempfile.mkdtemp(prefix="moxy-lua-"), ORIGIN_PORT=cls.origin.port,
-                      DEAD_PORT=cls.dead)
-        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                           "script": path}], {"origin": upstream(cls.origin.port)}))
+        cls.moxy = cls.class_moxy(scripted("retry.lua", {"origin": upstream(cls.origin.port)}, subst={"ORIGIN_PORT": cls.origin.port, "DEAD_PORT": cls.dead}))
 
     def seen(self, r):
         return {k.lower(): v for k, v in r.json()["headers"]}
@@ -290,10 +289,7 @@ class RequestBody(MoxyTestCase):
     def setup_class(cls):
         import tempfile
         cls.origin = cls.class_origin()
-        path = script("reqbody.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        cls.moxy = cls.class_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                           "script": path, "upstream": "origin"}],
-                                         {"origin": upstream(cls.origin.port)}))
+        cls.moxy = cls.class_moxy(scripted("reqbody.lua", {"origin": upstream(cls.origin.port)}, service={"upstream": "origin"}))
 
     def test_body_waits_for_a_slow_client(self):
         with Client(self.moxy.port) as c:
@@ -324,11 +320,7 @@ class FailOpen(MoxyTestCase):
     def test_fail_open_skips_a_failing_phase_and_still_logs_it(self):
         import tempfile
         o = self.start_origin()
-        path = script("phases.lua", tempfile.mkdtemp(prefix="moxy-lua-"), ORIGIN_PORT=o.port,
-                      DEAD_PORT=free_port())
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path}], {"origin": upstream(o.port)},
-                                   lua_error_policy="fail_open"))
+        m = self.start_moxy(scripted("phases.lua", {"origin": upstream(o.port)}, subst={"ORIGIN_PORT": o.port, "DEAD_PORT": free_port()}, lua_error_policy="fail_open"))
         r = request(m.port, "GET", "/boom")        # request_filter raises: skipped
         self.assert_status(r, 200, m)
         self.assertEqual(r.header("x-served-by"), "moxy")
@@ -341,10 +333,7 @@ class Timers(MoxyTestCase):
     def test_every_at_cancel_and_premature(self):
         import tempfile
         o = self.start_origin()
-        path = script("timers.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path, "upstream": "origin"}],
-                                   {"origin": upstream(o.port)}, grace_period_seconds=0))
+        m = self.start_moxy(scripted("timers.lua", {"origin": upstream(o.port)}, service={"upstream": "origin"}, grace_period_seconds=0))
         t0 = int(request(m.port, "GET", "/ticks").body)
         time.sleep(0.6)
         t1 = int(request(m.port, "GET", "/ticks").body)
@@ -392,11 +381,7 @@ class Groups(MoxyTestCase):
     def test_upstream_groups_from_lua(self):
         import tempfile
         blue, green = self.start_origin(), self.start_origin()
-        path = script("groups.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path}],
-                                   {"blue": upstream(blue.port),
-                                    "green": {"backends": [{"address": green.addr, "weight": 3}]}}))
+        m = self.start_moxy(scripted("groups.lua", {"blue": upstream(blue.port), "green": {"backends": [{"address": green.addr, "weight": 3}]}}))
         self.assert_status(request(m.port, "GET", "/echo?color=green"), 200, m)
         self.assert_status(request(m.port, "GET", "/echo?color=blue"), 200, m)
         self.assertEqual(green.targets(), ["/echo?color=green"])
@@ -408,10 +393,7 @@ class TrailerFilter(MoxyTestCase):
     def test_trailers_pass_the_filter(self):
         import tempfile
         o = self.start_origin()
-        path = script("trailers.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path, "upstream": "origin"}],
-                                   {"origin": upstream(o.port)}))
+        m = self.start_moxy(scripted("trailers.lua", {"origin": upstream(o.port)}, service={"upstream": "origin"}))
         with Client(m.port) as c:
             c.send(b"GET /trailers HTTP/1.1\r\nHost: a\r\n\r\n")
             c.reader.read_until(b"\r\n\r\n")
@@ -426,10 +408,7 @@ class UpstreamBodyFilter(MoxyTestCase):
     def test_filters_chain_in_order_and_local_answers_skip_the_upstream_one(self):
         import tempfile
         o = self.start_origin()
-        path = script("ubf.lua", tempfile.mkdtemp(prefix="moxy-lua-"))
-        m = self.start_moxy(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
-                                     "script": path, "upstream": "origin"}],
-                                   {"origin": upstream(o.port)}))
+        m = self.start_moxy(scripted("ubf.lua", {"origin": upstream(o.port)}, service={"upstream": "origin"}))
         r = request(m.port, "GET", "/echo?foo")
         self.assert_status(r, 200, m)
         self.assertIn(b'"TARGET": "/ECH0?F00"', r.body)
