@@ -33,7 +33,8 @@ local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
 local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
 local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
 local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
-local UPSTREAM_RESPONSE_BODY_FILTER, RELEASE = 14, 15
+local UPSTREAM_RESPONSE_BODY_FILTER, REQUEST_BODY_FILTER, ERROR_WHILE_PROXY = 14, 15, 16
+local RELEASE = 17
 local session_ptr = ffi.typeof("mx_session_t *")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -99,7 +100,7 @@ function _M.load(svc, path, config_json)
     end
     local mask = 0
     session.check_app(app, path)
-    for id = REQUEST_FILTER, UPSTREAM_RESPONSE_BODY_FILTER do
+    for id = REQUEST_FILTER, ERROR_WHILE_PROXY do
         if type(app[PHASES[id]]) == "function" then
             mask = bor(mask, lshift(1, id))
         end
@@ -134,6 +135,11 @@ local function set_peer(sp, peer, handler)
     if t == "table" then
         if peer.upstream then
             return live.set_upstream(sp, peer.upstream)
+        end
+        if peer.connect_timeout or peer.read_timeout or peer.write_timeout
+                or peer.idle_timeout then
+            live.set_peer_timeouts(sp, peer.connect_timeout, peer.read_timeout,
+                                   peer.write_timeout, peer.idle_timeout)
         end
         if peer.unix then
             return live.set_peer(sp, "unix:" .. peer.unix)
@@ -180,7 +186,8 @@ local function run(app, phase, s, ctx)
         end
     elseif phase == LOGGING then
         handler(s, live.error(s.sp), ctx)
-    elseif phase == RESPONSE_BODY_FILTER or phase == UPSTREAM_RESPONSE_BODY_FILTER then
+    elseif phase == RESPONSE_BODY_FILTER or phase == UPSTREAM_RESPONSE_BODY_FILTER
+            or phase == REQUEST_BODY_FILTER then
         local chunk, eos = live.body_chunk(s.sp)
         local out = handler(s, chunk, eos, ctx)
         if out ~= nil then
@@ -190,7 +197,7 @@ local function run(app, phase, s, ctx)
             end
             live.body_replace(s.sp, out)
         end
-    elseif phase == FAIL_TO_CONNECT then
+    elseif phase == FAIL_TO_CONNECT or phase == ERROR_WHILE_PROXY then
         local err = setmetatable({ message = live.error(s.sp), sp = s.sp }, err_mt)
         if handler(s, live.peer(s.sp), err, ctx) == true then
             live.set_retry(s.sp, true)

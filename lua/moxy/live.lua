@@ -56,6 +56,12 @@ int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, siz
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
+int moxy_set_peer_timeouts(mx_session_t *s, double connect, double read, double write,
+                           double idle);
+int moxy_req_set_body(mx_session_t *s, const char *p, size_t len);
+int moxy_req_body_chunk(mx_session_t *s, size_t pos, moxy_str_t *out);
+int moxy_downstream_reused(mx_session_t *s);
+double moxy_upstream_num(mx_session_t *s, int what);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -75,7 +81,8 @@ local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_requ
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
                  "fail_to_connect", "early_request_filter", "upstream_response_filter",
                  "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream",
-                 "upstream_response_body_filter", "release" }
+                 "upstream_response_body_filter", "request_body_filter", "error_while_proxy",
+                 "release" }
 for id = 0, #PHASES do
     local name = ffi_str(C.moxy_phase_name(id))
     if name ~= PHASES[id] then
@@ -300,6 +307,64 @@ function _M.req_body(sp, max)
             raise(rc, "s.req:body()")
         end
     end
+end
+
+
+-- The rest of the request body from byte <pos> as it arrives: a string, or nil at the
+-- end (waits, yielding, for more).
+function _M.req_body_chunk(sp, pos)
+    while true do
+        local rc = C.moxy_req_body_chunk(sp, pos, str1)
+        if rc == OK then
+            return ffi_str(str1[0].data, str1[0].len)
+        elseif rc == DECLINED then
+            return nil
+        elseif rc == AGAIN then
+            yield()
+        else
+            raise(rc, "s.req:body_chunks()")
+        end
+    end
+end
+
+
+function _M.req_set_body(sp, body)
+    local rc = C.moxy_req_set_body(sp, body, #body)
+    if rc ~= OK then raise(rc, "s.req:set_body()") end
+end
+
+
+function _M.downstream_reused(sp)
+    return C.moxy_downstream_reused(sp) ~= 0
+end
+
+
+-- s:upstream(): what moxy knows about the upstream exchange, or nil before a peer.
+function _M.upstream_info(sp)
+    if C.moxy_peer_str(sp, str1) ~= OK then
+        return nil
+    end
+    local function num(i)
+        local v = C.moxy_upstream_num(sp, i)
+        if v < 0 then return nil end
+        return v
+    end
+    return {
+        addr = ffi_str(str1[0].data, str1[0].len),
+        status = num(0),
+        tries = num(1),
+        reused = num(2) == 1,
+        connect_ms = num(3),
+        header_ms = num(4),
+        bytes_in = num(5),
+        bytes_out = num(6),
+    }
+end
+
+
+function _M.set_peer_timeouts(sp, c, r, w, i)
+    local rc = C.moxy_set_peer_timeouts(sp, c or -1, r or -1, w or -1, i or -1)
+    if rc ~= OK then raise(rc, "upstream_peer") end
 end
 
 

@@ -60,8 +60,7 @@ local RESPOND = set_of {
 -- LUA_API.md phases neither engine runs yet: a script that defines one is refused at
 -- load rather than silently half-run.
 local NOT_BUILT = {
-    "request_body_filter",
-    "error_while_proxy", "request_cache_filter",
+    "request_cache_filter",
     "cache_key", "cache_hit_filter", "cache_miss", "response_cache_filter",
 }
 
@@ -528,6 +527,41 @@ function Req.body(self, opts)
 end
 
 
+-- A pull iterator over the request body: each call returns the next piece that has
+-- arrived (waiting, yielding, for it), nil at the end. The body still goes upstream.
+-- Phases: as s.req:body().
+function Req.body_chunks(self)
+    local b, sp = self.b, self.sp
+    check_phase(b, sp, BODY, "s.req:body_chunks()")
+    local pos = 0
+    return function()
+        local chunk = b.req_body_chunk(sp, pos)
+        if chunk ~= nil then
+            pos = pos + #chunk
+        end
+        return chunk
+    end
+end
+
+
+local SET_BODY = set_of { "early_request_filter", "request_filter", "proxy_upstream_filter",
+                          "upstream_peer", "upstream_request_filter" }
+
+
+-- Replaces the body sent upstream (the client's is read and dropped); moxy sends it with
+-- its Content-Length, and request_body_filter does not run. Phases: before proxying.
+function Req.set_body(self, body)
+    if type(body) == "number" then
+        body = tostring(body)
+    elseif type(body) ~= "string" then
+        arg_error(1, "set_body", "string", body)
+    end
+    local b, sp = self.b, self.sp
+    check_phase(b, sp, SET_BODY, "s.req:set_body()")
+    b.req_set_body(sp, body)
+end
+
+
 function Req.set_method(self, method)
     check_token(1, "set_method", method)
     local b, sp = self.b, self.sp
@@ -704,6 +738,20 @@ end
 -- Time the request started, in seconds (float). Phases: all.
 function S.start_time(self)
     return self.b.start_time(self.sp)
+end
+
+
+-- True when the downstream connection served a request before this one. Phases: all.
+function S.downstream_reused(self)
+    return self.b.downstream_reused(self.sp)
+end
+
+
+-- The upstream exchange: { addr, status, tries, reused, connect_ms, header_ms, bytes_in,
+-- bytes_out }, or nil before a peer was chosen. Fields moxy does not know yet are nil.
+-- Phases: all.
+function S.upstream(self)
+    return self.b.upstream_info(self.sp)
 end
 
 

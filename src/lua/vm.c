@@ -51,7 +51,7 @@ static const char *phase_names[MX_PH_MAX] = {
     "response_filter", "logging",       "fail_to_proxy", "response_body_filter",
     "fail_to_connect", "early_request_filter", "upstream_response_filter",
     "proxy_upstream_filter", "response_trailer_filter", "connected_to_upstream",
-    "upstream_response_body_filter", "release"};
+    "upstream_response_body_filter", "request_body_filter", "error_while_proxy", "release"};
 
 
 const char *

@@ -24,6 +24,8 @@ typedef enum {
     MX_PH_RESPONSE_TRAILER_FILTER,
     MX_PH_CONNECTED_TO_UPSTREAM,
     MX_PH_UPSTREAM_RESPONSE_BODY_FILTER,
+    MX_PH_REQUEST_BODY_FILTER,
+    MX_PH_ERROR_WHILE_PROXY,
     MX_PH_RELEASE, /* not a handler: the request ended, recycle the coroutine */
     MX_PH_MAX
 } mx_phase_id_t;

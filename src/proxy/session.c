@@ -19,7 +19,26 @@
 static void finish(mx_session_t *s);
 static void send_local(mx_session_t *s);
 static void prepare_body_filter(mx_session_t *s);
-static int filter_body(mx_session_t *s, const char *p, size_t n, bool eos);
+static int filter_body(mx_session_t *s, const char *p, size_t n, bool eos,
+                       void (*done)(mx_session_t *, int));
+static void after_connected(mx_session_t *s, int rc);
+static void after_upstream_response_filter(mx_session_t *s, int rc);
+static void after_response_head_filters(mx_session_t *s, int rc);
+static void after_response_chunk(mx_session_t *s, int rc);
+static void after_last_chunk(mx_session_t *s, int rc);
+static void after_trailers(mx_session_t *s, int rc);
+static void after_fail_to_connect(mx_session_t *s, int rc);
+static void after_error_while_proxy(mx_session_t *s, int rc);
+static void after_fail_to_proxy(mx_session_t *s, int rc);
+static void after_error_page_filter(mx_session_t *s, int rc);
+static void after_local_filter(mx_session_t *s, int rc);
+static void after_logging(mx_session_t *s, int rc);
+static void rbf_drain(mx_session_t *s);
+static void upstream_error_tail(mx_session_t *s, int err, bool fresh);
+static bool rbf_active(const mx_session_t *s);
+static void start_connect(mx_session_t *s);
+static void resolve_cancel(mx_session_t *s);
+static void after_retry_resolved(mx_session_t *s, int rc);
 
 /* Timeouts for a peer a script chose outside any YAML group. */
 static const mx_conf_upstream_t script_peer_defaults = {
@@ -71,6 +90,10 @@ mx_session_new(mx_h1conn_t *c)
     mx_buf_init(&s->body_repl);
     mx_buf_init(&s->body_buf);
     mx_buf_init(&s->log_fields);
+    mx_buf_init(&s->fb_held);
+    mx_buf_init(&s->fb_keep);
+    mx_buf_init(&s->rbf_queue);
+    mx_buf_init(&s->resp_body_buf);
     return s;
 }
 
@@ -78,7 +101,14 @@ mx_session_new(mx_h1conn_t *c)
 void
 mx_session_free(mx_session_t *s)
 {
+    if (s->log_pending && !s->orphan) {
+        /* logging waits: the connection goes on without it; after_logging() frees it. */
+        s->c = NULL;
+        s->orphan = 1;
+        return;
+    }
     mx_lua_release(s);
+    resolve_cancel(s);
     if (s->u != NULL) {
         mx_upconn_t *u = s->u;
         s->u = NULL;
@@ -90,6 +120,10 @@ mx_session_free(mx_session_t *s)
     mx_buf_dispose(&s->body_repl);
     mx_buf_dispose(&s->body_buf);
     mx_buf_dispose(&s->log_fields);
+    mx_buf_dispose(&s->fb_held);
+    mx_buf_dispose(&s->fb_keep);
+    mx_buf_dispose(&s->rbf_queue);
+    mx_buf_dispose(&s->resp_body_buf);
     mx_arena_dispose(&s->arena);
     mx_free(s);
 }
@@ -201,8 +235,16 @@ serialize_upstream_head(mx_session_t *s)
     mx_buf_append(b, " ", 1);
     mx_buf_append_str(b, target);
     mx_buf_append_str(b, MX_STR(" HTTP/1.1\r\n"));
+    /* request_body_filter may change the length: the body goes up chunked.
+     * s.req:set_body() fixes it instead. */
+    s->up_chunked = s->req_has_body && !s->body_set &&
+                    mx_vm_has(s->w->vm, s->svc_index, MX_PH_REQUEST_BODY_FILTER);
+    if (s->up_chunked || s->body_set)
+        mx_headers_remove(h, MX_STR("content-length"));
     mx_headers_serialize(h, b);
-    if (s->req_chunked)
+    if (s->body_set)
+        mx_buf_printf(b, "Content-Length: %zu\r\n", s->set_body.len);
+    else if (s->req_chunked || s->up_chunked)
         mx_buf_append_str(b, MX_STR("Transfer-Encoding: chunked\r\n"));
     if (s->req_upgrade && s->llmethod != HTTP_CONNECT) {
         mx_str_t up = mx_headers_get(h, MX_STR("upgrade"));
@@ -210,6 +252,25 @@ serialize_upstream_head(mx_session_t *s)
             mx_buf_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)up.len, up.data);
     }
     mx_buf_append_str(b, MX_STR("\r\n"));
+    if (s->body_set) /* kept with the head: a retry resends it */
+        mx_buf_append(b, s->set_body.data, s->set_body.len);
+}
+
+
+/* True while a handler of this request runs or waits: its coroutine can
+ * start no other phase until it is done. */
+static bool
+lua_busy(const mx_session_t *s)
+{
+    return s->lua_phase >= 0;
+}
+
+
+/* True when <phase> has a handler and the request's coroutine is free. */
+static bool
+can_run(const mx_session_t *s, int phase)
+{
+    return mx_vm_has(s->w->vm, s->svc_index, phase) && !lua_busy(s);
 }
 
 
@@ -220,6 +281,13 @@ run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
     if (!mx_vm_has(s->w->vm, s->svc_index, phase)) {
         next(s, MX_OK);
+        return;
+    }
+    if (lua_busy(s)) {
+        /* Never resume a coroutine that waits in another phase with a new one. */
+        mx_log_error("#%llu lua %s cannot run while %s waits", (unsigned long long)s->id,
+                     mx_phase_name(phase), mx_phase_name(s->lua_phase));
+        next(s, MX_ELUA);
         return;
     }
     s->lua_next = next;
@@ -236,7 +304,7 @@ mx_session_on_phase_done(mx_session_t *s, int rc)
 {
     void (*next)(mx_session_t *, int) = s->lua_next;
     s->lua_next = NULL;
-    if (next != NULL && s->state != MX_SESS_DONE)
+    if (next != NULL && (s->state != MX_SESS_DONE || s->log_pending))
         next(s, rc);
 }
 
@@ -267,12 +335,123 @@ after_upstream_request_filter(mx_session_t *s, int rc)
     serialize_upstream_head(s);
     set_state(s, MX_SESS_CONNECT);
     if (s->expect_continue && s->req_has_body && !s->req_done && !s->sent_continue &&
-        s->c != NULL) {
+        s->c != NULL && !s->body_set) {
         mx_h1_send_continue(s->c);
         s->sent_continue = 1;
     }
+    start_connect(s);
+}
+
+
+static void
+start_connect(mx_session_t *s)
+{
     s->action = "connecting to upstream";
+    s->connect_start_ms = uv_now(&s->w->loop);
     mx_upconn_acquire(s, s->ups, s->peer, false);
+}
+
+
+/* --- host names in script peers: resolved off the loop (uv_getaddrinfo) --- */
+
+typedef struct {
+    uv_getaddrinfo_t req;
+    mx_session_t *s; /* NULL once the session ended */
+    void (*next)(mx_session_t *s, int rc);
+} resolve_t;
+
+
+static void
+on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    resolve_t *r = mx_container_of(req, resolve_t, req);
+    mx_session_t *s = r->s;
+    void (*next)(mx_session_t *, int) = r->next;
+    mx_free(r);
+    if (s == NULL) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    s->resolving = NULL;
+    if (status < 0 || res == NULL) {
+        s->action = "resolving the upstream's host name";
+        log_upstream_error(s, status < 0 ? status : UV_EAI_NONAME);
+        uv_freeaddrinfo(res);
+        mx_session_respond_error(s, 502, status < 0 ? status : UV_EAI_NONAME);
+        return;
+    }
+    memset(&s->peer_addr.sa, 0, sizeof(s->peer_addr.sa));
+    memcpy(&s->peer_addr.sa, res->ai_addr, res->ai_addrlen);
+    uv_freeaddrinfo(res);
+    s->peer_resolve = 0;
+    next(s, MX_OK);
+}
+
+
+/* Resolves the script's peer when upstream_peer named a host, then <next>. */
+static void
+resolve_peer(mx_session_t *s, void (*next)(mx_session_t *, int))
+{
+    if (!s->peer_set || !s->peer_resolve) {
+        next(s, MX_OK);
+        return;
+    }
+    char port[8];
+    const char *colon = strrchr(s->peer_addr.text, ':');
+    snprintf(port, sizeof(port), "%s", colon ? colon + 1 : "80");
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    resolve_t *r = mx_alloc(sizeof(*r));
+    r->s = s;
+    r->next = next;
+    s->action = "resolving the upstream's host name";
+    int rc = uv_getaddrinfo(&s->w->loop, &r->req, on_resolved, s->peer_addr.host, port, &hints);
+    if (rc < 0) {
+        mx_free(r);
+        log_upstream_error(s, rc);
+        mx_session_respond_error(s, 502, rc);
+        return;
+    }
+    s->resolving = r;
+}
+
+
+static void
+resolve_cancel(mx_session_t *s)
+{
+    resolve_t *r = s->resolving;
+    if (r != NULL) {
+        r->s = NULL; /* on_resolved frees it */
+        s->resolving = NULL;
+    }
+}
+
+
+static void after_peer_resolved(mx_session_t *s, int rc);
+
+
+/* moxy.peer{ connect_timeout = ..., ... }: the chosen timeouts over the
+ * service's group's (or the script defaults). */
+static void
+apply_peer_timeouts(mx_session_t *s)
+{
+    mx_conf_upstream_t *u = &s->peer_ups_copy;
+    if (s->ups != u)
+        *u = *s->ups;
+    u->nbackends = 0; /* a copy: never a round-robin source */
+    u->backends = NULL;
+    u->max_retries = 0;
+    if (s->peer_timeout[0] >= 0)
+        u->connect_timeout = s->peer_timeout[0];
+    if (s->peer_timeout[1] >= 0)
+        u->read_timeout = s->peer_timeout[1];
+    if (s->peer_timeout[2] >= 0)
+        u->write_timeout = s->peer_timeout[2];
+    if (s->peer_timeout[3] >= 0)
+        u->idle_timeout = s->peer_timeout[3];
+    s->ups = u;
 }
 
 
@@ -286,6 +465,8 @@ after_upstream_peer(mx_session_t *s, int rc)
         s->peer = &s->peer_addr;
         if (s->ups == NULL)
             s->ups = svc->upstream_ref ? svc->upstream_ref : &script_peer_defaults;
+        if (s->peer_timeouts)
+            apply_peer_timeouts(s);
     } else {
         if (s->ups == NULL)
             s->ups = svc->upstream_ref;
@@ -298,8 +479,17 @@ after_upstream_peer(mx_session_t *s, int rc)
         }
         s->peer = next_peer(s);
     }
+    resolve_peer(s, after_peer_resolved);
+}
+
+
+static void
+after_peer_resolved(mx_session_t *s, int rc)
+{
+    (void)rc;
     prepare_upstream_headers(s);
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT)) {
+    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) ||
+        mx_vm_has(s->w->vm, s->svc_index, MX_PH_ERROR_WHILE_PROXY)) {
         /* Keep the request as it is now: a retry's filter starts from it. */
         mx_headers_t *b = &s->up_headers_base;
         mx_headers_init(b);
@@ -383,6 +573,124 @@ body_progress(mx_session_t *s)
 }
 
 
+/* --- request_body_filter: the client's body, chunk by chunk, once the
+ * upstream connection is ready; the filtered body goes up chunked. Chunks
+ * that arrive before, or while the coroutine is busy, wait in rbf_queue
+ * (the client pauses past HIGH_WATER). --- */
+
+static bool
+rbf_active(const mx_session_t *s)
+{
+    return s->up_chunked;
+}
+
+
+static bool
+rbf_ready(const mx_session_t *s)
+{
+    return s->state == MX_SESS_PROXY && s->u != NULL && s->up_req_sent && !lua_busy(s) &&
+           !s->fb_busy && !s->head_busy;
+}
+
+
+/* The request went up whole: wait for the response (arms read_timeout). */
+static bool
+req_sent_whole(const mx_session_t *s)
+{
+    return s->req_done && (!rbf_active(s) || s->rbf_done);
+}
+
+
+/* Sends a filtered piece up as a chunk; <eos> adds the terminal chunk. */
+static void
+rbf_output(mx_session_t *s, mx_str_t cur, bool eos)
+{
+    if (cur.len > 0) {
+        char size[24];
+        size_t len = mx_fmt_chunk_size(size, cur.len);
+        uv_buf_t b[3] = {uv_buf_init(size, (unsigned)len),
+                         uv_buf_init((char *)cur.data, (unsigned)cur.len),
+                         uv_buf_init("\r\n", 2)};
+        s->up_bytes_out += cur.len;
+        send_up(s, b, 3);
+    }
+    if (eos && s->u != NULL) {
+        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+        s->rbf_done = 1;
+        send_up(s, &b, 1);
+        if (s->u != NULL && s->pending.len == 0)
+            mx_upconn_request_sent(s->u);
+    }
+}
+
+
+static void
+after_rbf(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA); /* after the head: aborts */
+        return;
+    }
+    rbf_drain(s);
+}
+
+
+/* Runs request_body_filter over what waits, in order, until it is all sent
+ * or the filter waits; then a response head that came meanwhile goes on. */
+static void
+rbf_drain(mx_session_t *s)
+{
+    while (rbf_ready(s)) {
+        int rc;
+        if (s->rbf_queue.len > 0) {
+            /* The queue becomes the chunk (fb_keep); new bytes queue behind it. */
+            mx_buf_t tmp = s->fb_keep;
+            s->fb_keep = s->rbf_queue;
+            s->rbf_queue = tmp;
+            mx_buf_reset(&s->rbf_queue);
+            s->fb_req = 1;
+            rc = filter_body(s, s->fb_keep.data, s->fb_keep.len, false, after_rbf);
+        } else if (s->rbf_eos_queued && !s->rbf_done) {
+            s->rbf_eos_queued = 0;
+            s->fb_req = 1;
+            rc = filter_body(s, NULL, 0, true, after_rbf);
+        } else {
+            break;
+        }
+        if (rc == MX_AGAIN)
+            return;
+        if (rc != MX_OK) {
+            mx_session_respond_error(s, 500, MX_ELUA);
+            return;
+        }
+    }
+    if (s->state != MX_SESS_PROXY)
+        return;
+    if (s->head_deferred && !lua_busy(s) && !s->fb_busy) {
+        /* The origin answered while the filter waited: run its head phases now. */
+        s->head_deferred = 0;
+        s->head_busy = 1;
+        s->head_async = 1;
+        run_phase(s, MX_PH_UPSTREAM_RESPONSE_FILTER, after_upstream_response_filter);
+        return;
+    }
+    if (s->resp_body_buf.len > 0 && !lua_busy(s) && !s->fb_busy) {
+        /* A response chunk came while the filter waited: its turn now. */
+        mx_buf_t tmp = s->fb_keep;
+        s->fb_keep = s->resp_body_buf;
+        s->resp_body_buf = tmp;
+        mx_buf_reset(&s->resp_body_buf);
+        int rc = filter_body(s, s->fb_keep.data, s->fb_keep.len, false, after_response_chunk);
+        if (rc != MX_AGAIN)
+            after_response_chunk(s, rc);
+        return;
+    }
+    if (s->c != NULL && !s->req_done && s->rbf_queue.len < HIGH_WATER && s->u != NULL &&
+        s->u->ws.queued <= HIGH_WATER)
+        mx_h1_read_pause(s->c, false);
+}
+
+
 void
 mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
 {
@@ -390,6 +698,18 @@ mx_session_on_request_body(mx_session_t *s, const char *p, size_t n)
         mx_buf_append(&s->body_buf, p, n); /* for s.req:body() */
         body_progress(s);
     }
+    if (s->body_set || s->state == MX_SESS_DONE)
+        return; /* s.req:set_body() replaced it: the client's bytes are read and dropped */
+    if (rbf_active(s)) {
+        mx_buf_append(&s->rbf_queue, p, n);
+        if (rbf_ready(s)) {
+            rbf_drain(s);
+        } else if (s->rbf_queue.len > HIGH_WATER && s->c != NULL && !s->body_waiting) {
+            mx_h1_read_pause(s->c, true);
+        }
+        return;
+    }
+    s->up_bytes_out += n;
     if (!s->req_chunked) {
         uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
         send_up(s, &b, 1);
@@ -407,8 +727,13 @@ void
 mx_session_on_request_done(mx_session_t *s)
 {
     body_progress(s);
-    if (s->state == MX_SESS_DONE)
+    if (s->state == MX_SESS_DONE || s->body_set)
         return;
+    if (rbf_active(s)) {
+        s->rbf_eos_queued = 1;
+        rbf_drain(s);
+        return;
+    }
     if (s->req_chunked) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
         send_up(s, &b, 1);
@@ -423,21 +748,39 @@ mx_session_on_connected(mx_session_t *s, mx_upconn_t *u)
 {
     s->u = u;
     set_state(s, MX_SESS_PROXY);
-    /* A notification (it cannot wait); an error in it is logged only. */
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_CONNECTED_TO_UPSTREAM))
-        mx_lua_run(s, MX_PH_CONNECTED_TO_UPSTREAM);
+    s->connect_ms = uv_now(&s->w->loop) - s->connect_start_ms;
+    /* A notification (it may wait); an error in it is logged only. */
+    if (can_run(s, MX_PH_CONNECTED_TO_UPSTREAM)) {
+        run_phase(s, MX_PH_CONNECTED_TO_UPSTREAM, after_connected);
+        return;
+    }
+    after_connected(s, MX_OK);
+}
+
+
+static void
+after_connected(mx_session_t *s, int rc)
+{
+    (void)rc;
+    mx_upconn_t *u = s->u;
+    if (u == NULL || s->state != MX_SESS_PROXY)
+        return; /* the upstream failed while the handler waited */
     s->action = "sending request to upstream";
     uv_buf_t b[2] = {uv_buf_init(s->up_head.data, (unsigned)s->up_head.len),
                      uv_buf_init(s->pending.data, (unsigned)s->pending.len)};
     if (s->pending.len > 0)
         s->up_body_started = 1;
     s->up_req_sent = 1;
-    int rc = mx_upconn_write(u, b, s->pending.len > 0 ? 2 : 1);
+    rc = mx_upconn_write(u, b, s->pending.len > 0 ? 2 : 1);
     mx_buf_reset(&s->pending);
     if (rc < 0)
         return; /* reported through mx_session_on_upstream_error() */
     s->action = "reading response header from upstream";
-    if (s->req_done)
+    if (rbf_active(s)) {
+        rbf_drain(s);
+        return;
+    }
+    if (req_sent_whole(s) || s->body_set)
         mx_upconn_request_sent(u);
     if (s->c != NULL && !s->req_done)
         mx_h1_read_pause(s->c, u->ws.queued > HIGH_WATER);
@@ -470,9 +813,19 @@ after_retry_peer(mx_session_t *s, int rc)
         return;
     if (s->peer_set) {
         s->peer = &s->peer_addr;
+        if (s->peer_timeouts)
+            apply_peer_timeouts(s);
     } else if (s->ups != NULL && s->ups->nbackends > 0) {
         s->peer = next_peer(s);
     }
+    resolve_peer(s, after_retry_resolved);
+}
+
+
+static void
+after_retry_resolved(mx_session_t *s, int rc)
+{
+    (void)rc;
     mx_headers_t *h = &s->req_headers;
     mx_headers_init(h);
     for (size_t i = 0; i < s->up_headers_base.n; i++)
@@ -483,24 +836,34 @@ after_retry_peer(mx_session_t *s, int rc)
 }
 
 
-/* Lets fail_to_connect decide: true when it asked for (and got) a retry. */
-static bool
-lua_retry(mx_session_t *s, int err)
+/* Asks upstream_peer again for a retry that fail_to_connect or
+ * error_while_proxy wanted (their err:set_retry(true)). */
+static void
+lua_retry(mx_session_t *s, int err, const char *who)
 {
-    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || s->tries >= 3)
-        return false;
-    s->err = err;
-    s->retry_requested = 0;
-    if (mx_lua_run(s, MX_PH_FAIL_TO_CONNECT) != MX_OK || !s->retry_requested)
-        return false;
     log_upstream_error(s, err);
-    mx_log_info("#%llu fail_to_connect asked for a retry (try %d)", (unsigned long long)s->id,
+    mx_log_info("#%llu %s asked for a retry (try %d)", (unsigned long long)s->id, who,
                 s->tries + 2);
     s->err = 0;
     s->tries++;
     s->peer_set = 0;
+    s->up_body_started = 0;
+    s->status = 0;
+    s->reason = (mx_str_t){NULL, 0};
+    mx_headers_init(&s->resp_headers); /* whatever a failed try parsed */
+    mx_headers_init(&s->resp_trailers);
+    mx_buf_reset(&s->pending);
+    set_state(s, MX_SESS_PHASES);
     run_phase(s, MX_PH_UPSTREAM_PEER, after_retry_peer);
-    return true;
+}
+
+
+/* error_while_proxy may resend only what is safe to: an idempotent request,
+ * nothing sent downstream yet, and no body or one moxy still has. */
+static bool
+resendable(const mx_session_t *s)
+{
+    return idempotent(s) && !s->resp_head_sent && (!s->req_has_body || s->body_set);
 }
 
 
@@ -518,10 +881,12 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
     if (s->state == MX_SESS_DONE || s->c == NULL)
         return;
     s->up_req_sent = 0;
+    s->head_busy = 0;
 
-    if (!s->resp_head_sent && !got_bytes && !s->up_body_started) {
+    bool fresh = !s->resp_head_sent && !got_bytes && !s->up_body_started;
+    if (fresh) {
         /* A pooled connection the origin had closed: resend once on a fresh one. */
-        if (reused && idempotent(s) && err != UV_ETIMEDOUT) {
+        if (reused && idempotent(s) && err != UV_ETIMEDOUT && !lua_busy(s)) {
             mx_log_info("#%llu reused upstream connection failed (%s), retrying on a new one",
                         (unsigned long long)s->id, mx_strerror(err));
             s->reused = 0;
@@ -530,21 +895,119 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
             mx_upconn_acquire(s, s->ups, s->peer, true);
             return;
         }
-        if (connecting && lua_retry(s, err))
-            return;
-        if (connecting && !s->peer_set && s->tries < s->ups->max_retries &&
-            s->ups->nbackends > 1) {
-            log_upstream_error(s, err);
-            s->tries++;
-            s->peer = next_peer(s);
-            s->action = "connecting to upstream";
-            mx_upconn_acquire(s, s->ups, s->peer, false);
+        if (connecting && s->tries < 3 && can_run(s, MX_PH_FAIL_TO_CONNECT)) {
+            s->err = err;
+            s->pending_err = err;
+            s->retry_requested = 0;
+            run_phase(s, MX_PH_FAIL_TO_CONNECT, after_fail_to_connect);
             return;
         }
+    }
+    if (!connecting && !s->resp_head_sent && s->tries < 3 &&
+        can_run(s, MX_PH_ERROR_WHILE_PROXY)) {
+        /* The connection was up: the request (or its response) broke on the way. */
+        s->err = err;
+        s->pending_err = err;
+        s->retry_requested = 0;
+        s->err_connecting = fresh;
+        run_phase(s, MX_PH_ERROR_WHILE_PROXY, after_error_while_proxy);
+        return;
+    }
+    upstream_error_tail(s, err, fresh && connecting);
+}
+
+
+static void
+after_fail_to_connect(mx_session_t *s, int rc)
+{
+    int err = s->pending_err;
+    if (rc == MX_OK && s->retry_requested) {
+        lua_retry(s, err, "fail_to_connect");
+        return;
+    }
+    upstream_error_tail(s, err, true);
+}
+
+
+static void
+after_error_while_proxy(mx_session_t *s, int rc)
+{
+    int err = s->pending_err;
+    if (rc == MX_OK && s->retry_requested) {
+        if (resendable(s)) {
+            lua_retry(s, err, "error_while_proxy");
+            return;
+        }
+        mx_log_info("#%llu error_while_proxy asked for a retry, but the request cannot be "
+                    "resent (%s)", (unsigned long long)s->id,
+                    !idempotent(s)       ? "method not idempotent"
+                    : s->resp_head_sent ? "response already sent"
+                                        : "its body was streamed");
+    }
+    upstream_error_tail(s, err, false);
+}
+
+
+/* No script retry: the group's max_retries, else the error page. */
+static void
+upstream_error_tail(mx_session_t *s, int err, bool fresh_connect)
+{
+    if (fresh_connect && !s->peer_set && s->ups != NULL && s->tries < s->ups->max_retries &&
+        s->ups->nbackends > 1) {
+        log_upstream_error(s, err);
+        s->tries++;
+        s->err = 0;
+        s->peer = next_peer(s);
+        set_state(s, MX_SESS_CONNECT);
+        start_connect(s);
+        return;
     }
     log_upstream_error(s, err);
     s->err = err;
     mx_session_respond_error(s, status_for(err), err);
+}
+
+
+/* The head phases ran (or waited and ran): send the head, let the parser on. */
+static void
+after_response_head_filters(mx_session_t *s, int rc)
+{
+    s->head_busy = 0;
+    if (rc != MX_OK) {
+        s->in_error_page = 1; /* a plain page: the filter that failed is not run again */
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return;
+    }
+    prepare_body_filter(s);
+    if (s->c != NULL)
+        mx_h1_send_head(s->c, s);
+    if (s->head_rc == 2)
+        set_state(s, MX_SESS_TUNNEL);
+    if (!s->head_async)
+        return; /* on_headers_complete returns head_rc itself */
+    s->head_async = 0;
+    mx_upconn_t *u = s->u;
+    if (u == NULL)
+        return;
+    /* What on_headers_complete would have returned: 1 no body, 2 upgrade. */
+    if (s->head_rc >= 1)
+        u->parser.flags |= F_SKIPBODY;
+    if (s->head_rc == 2)
+        u->parser.upgrade = 1;
+    mx_session_flush(s);
+    mx_upconn_continue(u);
+}
+
+
+static void
+after_upstream_response_filter(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
+        s->head_busy = 0;
+        mx_session_respond_error(s, 502, MX_ELUA);
+        return;
+    }
+    run_phase(s, MX_PH_RESPONSE_FILTER, after_response_head_filters);
 }
 
 
@@ -590,45 +1053,21 @@ mx_session_on_response_head(mx_session_t *s)
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_FILTER) &&
-        mx_lua_run(s, MX_PH_UPSTREAM_RESPONSE_FILTER) != MX_OK) {
-        mx_session_respond_error(s, 502, MX_ELUA);
-        return -1;
+    s->head_rc = tunnel ? 2 : s->llmethod == HTTP_HEAD ? 1 : 0;
+    s->header_ms = uv_now(&s->w->loop) - s->connect_start_ms;
+    if (lua_busy(s) || s->fb_busy) {
+        /* request_body_filter waits: the head goes through its phases after it. */
+        s->head_deferred = 1;
+        return HPE_PAUSED;
     }
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
-        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
-        s->in_error_page = 1; /* a plain page: the filter that failed is not run again */
-        mx_session_respond_error(s, 500, MX_ELUA);
-        return -1;
+    s->head_busy = 1;
+    s->head_async = 0;
+    run_phase(s, MX_PH_UPSTREAM_RESPONSE_FILTER, after_upstream_response_filter);
+    if (s->head_busy) {
+        s->head_async = 1; /* a phase waits: the parser pauses until it is done */
+        return HPE_PAUSED;
     }
-    prepare_body_filter(s);
-    mx_h1_send_head(c, s);
-    if (tunnel) {
-        set_state(s, MX_SESS_TUNNEL);
-        return 2; /* llhttp: no body, return HPE_PAUSED_UPGRADE */
-    }
-    return s->llmethod == HTTP_HEAD ? 1 : 0;
-}
-
-
-/* Runs response_body_filter over one chunk (<eos> for the end) and sends
- * what it returned, or the chunk itself. Returns MX_OK or MX_ELUA (the
- * headers went out: the caller can only cut the response short). */
-/* Runs body filter <phase> over <*cur>; a replacement becomes the new
- * <*cur> (in s->body_repl). Returns MX_OK or MX_ELUA. */
-static int
-body_phase(mx_session_t *s, int phase, mx_str_t *cur, bool eos)
-{
-    s->body_chunk = *cur;
-    s->body_eos = eos;
-    s->body_replaced = 0;
-    int rc = mx_lua_run(s, phase);
-    s->body_chunk = (mx_str_t){NULL, 0};
-    if (rc != MX_OK)
-        return MX_ELUA;
-    if (s->body_replaced)
-        *cur = (mx_str_t){s->body_repl.data, s->body_repl.len};
-    return MX_OK;
+    return s->state == MX_SESS_DONE ? -1 : s->head_rc;
 }
 
 
@@ -640,29 +1079,107 @@ has_upstream_body_filter(mx_session_t *s)
 }
 
 
-/* Sends a chunk through upstream_response_body_filter (upstream responses
- * only) then response_body_filter. Returns MX_OK, or MX_ELUA (the head went
- * out: the caller can only cut the response short). */
-static int
-filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
+/* --- body filters: a chunk passes upstream_response_body_filter (upstream
+ * responses), then response_body_filter, then goes out; or it passes
+ * request_body_filter and goes up (s->fb_req). Any of them may wait: the
+ * chain then ends later in s->fb_done. --- */
+
+static void fb_step(mx_session_t *s);
+
+
+static void
+fb_finish(mx_session_t *s, int rc)
 {
-    mx_str_t cur = {p, n};
-    mx_buf_t held;
-    mx_buf_init(&held);
-    int rc = MX_OK;
-    if (has_upstream_body_filter(s)) {
-        rc = body_phase(s, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER, &cur, eos);
-        if (rc == MX_OK && s->body_replaced) { /* the next filter reuses body_repl */
-            mx_buf_append(&held, cur.data, cur.len);
-            cur = (mx_str_t){held.data, held.len};
+    s->fb_busy = 0;
+    s->body_chunk = (mx_str_t){NULL, 0};
+    if (s->fb_async) {
+        s->fb_async = 0;
+        s->fb_done(s, rc);
+    } else {
+        s->fb_rc = rc;
+    }
+}
+
+
+static void
+after_body_phase(mx_session_t *s, int rc)
+{
+    s->body_chunk = (mx_str_t){NULL, 0};
+    if (rc != MX_OK) {
+        fb_finish(s, MX_ELUA);
+        return;
+    }
+    if (s->body_replaced) { /* the next filter reuses body_repl: keep it */
+        mx_buf_reset(&s->fb_held);
+        mx_buf_append(&s->fb_held, s->body_repl.data, s->body_repl.len);
+        s->fb_cur = (mx_str_t){s->fb_held.data ? s->fb_held.data : "", s->fb_held.len};
+    }
+    fb_step(s);
+}
+
+
+static void
+fb_step(mx_session_t *s)
+{
+    for (;;) {
+        int stage = s->fb_phase++;
+        int phase = -1;
+        if (s->fb_req) {
+            if (stage == 0)
+                phase = MX_PH_REQUEST_BODY_FILTER;
+        } else if (stage == 0) {
+            if (has_upstream_body_filter(s))
+                phase = MX_PH_UPSTREAM_RESPONSE_BODY_FILTER;
+        } else if (stage == 1) {
+            phase = MX_PH_RESPONSE_BODY_FILTER;
+        }
+        if (phase >= 0 && mx_vm_has(s->w->vm, s->svc_index, phase)) {
+            s->body_chunk = s->fb_cur;
+            s->body_eos = s->fb_eos;
+            s->body_replaced = 0;
+            run_phase(s, phase, after_body_phase);
+            if (s->fb_busy && s->lua_next != NULL && s->fb_cur.len > 0 &&
+                s->fb_cur.data != s->fb_keep.data && s->fb_cur.data != s->fb_held.data) {
+                /* It waits: the chunk's bytes may not outlive this call. */
+                mx_buf_reset(&s->fb_keep);
+                mx_buf_append(&s->fb_keep, s->fb_cur.data, s->fb_cur.len);
+                s->fb_cur = (mx_str_t){s->fb_keep.data, s->fb_keep.len};
+            }
+            return;
+        }
+        if (stage >= (s->fb_req ? 1 : 2)) {
+            if (s->fb_req)
+                rbf_output(s, s->fb_cur, s->fb_eos);
+            else if (s->c != NULL)
+                mx_h1_send_body(s->c, s, s->fb_cur.data, s->fb_cur.len);
+            fb_finish(s, MX_OK);
+            return;
         }
     }
-    if (rc == MX_OK && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
-        rc = body_phase(s, MX_PH_RESPONSE_BODY_FILTER, &cur, eos);
-    if (rc == MX_OK)
-        mx_h1_send_body(s->c, s, cur.data, cur.len);
-    mx_buf_dispose(&held);
-    return rc;
+}
+
+
+/* Passes one chunk (<eos> for the end) through the body filters and sends
+ * the result. Returns MX_OK, MX_ELUA (the caller can only cut the message
+ * short), or MX_AGAIN: a filter waits, <done>(s, rc) follows later. */
+static int
+filter_body(mx_session_t *s, const char *p, size_t n, bool eos,
+            void (*done)(mx_session_t *, int))
+{
+    s->fb_cur = (mx_str_t){p ? p : "", n};
+    s->fb_eos = eos;
+    s->fb_done = done;
+    s->fb_busy = 1;
+    s->fb_async = 0;
+    s->fb_phase = 0;
+    s->fb_rc = MX_OK;
+    fb_step(s);
+    s->fb_req = 0;
+    if (s->fb_busy) {
+        s->fb_async = 1;
+        return MX_AGAIN;
+    }
+    return s->fb_rc;
 }
 
 
@@ -677,35 +1194,94 @@ prepare_body_filter(mx_session_t *s)
 }
 
 
-void
+/* request_body_filter's chunks may go up between response chunks: kick them. */
+static void
+rbf_kick(mx_session_t *s)
+{
+    if (rbf_active(s) && (s->rbf_queue.len > 0 || (s->rbf_eos_queued && !s->rbf_done)))
+        rbf_drain(s);
+}
+
+
+int
 mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
 {
     if (s->c == NULL)
-        return;
-    if (filter_body(s, p, n, false) != MX_OK) {
+        return 0;
+    s->up_bytes_in += n;
+    bool filters = mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+                   has_upstream_body_filter(s);
+    if (filters && (s->fb_busy || lua_busy(s))) {
+        /* request_body_filter waits: keep the chunk, hold the parser. */
+        mx_buf_append(&s->resp_body_buf, p, n);
+        return HPE_PAUSED;
+    }
+    int rc = filter_body(s, p, n, false, after_response_chunk);
+    if (rc == MX_AGAIN)
+        return HPE_PAUSED;
+    if (rc != MX_OK) {
         mx_session_respond_error(s, 500, MX_ELUA); /* headers sent: aborts the stream */
-        return;
+        return 0;
     }
     if (s->c->ws.queued > HIGH_WATER && s->u != NULL)
         mx_upconn_read_pause(s->u, true);
+    return 0;
+}
+
+
+/* A waiting body filter finished with an upstream chunk: parse on. */
+static void
+after_response_chunk(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA);
+        return;
+    }
+    rbf_kick(s);
+    if (s->state == MX_SESS_DONE || s->fb_busy || lua_busy(s))
+        return;
+    mx_upconn_continue(s->u);
 }
 
 
 void
 mx_session_on_response_done(mx_session_t *s)
 {
-    mx_upconn_t *u = s->u;
-    if (s->c != NULL && !s->resp_no_body && filter_body(s, NULL, 0, true) != MX_OK) {
+    if (s->c != NULL && !s->resp_no_body) {
+        int rc = filter_body(s, NULL, 0, true, after_last_chunk);
+        if (rc != MX_AGAIN)
+            after_last_chunk(s, rc);
+        return;
+    }
+    after_last_chunk(s, MX_OK);
+}
+
+
+static void
+after_last_chunk(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
         mx_session_respond_error(s, 500, MX_ELUA);
         return;
     }
     /* The origin's trailers (gRPC status...) pass the script before they go out. */
     if (s->c != NULL && s->resp_trailers.n > 0 &&
-        mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER) &&
-        mx_lua_run(s, MX_PH_RESPONSE_TRAILER_FILTER) != MX_OK) {
+        mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER)) {
+        run_phase(s, MX_PH_RESPONSE_TRAILER_FILTER, after_trailers);
+        return;
+    }
+    after_trailers(s, MX_OK);
+}
+
+
+static void
+after_trailers(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
         mx_session_respond_error(s, 500, MX_ELUA); /* the head went out: aborts the stream */
         return;
     }
+    mx_upconn_t *u = s->u;
     if (s->c != NULL)
         mx_h1_send_end(s->c, s);
     s->resp_done = 1;
@@ -713,7 +1289,8 @@ mx_session_on_response_done(mx_session_t *s)
         s->u = NULL;
         u->s = NULL;
         /* Reusable only when the whole request went up and the origin keeps it. */
-        bool reusable = s->req_done && s->pending.len == 0 && llhttp_should_keep_alive(&u->parser);
+        bool reusable = s->req_done && s->pending.len == 0 && req_sent_whole(s) &&
+                        llhttp_should_keep_alive(&u->parser);
         mx_upconn_release(u, reusable);
     }
     if (!s->req_done && s->c != NULL)
@@ -743,7 +1320,7 @@ mx_session_on_upstream_drain(mx_session_t *s)
 {
     if (s->c == NULL || s->state == MX_SESS_DONE)
         return;
-    if (s->req_done && s->state == MX_SESS_PROXY && s->u != NULL)
+    if (req_sent_whole(s) && s->state == MX_SESS_PROXY && s->u != NULL)
         mx_upconn_request_sent(s->u);
     else if (s->state == MX_SESS_PROXY || s->state == MX_SESS_TUNNEL)
         mx_h1_read_pause(s->c, false);
@@ -837,6 +1414,7 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
         u->s = NULL;
         mx_upconn_close(u);
     }
+    s->head_busy = 0;
     if (s->c == NULL || s->resp_head_sent) {
         if (s->c != NULL)
             s->c->close_after = 1; /* headers went out: all we can do is cut it short */
@@ -845,18 +1423,25 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     }
     /* fail_to_proxy may choose the status; response_filter sees the page
      * (source "error") unless the failure was its own. */
-    bool filters = !s->in_error_page && s->lua_phase < 0 && err != MX_EBADREQ &&
-                   s->method.len > 0; /* a request that never parsed meets no script */
+    s->err_filters = !s->in_error_page && !lua_busy(s) && err != MX_EBADREQ &&
+                     s->method.len > 0; /* a request that never parsed meets no script */
     s->in_error_page = 1;
-    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY) &&
-        mx_lua_run(s, MX_PH_FAIL_TO_PROXY) == MX_OK && s->fail_status)
-        status = s->fail_status;
-    if (status >= 400 && status < 500 && status != 404)
-        s->c->close_after = 1;
-    char body[64];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, mx_http_reason(status));
+    s->err_status = status;
+    s->fail_status = 0;
+    if (s->err_filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY)) {
+        run_phase(s, MX_PH_FAIL_TO_PROXY, after_fail_to_proxy);
+        return;
+    }
+    after_fail_to_proxy(s, MX_DECLINED);
+}
+
+
+/* The error page's head, as moxy builds it. */
+static void
+error_page_head(mx_session_t *s, int status, size_t body_len)
+{
     char len[24];
-    int ln = snprintf(len, sizeof(len), "%d", n);
+    int ln = snprintf(len, sizeof(len), "%zu", body_len);
     mx_arena_t *a = &s->arena;
     mx_headers_init(&s->resp_headers);
     mx_headers_add(&s->resp_headers, a, MX_STR("Server"), MX_STR("moxy"));
@@ -865,20 +1450,46 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
                    (mx_str_t){mx_arena_strndup(a, len, ln), (size_t)ln});
     s->status = status;
     s->reason = (mx_str_t){NULL, 0};
+}
+
+
+static void
+after_fail_to_proxy(mx_session_t *s, int rc)
+{
+    int status = s->err_status;
+    if (rc == MX_OK && s->fail_status)
+        status = s->err_status = s->fail_status;
+    if (s->c == NULL) {
+        finish(s);
+        return;
+    }
+    if (status >= 400 && status < 500 && status != 404)
+        s->c->close_after = 1;
+    error_page_head(s, status, strlen(mx_http_reason(status)) + 5);
     s->resp_no_body = s->llmethod == HTTP_HEAD;
     if (s->http_major == 0) {
         s->http_major = 1;
         s->http_minor = 1;
     }
-    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
-        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
-        /* The filter failed on the error page itself: send it plain. */
-        mx_headers_init(&s->resp_headers);
-        mx_headers_add(&s->resp_headers, a, MX_STR("Server"), MX_STR("moxy"));
-        mx_headers_add(&s->resp_headers, a, MX_STR("Content-Type"), MX_STR("text/plain"));
-        mx_headers_add(&s->resp_headers, a, MX_STR("Content-Length"),
-                       (mx_str_t){mx_arena_strndup(a, len, ln), (size_t)ln});
-        s->status = status;
+    if (s->err_filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER)) {
+        run_phase(s, MX_PH_RESPONSE_FILTER, after_error_page_filter);
+        return;
+    }
+    after_error_page_filter(s, MX_OK);
+}
+
+
+static void
+after_error_page_filter(mx_session_t *s, int rc)
+{
+    int status = s->err_status;
+    char body[64];
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, mx_http_reason(status));
+    if (rc != MX_OK) /* the filter failed on the error page itself: send it plain */
+        error_page_head(s, status, (size_t)n);
+    if (s->c == NULL) {
+        finish(s);
+        return;
     }
     mx_h1_send_head(s->c, s);
     if (!s->resp_no_body)
@@ -904,8 +1515,42 @@ send_local(mx_session_t *s)
     s->resp_no_body = s->llmethod == HTTP_HEAD || s->status == 204 || s->status == 304;
     if (s->resp_no_body && (s->status == 204 || s->status == 304))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
-        mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
+    run_phase(s, MX_PH_RESPONSE_FILTER, after_local_filter);
+}
+
+
+static void
+local_end(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
+        s->c->close_after = 1; /* the head went out: cut the answer short */
+        s->resp_done = 1;
+        finish(s);
+        return;
+    }
+    mx_h1_send_end(s->c, s);
+    mx_h1_flush(s->c);
+    s->resp_done = 1;
+    finish(s);
+}
+
+
+static void
+after_local_chunk(mx_session_t *s, int rc)
+{
+    if (rc == MX_OK) {
+        rc = filter_body(s, NULL, 0, true, local_end);
+        if (rc == MX_AGAIN)
+            return;
+    }
+    local_end(s, rc);
+}
+
+
+static void
+after_local_filter(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
         s->local_status = 0;
         s->in_error_page = 1;
         mx_session_respond_error(s, 500, MX_ELUA);
@@ -919,18 +1564,13 @@ send_local(mx_session_t *s)
         s->c->close_after = 1; /* the unread body would be parsed as a request */
     prepare_body_filter(s);
     mx_h1_send_head(s->c, s);
-    if (!s->resp_no_body &&
-        (filter_body(s, s->local_body.data, s->local_body.len, false) != MX_OK ||
-         filter_body(s, NULL, 0, true) != MX_OK)) {
-        s->c->close_after = 1; /* the head went out: cut the answer short */
-        s->resp_done = 1;
-        finish(s);
+    if (s->resp_no_body) {
+        local_end(s, MX_OK);
         return;
     }
-    mx_h1_send_end(s->c, s);
-    mx_h1_flush(s->c);
-    s->resp_done = 1;
-    finish(s);
+    rc = filter_body(s, s->local_body.data, s->local_body.len, false, after_local_chunk);
+    if (rc != MX_AGAIN)
+        after_local_chunk(s, rc);
 }
 
 
@@ -951,7 +1591,8 @@ access_log(mx_session_t *s)
     int n = snprintf(line, sizeof(line),
                      "%s - - [%s] \"%.*s %.*s HTTP/%d.%d\" %d %llu \"%.*s\" \"%.*s\" rt=%.3f "
                      "upstream=%s%.*s\n",
-                     s->c ? s->c->client_addr : "-", ts, (int)s->method.len,
+                     s->c ? s->c->client_addr : s->client_copy[0] ? s->client_copy : "-", ts,
+                     (int)s->method.len,
                      s->method.data ? s->method.data : "", (int)s->target_raw.len,
                      s->target_raw.data ? s->target_raw.data : "", s->http_major, s->http_minor,
                      s->status, (unsigned long long)s->resp_body_bytes,
@@ -974,18 +1615,42 @@ finish(mx_session_t *s)
 {
     if (s->state == MX_SESS_DONE)
         return;
-    if (s->method.len > 0 && mx_vm_has(s->w->vm, s->svc_index, MX_PH_LOGGING) &&
-        s->lua_phase < 0)
-        mx_lua_run(s, MX_PH_LOGGING); /* errors are logged only */
-    set_state(s, MX_SESS_DONE);
-    if (s->method.len > 0)
-        access_log(s);
     if (s->u != NULL) {
         mx_upconn_t *u = s->u;
         s->u = NULL;
         u->s = NULL;
         mx_upconn_close(u);
     }
+    resolve_cancel(s);
+    if (s->c != NULL) {
+        /* logging may wait past the connection (s:client_addr() still answers). */
+        snprintf(s->client_copy, sizeof(s->client_copy), "%s", s->c->client_addr);
+        s->client_port_copy = s->c->client_port;
+    }
+    if (s->method.len > 0 && can_run(s, MX_PH_LOGGING)) {
+        /* Errors are logged only. If it waits, the response is already out and
+         * the connection goes on (keepalive) while the session lives on. */
+        s->log_pending = 1;
+        run_phase(s, MX_PH_LOGGING, after_logging);
+    }
+    set_state(s, MX_SESS_DONE);
+    if (s->method.len > 0 && !s->log_pending)
+        access_log(s);
     if (s->c != NULL)
         mx_h1_session_done(s->c);
+}
+
+
+/* logging ended: at once (finish() goes on), or after a wait (the access
+ * log line goes now; an orphan session is freed). */
+static void
+after_logging(mx_session_t *s, int rc)
+{
+    (void)rc;
+    s->log_pending = 0;
+    if (s->state != MX_SESS_DONE)
+        return;
+    access_log(s);
+    if (s->orphan)
+        mx_session_free(s);
 }

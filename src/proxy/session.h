@@ -102,6 +102,7 @@ struct mx_upconn_s {
     unsigned done : 1;    /* the response message completed inside the parser */
     unsigned tunnel : 1;
     unsigned timer_mode : 3;
+    unsigned held : 1;    /* a Lua phase waits: the parser is paused at rbuf[rpos] */
     int error;            /* set inside the parser, handled after it returns */
     mx_buf_t span;
     mx_str_t cur_name;
@@ -186,6 +187,50 @@ struct mx_session_s {
     unsigned peer_set : 1;          /* upstream_peer chose s->peer_addr */
     mx_addr_t peer_addr;            /* the peer a script chose */
     const char *action; /* "connecting to upstream", for log lines */
+
+    /* Phases that wait (proxy/session.c): the response side runs as continuations. */
+    mx_str_t fb_cur;  /* the chunk going through the body filters */
+    mx_buf_t fb_held; /* a first filter's replacement, kept across the second */
+    mx_buf_t fb_keep; /* the chunk copied when a filter waits */
+    void (*fb_done)(mx_session_t *s, int rc); /* called when a waiting chain ends */
+    int fb_rc;
+    int fb_phase;
+    unsigned fb_busy : 1;
+    unsigned fb_async : 1;
+    unsigned fb_eos : 1;
+    unsigned fb_req : 1;        /* the chain is request_body_filter */
+    unsigned head_busy : 1;     /* response head phases are running */
+    unsigned head_async : 1;    /* ... and one of them waited */
+    unsigned head_deferred : 1; /* the head arrived while another phase waited */
+    unsigned err_filters : 1;   /* the error page passes fail_to_proxy / response_filter */
+    unsigned log_pending : 1;   /* logging waits: the session outlives its request */
+    unsigned orphan : 1;        /* ... and its connection let go of it */
+    unsigned err_connecting : 1;
+    unsigned retry_while_proxy : 1;
+    unsigned up_chunked : 1;    /* the upstream request body goes chunked (filtered) */
+    unsigned rbf_eos_queued : 1;
+    unsigned rbf_done : 1;      /* the terminal chunk went up */
+    unsigned body_set : 1;      /* s.req:set_body() replaced the request body */
+    unsigned resp_buffered : 1; /* s.resp:set_body()/read_body(): one body, fixed length */
+    int head_rc;
+    int err_status;
+    int pending_err;            /* what fail_to_connect / error_while_proxy look at */
+    mx_buf_t rbf_queue;         /* request body waiting for request_body_filter */
+    mx_buf_t resp_body_buf;     /* the buffered response body */
+    size_t resp_body_max;
+    char client_copy[64]; /* the client address, once the connection let go */
+    int client_port_copy;
+    uint64_t connect_start_ms;
+    uint64_t connect_ms;
+    uint64_t header_ms;
+    uint64_t up_bytes_out;
+    uint64_t up_bytes_in;
+    mx_conf_upstream_t peer_ups_copy; /* moxy.peer{} timeouts over the group's */
+    double peer_timeout[4];           /* connect, read, write, idle; < 0 unset */
+    unsigned peer_timeouts : 1;
+    unsigned peer_resolve : 1;        /* the script's peer names a host: resolve it */
+    void *resolving;                  /* the pending uv_getaddrinfo, or NULL */
+    mx_str_t set_body;                /* s.req:set_body() */
 };
 
 /* --- session (proxy/session.c) --- */
@@ -210,7 +255,9 @@ void mx_session_tunnel_eof(mx_session_t *s, bool from_upstream);
 void mx_session_on_connected(mx_session_t *s, mx_upconn_t *u);
 void mx_session_on_upstream_error(mx_session_t *s, int err);
 int mx_session_on_response_head(mx_session_t *s);
-void mx_session_on_response_body(mx_session_t *s, const char *p, size_t n);
+/* Returns HPE_PAUSED when a body filter waits (the caller pauses its parser
+ * until mx_upconn_continue()), else 0. */
+int mx_session_on_response_body(mx_session_t *s, const char *p, size_t n);
 void mx_session_on_response_done(mx_session_t *s);
 /* The upstream connection wrote everything queued: read more request body. */
 void mx_session_on_upstream_drain(mx_session_t *s);
@@ -262,6 +309,8 @@ void mx_upconn_set_timeout(mx_upconn_t *u, double seconds);
 void mx_upconn_request_sent(mx_upconn_t *u);
 /* Switches to raw byte forwarding (after 101). */
 void mx_upconn_tunnel(mx_upconn_t *u);
+/* A phase that paused the response parser finished: parse on, read on. */
+void mx_upconn_continue(mx_upconn_t *u);
 
 /* --- keepalive pool (upstream/pool.c) --- */
 mx_pool_t *mx_pool_new(mx_worker_t *w, size_t cap);

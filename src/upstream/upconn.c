@@ -184,8 +184,8 @@ mx_upconn_request_sent(mx_upconn_t *u)
 void
 mx_upconn_read_pause(mx_upconn_t *u, bool pause)
 {
-    if (u->closing)
-        return;
+    if (u->closing || (!pause && u->held))
+        return; /* held: a waiting phase resumes it (mx_upconn_continue) */
     if (pause && u->reading) {
         uv_read_stop(&u->h.stream);
         u->reading = 0;
@@ -264,6 +264,9 @@ release_rbuf(mx_upconn_t *u)
 }
 
 
+static void parse(mx_upconn_t *u, size_t from, size_t to);
+
+
 /* Runs the parser over the bytes read and acts on what it found once it has
  * returned (never releasing the connection from inside a callback). */
 static void
@@ -304,9 +307,22 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     u->got_bytes = 1;
     if (u->timer_mode == TM_READ)
         set_timer(u, TM_READ, u->ups->read_timeout);
+    u->rpos = 0;
+    u->rlen = (size_t)nread;
+    parse(u, 0, (size_t)nread);
+}
+
+
+/* Parses rbuf[from, to). A Lua phase that waits inside a parser callback
+ * pauses the parser (u->held): the rest of the buffer stays in rbuf, reading
+ * stops, and mx_upconn_continue() picks up from there. */
+static void
+parse(mx_upconn_t *u, size_t from, size_t to)
+{
+    mx_session_t *s = u->s;
     llhttp_errno_t e = HPE_USER;
-    if (mx_h1_guard_begin(&u->guard, u->rbuf, (size_t)nread) == 0)
-        e = llhttp_execute(&u->parser, u->rbuf, (size_t)nread);
+    if (mx_h1_guard_begin(&u->guard, u->rbuf + from, to - from) == 0)
+        e = llhttp_execute(&u->parser, u->rbuf + from, to - from);
     if (u->closing || u->s != s) {
         release_rbuf(u);
         return;
@@ -314,8 +330,8 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (e == HPE_PAUSED_UPGRADE) {
         size_t off = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf);
         mx_session_start_tunnel(s);
-        if (off < (size_t)nread && u->s != NULL)
-            mx_session_tunnel_up(s, u->rbuf + off, (size_t)nread - off);
+        if (off < to && u->s != NULL)
+            mx_session_tunnel_up(s, u->rbuf + off, to - off);
         release_rbuf(u);
         return;
     }
@@ -330,17 +346,45 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     mx_session_flush(s);
+    if (e == HPE_PAUSED && u->held && !u->done) {
+        u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf);
+        u->rlen = to;
+        mx_upconn_read_pause(u, true);
+        return;
+    }
     if (u->done) {
         /* Bytes after the response are a protocol violation: do not reuse. */
-        if (e == HPE_PAUSED &&
-            llhttp_get_error_pos(&u->parser) != u->rbuf + (size_t)nread)
+        if (e == HPE_PAUSED && llhttp_get_error_pos(&u->parser) != u->rbuf + to)
             u->parser.flags |= F_CONNECTION_CLOSE;
         u->done = 0;
         release_rbuf(u);
+        /* The end of the response may run Lua phases that wait: read no more meanwhile. */
+        mx_upconn_read_pause(u, true);
         mx_session_on_response_done(s);
         return;
     }
     release_rbuf(u);
+}
+
+
+/* The session's waiting phase finished: parse what was left and read on.
+ * Called from the loop (a resumed coroutine), never from a parser callback. */
+void
+mx_upconn_continue(mx_upconn_t *u)
+{
+    if (u == NULL || !u->held || u->closing)
+        return;
+    u->held = 0;
+    llhttp_resume(&u->parser);
+    if (u->rbuf != NULL) {
+        /* Even with no byte left: the parser may owe a callback (the message's end). */
+        mx_session_t *s = u->s;
+        parse(u, u->rpos, u->rlen);
+        if (u->closing || u->held || u->s != s)
+            return;
+    }
+    if (u->s != NULL)
+        mx_upconn_read_pause(u, false);
 }
 
 
@@ -367,6 +411,7 @@ mx_upconn_release(mx_upconn_t *u, bool reusable)
     memset(&u->guard, 0, sizeof(u->guard));
     u->got_bytes = 0;
     u->in_trailers = 0;
+    u->held = 0;
     u->span.len = 0;
     u->idle_since_ms = uv_now(&u->w->loop);
     mx_upconn_read_pause(u, false);
@@ -498,6 +543,10 @@ on_headers_complete(llhttp_t *p)
     int rc = mx_session_on_response_head(s);
     if (u->closing || u->s != s)
         return -1; /* the session ended (an error page went out): <s> may be freed */
+    if (rc == HPE_PAUSED) {
+        u->held = 1; /* a phase waits: mx_upconn_continue() resumes the parser */
+        return HPE_PAUSED;
+    }
     if (status >= 100 && status < 200 && status != 101)
         u->in_trailers = 0;
     return rc;
@@ -517,10 +566,19 @@ static int
 on_body(llhttp_t *p, const char *at, size_t n)
 {
     mx_upconn_t *u = p->data;
+    if (n == 0)
+        return 0; /* a span restarted at the end of a buffer (after a pause) */
     if ((p->flags & F_CHUNKED) && mx_h1_guard_body(&u->guard, at, n) < 0)
         return -1;
-    mx_session_on_response_body(u->s, at, n);
-    return u->s == NULL || u->closing ? -1 : 0;
+    mx_session_t *s = u->s;
+    int rc = mx_session_on_response_body(s, at, n);
+    if (u->s != s || u->closing)
+        return -1;
+    if (rc == HPE_PAUSED) {
+        u->held = 1; /* a body filter waits: stop reading until it is done */
+        return HPE_PAUSED;
+    }
+    return 0;
 }
 
 

@@ -199,14 +199,14 @@ class CheckScripts(MoxyTestCase):
         d = tempfile.mkdtemp(prefix="moxy-lua-")
         path = os.path.join(d, "unbuilt.lua")
         with open(path, "w") as f:
-            f.write("return { error_while_proxy = function() end }\n")
+            f.write("return { cache_key = function() end }\n")
         conf = os.path.join(d, "moxy.yaml")
         with open(conf, "w") as f:
             f.write(config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                              "script": path}], {"origin": upstream(free_port())}))
         r = run_moxy(["-t", "-c", conf])
         self.assertEqual(r.returncode, 1)
-        self.assertIn("error_while_proxy is not supported", r.stderr)
+        self.assertIn("cache_key is not supported", r.stderr)
 
     def test_t_reports_a_syntax_error_with_file_and_line(self):
         import tempfile

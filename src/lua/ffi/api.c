@@ -5,6 +5,7 @@
  * out as views into request memory: Lua copies them only when asked. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,7 +24,9 @@
     (PH(MX_PH_EARLY_REQUEST_FILTER) | PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) |        \
      PH(MX_PH_UPSTREAM_REQUEST_FILTER) | PH(MX_PH_PROXY_UPSTREAM_FILTER))
 #define RESPOND  REQ_SET
-#define WAIT     REQ_SET
+#define WAIT     REQ_SET /* s.req:body(): the request phases */
+/* moxy.sleep: every phase of a request (each runs in the request's coroutine). */
+#define SLEEP    (((1u << MX_PH_RELEASE) - 1) & ~PH(MX_PH_INIT))
 #define RESP_SET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
 #define RESP_GET                                                                                   \
@@ -70,6 +73,12 @@ int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, siz
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
 int moxy_sleep(mx_session_t *s, double seconds);
+int moxy_set_peer_timeouts(mx_session_t *s, double connect, double read, double write,
+                           double idle);
+int moxy_req_set_body(mx_session_t *s, const char *p, size_t len);
+int moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out);
+int moxy_downstream_reused(mx_session_t *s);
+double moxy_upstream_num(mx_session_t *s, int what);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -163,7 +172,9 @@ headers_of(mx_session_t *s, int which)
 
 
 #define TRAILERS     PH(MX_PH_RESPONSE_TRAILER_FILTER)
-#define BODY_FILTERS (PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_BODY_FILTER))
+#define BODY_FILTERS                                                                               \
+    (PH(MX_PH_RESPONSE_BODY_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_BODY_FILTER) |                   \
+     PH(MX_PH_REQUEST_BODY_FILTER))
 
 
 int
@@ -363,6 +374,10 @@ int
 moxy_conn_str(mx_session_t *s, int what, mx_str_t *out)
 {
     static __thread char buf[80];
+    if (s->c == NULL && what == 0 && s->client_copy[0]) { /* logging after the connection */
+        *out = (mx_str_t){s->client_copy, strlen(s->client_copy)};
+        return MX_OK;
+    }
     if (s->c == NULL)
         return MX_DECLINED;
     if (what == 0) {
@@ -391,7 +406,7 @@ int
 moxy_conn_num(mx_session_t *s, int what)
 {
     if (s->c == NULL)
-        return 0;
+        return what == 0 ? s->client_port_copy : 0;
     if (what == 0)
         return s->c->client_port;
     struct sockaddr_storage ss;
@@ -616,7 +631,7 @@ moxy_peer_str(mx_session_t *s, mx_str_t *out)
 int
 moxy_set_retry(mx_session_t *s, int retry)
 {
-    if (allowed(s, PH(MX_PH_FAIL_TO_CONNECT)) != MX_OK)
+    if (allowed(s, PH(MX_PH_FAIL_TO_CONNECT) | PH(MX_PH_ERROR_WHILE_PROXY)) != MX_OK)
         return MX_EBADPHASE;
     s->retry_requested = retry != 0;
     return MX_OK;
@@ -635,16 +650,38 @@ moxy_set_peer(mx_session_t *s, const char *addr, size_t len)
         return fail(MX_EBADARG, "invalid peer address");
     memcpy(text, addr, len);
     text[len] = '\0';
+    s->peer_resolve = 0;
     if (strncmp(text, "unix:", 5) != 0) {
-        /* Only numeric hosts: a name would block the worker in getaddrinfo. */
+        /* A host name is resolved later by the session (uv_getaddrinfo, off the
+         * loop): mx_addr_parse would block the worker in getaddrinfo. */
         const char *colon = strrchr(text, ':');
+        bool numeric = colon != NULL;
         for (const char *p = text; colon != NULL && p < colon; p++)
             if (!(*p == '.' || *p == ':' || *p == '[' || *p == ']' || (*p >= '0' && *p <= '9') ||
                   (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F')))
-                return fail(MX_EBADARG,
-                            "peer \"%s\": use an IP address (host names are resolved by YAML "
-                            "upstream groups)",
+                numeric = false;
+        if (colon != NULL && text[0] != '[' && !numeric) {
+            size_t hl = (size_t)(colon - text);
+            char *end;
+            long port = strtol(colon + 1, &end, 10);
+            if (hl == 0 || hl >= sizeof(s->peer_addr.host) || len >= sizeof(s->peer_addr.text) || *end != '\0' || port < 1 ||
+                port > 65535 || colon[1] == '\0')
+                return fail(MX_EBADARG, "peer \"%s\": expected host:port with a port 1..65535",
                             text);
+            for (size_t i = 0; i < hl; i++)
+                if (!(text[i] == '.' || text[i] == '-' || text[i] == '_' ||
+                      (text[i] >= '0' && text[i] <= '9') || (text[i] >= 'a' && text[i] <= 'z') ||
+                      (text[i] >= 'A' && text[i] <= 'Z')))
+                    return fail(MX_EBADARG, "peer \"%s\": invalid host name", text);
+            memset(&s->peer_addr, 0, sizeof(s->peer_addr));
+            s->peer_addr.kind = MX_ADDR_TCP;
+            memcpy(s->peer_addr.text, text, len + 1);
+            memcpy(s->peer_addr.host, text, hl);
+            s->peer_addr.host[hl] = '\0';
+            s->peer_resolve = 1;
+            s->peer_set = 1;
+            return MX_OK;
+        }
     }
     if (mx_addr_parse(text, &s->peer_addr, err, sizeof(err)) != MX_OK)
         return fail(MX_EBADARG, "peer \"%s\": %s", text, err);
@@ -681,10 +718,99 @@ moxy_now(void)
 }
 
 
+/* moxy.peer{ connect_timeout, read_timeout, write_timeout, idle_timeout }
+ * (seconds; < 0 keeps the group's or the default). */
+int
+moxy_set_peer_timeouts(mx_session_t *s, double connect, double read, double write, double idle)
+{
+    if (allowed(s, PEER) != MX_OK)
+        return MX_EBADPHASE;
+    double v[4] = {connect, read, write, idle};
+    for (int i = 0; i < 4; i++)
+        if (v[i] > 86400.0 || v[i] != v[i])
+            return fail(MX_EBADARG, "peer timeouts must be 0..86400 seconds");
+    memcpy(s->peer_timeout, v, sizeof(v));
+    s->peer_timeouts = 1;
+    return MX_OK;
+}
+
+
+/* s.req:set_body(str): the body sent upstream instead of the client's, with
+ * its Content-Length. Before proxying only. */
+int
+moxy_req_set_body(mx_session_t *s, const char *p, size_t len)
+{
+    if (allowed(s, REQ_SET) != MX_OK)
+        return MX_EBADPHASE;
+    s->set_body = (mx_str_t){len ? mx_arena_strndup(&s->arena, p, len) : "", len};
+    s->body_set = 1;
+    return MX_OK;
+}
+
+
+/* s.req:body_chunks(): the body from byte <pos> as it has arrived. MX_OK with
+ * what is there, MX_DECLINED at the end, MX_AGAIN to wait for more. */
+int
+moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out)
+{
+    if (allowed(s, WAIT) != MX_OK)
+        return MX_EBADPHASE;
+    if (pos < s->body_buf.len) {
+        *out = (mx_str_t){s->body_buf.data + pos, s->body_buf.len - pos};
+        return MX_OK;
+    }
+    if (s->req_done || !s->req_has_body)
+        return MX_DECLINED;
+    if (s->expect_continue && !s->sent_continue && s->c != NULL) {
+        mx_h1_send_continue(s->c);
+        s->sent_continue = 1;
+    }
+    s->body_waiting = 1;
+    s->body_max = pos; /* wake at the first byte past it */
+    if (s->c != NULL)
+        mx_h1_read_pause(s->c, false);
+    return MX_AGAIN;
+}
+
+
+int
+moxy_downstream_reused(mx_session_t *s)
+{
+    return s->c != NULL && s->c->nrequests > 0;
+}
+
+
+/* s:upstream(): 0 status, 1 tries, 2 reused, 3 connect_ms, 4 header_ms,
+ * 5 bytes_in (response body), 6 bytes_out (request body); -1 when unknown. */
+double
+moxy_upstream_num(mx_session_t *s, int what)
+{
+    switch (what) {
+    case 0:
+        return s->peer != NULL && s->status >= 200 && !s->local_status && !s->in_error_page
+                   ? s->status
+                   : -1;
+    case 1:
+        return s->peer != NULL ? s->tries + 1 : 0;
+    case 2:
+        return s->reused;
+    case 3:
+        return s->connect_start_ms ? (double)s->connect_ms : -1;
+    case 4:
+        return s->header_ms ? (double)s->header_ms : -1;
+    case 5:
+        return (double)s->up_bytes_in;
+    case 6:
+        return (double)s->up_bytes_out;
+    }
+    return -1;
+}
+
+
 int
 moxy_sleep(mx_session_t *s, double seconds)
 {
-    if (allowed(s, WAIT) != MX_OK)
+    if (allowed(s, SLEEP) != MX_OK)
         return MX_EBADPHASE;
     if (!(seconds >= 0) || seconds > 86400.0)
         return fail(MX_EBADARG, "seconds must be 0..86400");

@@ -1,0 +1,105 @@
+-- Every phase may wait (test_lua_phases.py): ?<phase>=seconds makes that phase sleep.
+local moxy = require "moxy"
+
+local app = {}
+
+local function nap(s, name)
+    local t = tonumber(s.req:arg(name) or "")
+    if t then
+        moxy.sleep(t)
+        return true
+    end
+end
+
+
+function app.upstream_peer(s, ctx)
+    if s.req:path() == "/named" then
+        return moxy.peer { host = "localhost", port = ORIGIN_PORT }
+    elseif s.req:path() == "/badname" then
+        return "no-such-host.invalid:80"
+    elseif s.req:path() == "/slowpeer" then
+        return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT, read_timeout = 0.3 }
+    elseif s.req:path() == "/dead" then
+        return "127.0.0.1:DEAD_PORT"
+    end
+    return "127.0.0.1:ORIGIN_PORT"
+end
+
+
+function app.connected_to_upstream(s, reused, peer, ctx)
+    if nap(s, "ctu") then
+        ctx.ctu = "slept"
+    end
+end
+
+
+function app.upstream_response_filter(s, resp, ctx)
+    if nap(s, "urf") then
+        resp:set_header("x-urf", "slept")
+    end
+    if s.req:arg("urf_boom") then
+        moxy.sleep(0.01)
+        error("urf boom")
+    end
+end
+
+
+function app.response_filter(s, resp, ctx)
+    if nap(s, "rf") then
+        resp:set_header("x-rf", "slept")
+    end
+    if ctx.ctu then
+        resp:set_header("x-ctu", ctx.ctu)
+    end
+    if s.req:arg("rf_boom") then
+        moxy.sleep(0.01)
+        error("rf boom")
+    end
+    if s.req:arg("info") then
+        resp:set_header("x-reused", tostring(s:downstream_reused()))
+    end
+end
+
+
+function app.response_body_filter(s, chunk, eos, ctx)
+    if s.req:arg("rbf") then
+        moxy.sleep(tonumber(s.req:arg("rbf")))
+        ctx.chunks = (ctx.chunks or 0) + 1
+        if s.req:arg("rbf_boom") and ctx.chunks == 2 then
+            error("rbf boom")
+        end
+        return chunk:upper()
+    end
+end
+
+
+function app.response_trailer_filter(s, trailers, ctx)
+    if nap(s, "rtf") then
+        trailers:set_header("x-checksum", "slept")
+    end
+end
+
+
+function app.fail_to_connect(s, peer, err, ctx)
+    nap(s, "ftc")
+end
+
+
+function app.fail_to_proxy(s, err, ctx)
+    if nap(s, "ftp") then
+        return 503
+    end
+end
+
+
+function app.logging(s, err, ctx)
+    if nap(s, "log") then
+        local up = s:upstream()
+        moxy.log.warn("logging slept for ", s.req:uri(), " client=", s:client_addr(),
+                      " up.status=", tostring(up and up.status), " up.tries=",
+                      tostring(up and up.tries), " bytes_in=", tostring(up and up.bytes_in))
+    end
+end
+
+
+return app
