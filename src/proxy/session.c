@@ -1091,6 +1091,7 @@ static void
 fb_finish(mx_session_t *s, int rc)
 {
     s->fb_busy = 0;
+    s->fb_req = 0;
     s->body_chunk = (mx_str_t){NULL, 0};
     if (s->fb_async) {
         s->fb_async = 0;
@@ -1174,7 +1175,6 @@ filter_body(mx_session_t *s, const char *p, size_t n, bool eos,
     s->fb_phase = 0;
     s->fb_rc = MX_OK;
     fb_step(s);
-    s->fb_req = 0;
     if (s->fb_busy) {
         s->fb_async = 1;
         return MX_AGAIN;

@@ -19,6 +19,11 @@ function app.upstream_peer(s, ctx)
         return "no-such-host.invalid:80"
     elseif s.req:path() == "/slowpeer" then
         return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT, read_timeout = 0.3 }
+    elseif s.req:path() == "/reset" then
+        if ctx.ewp then
+            return "127.0.0.1:ORIGIN_PORT"     -- the retry goes to the healthy origin
+        end
+        return "127.0.0.1:RESET_PORT"
     elseif s.req:path() == "/dead" then
         return "127.0.0.1:DEAD_PORT"
     end
@@ -98,6 +103,38 @@ function app.logging(s, err, ctx)
         moxy.log.warn("logging slept for ", s.req:uri(), " client=", s:client_addr(),
                       " up.status=", tostring(up and up.status), " up.tries=",
                       tostring(up and up.tries), " bytes_in=", tostring(up and up.bytes_in))
+    end
+end
+
+
+-- ?reqf=upper: the request body goes up in upper case; ?reqf=drop: dropped; with
+-- ?reqf_sleep=s each chunk waits first; ?reqf_boom: an error on the first chunk.
+function app.request_body_filter(s, chunk, eos, ctx)
+    local mode = s.req:arg("reqf")
+    ctx.req_chunks = (ctx.req_chunks or 0) + 1
+    if s.req:arg("reqf_boom") then
+        error("reqf boom")
+    end
+    if s.req:arg("reqf_sleep") then
+        moxy.sleep(tonumber(s.req:arg("reqf_sleep")))
+    end
+    if eos and mode then
+        return "[end]"
+    end
+    if mode == "upper" then
+        return chunk:upper()
+    elseif mode == "drop" then
+        return ""
+    end
+end
+
+
+function app.error_while_proxy(s, peer, err, ctx)
+    ctx.ewp = (ctx.ewp or 0) + 1
+    moxy.log.warn("error_while_proxy ", tostring(err), " try ", ctx.ewp, " peer ", peer.addr)
+    nap(s, "ewp")
+    if s.req:arg("retry") and ctx.ewp == 1 then
+        err:set_retry(true)
     end
 end
 
