@@ -237,8 +237,9 @@ serialize_upstream_head(mx_session_t *s)
     mx_buf_append_str(b, MX_STR(" HTTP/1.1\r\n"));
     /* request_body_filter may change the length: the body goes up chunked.
      * s.req:set_body() fixes it instead. */
-    s->up_chunked = s->req_has_body && !s->body_set &&
-                    mx_vm_has(s->w->vm, s->svc_index, MX_PH_REQUEST_BODY_FILTER);
+    s->up_chunked = rbf_active(s);
+    if (s->body_set)
+        mx_buf_reset(&s->pending); /* client bytes from before s.req:set_body() */
     if (s->up_chunked || s->body_set)
         mx_headers_remove(h, MX_STR("content-length"));
     mx_headers_serialize(h, b);
@@ -581,7 +582,8 @@ body_progress(mx_session_t *s)
 static bool
 rbf_active(const mx_session_t *s)
 {
-    return s->up_chunked;
+    return s->req_has_body && !s->body_set &&
+           mx_vm_has(s->w->vm, s->svc_index, MX_PH_REQUEST_BODY_FILTER);
 }
 
 
@@ -1055,6 +1057,7 @@ mx_session_on_response_head(mx_session_t *s)
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
     s->head_rc = tunnel ? 2 : s->llmethod == HTTP_HEAD ? 1 : 0;
     s->header_ms = uv_now(&s->w->loop) - s->connect_start_ms;
+    s->up_header_seen = 1;
     if (lua_busy(s) || s->fb_busy) {
         /* request_body_filter waits: the head goes through its phases after it. */
         s->head_deferred = 1;

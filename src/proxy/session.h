@@ -212,6 +212,7 @@ struct mx_session_s {
     unsigned rbf_done : 1;      /* the terminal chunk went up */
     unsigned body_set : 1;      /* s.req:set_body() replaced the request body */
     unsigned resp_buffered : 1; /* s.resp:set_body()/read_body(): one body, fixed length */
+    unsigned up_header_seen : 1; /* s:upstream().header_ms is known */
     int head_rc;
     int err_status;
     int pending_err;            /* what fail_to_connect / error_while_proxy look at */

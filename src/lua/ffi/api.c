@@ -797,7 +797,7 @@ moxy_upstream_num(mx_session_t *s, int what)
     case 3:
         return s->connect_start_ms ? (double)s->connect_ms : -1;
     case 4:
-        return s->header_ms ? (double)s->header_ms : -1;
+        return s->up_header_seen ? (double)s->header_ms : -1;
     case 5:
         return (double)s->up_bytes_in;
     case 6:

@@ -12,7 +12,26 @@ local function nap(s, name)
 end
 
 
+function app.request_filter(s, ctx)
+    if s.req:arg("setbody") then
+        s.req:set_body(s.req:arg("setbody"))
+    end
+    if s.req:arg("pull") then
+        local n, pieces = 0, 0
+        for chunk in s.req:body_chunks() do
+            n, pieces = n + #chunk, pieces + 1
+        end
+        s.req:set_header("x-pulled-bytes", n)
+        ctx.pieces = pieces
+    end
+end
+
+
 function app.upstream_peer(s, ctx)
+    if s.req:arg("rt") then
+        return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT,
+                           read_timeout = tonumber(s.req:arg("rt")) }
+    end
     if s.req:path() == "/named" then
         return moxy.peer { host = "localhost", port = ORIGIN_PORT }
     elseif s.req:path() == "/badname" then
@@ -61,7 +80,10 @@ function app.response_filter(s, resp, ctx)
         error("rf boom")
     end
     if s.req:arg("info") then
+        local up = s:upstream()
         resp:set_header("x-reused", tostring(s:downstream_reused()))
+        resp:set_header("x-up", up.addr .. " " .. tostring(up.status) .. " " .. up.tries
+                        .. " " .. tostring(up.reused) .. " " .. tostring(up.header_ms ~= nil))
     end
 end
 

@@ -1,0 +1,284 @@
+"""Every phase may wait (issue 3): moxy.sleep in the response-side phases, logging that
+waits after the response, request_body_filter, error_while_proxy retries, peer timeouts
+and host names, and the errors of the new phases. The script is lua/waits.lua: query
+arguments choose what each phase does."""
+import os
+import socket
+import struct
+import threading
+import time
+
+from harness import (SLOW, Client, MoxyTestCase, config, free_port, pattern, request, upstream)
+from test_lua import script
+
+LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
+
+
+class ResetOrigin:
+    """Accepts, reads the request head, then resets the connection (SO_LINGER 0)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                c.settimeout(5)
+                c.recv(65536)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            finally:
+                c.close()
+
+    def stop(self):
+        self.sock.close()
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Waits(MoxyTestCase):
+    @classmethod
+    def setup_class(cls):
+        import tempfile
+        cls.origin = cls.class_origin()
+        cls.resetter = ResetOrigin()
+        path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
+                      ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(),
+                      RESET_PORT=cls.resetter.port)
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                        "script": path}], {"origin": upstream(cls.origin.port)},
+                      log_level="info", threads=1, access_log="{tmp}/access.log")
+        cls.moxy = cls.class_moxy(conf)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.resetter.stop()
+        super().tearDownClass()
+
+    def get(self, target, **kw):
+        t0 = time.monotonic()
+        r = request(self.moxy.port, kw.pop("method", "GET"), target, **kw)
+        return r, time.monotonic() - t0
+
+    # --- every phase may wait ---------------------------------------------------------
+
+    def test_upstream_response_filter_and_response_filter_wait(self):
+        r, took = self.get("/echo?urf=0.2&rf=0.2")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.header("x-urf"), "slept")
+        self.assertEqual(r.header("x-rf"), "slept")
+        self.assertGreaterEqual(took, 0.38)
+        self.assertEqual(r.json()["target"], "/echo?urf=0.2&rf=0.2")  # the body followed
+
+    def test_connected_to_upstream_and_trailer_filter_wait(self):
+        r, took = self.get("/echo?ctu=0.2")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.header("x-ctu"), "slept")
+        self.assertGreaterEqual(took, 0.18)
+        r, took = self.get("/trailers?rtf=0.2")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.body, b"hello")
+        self.assertEqual(dict((k.lower(), v) for k, v in r.trailers).get("x-checksum"), "slept")
+
+    def test_response_body_filter_waits_per_chunk_and_keeps_every_byte(self):
+        # Chunks of 7000 bytes, several per read: the parser pauses and resumes.
+        r, _ = self.get("/chunked?n=300000&size=7000&rbf=0.001", timeout=30 * SLOW)
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.body, pattern(300000).upper())
+        r, _ = self.get("/bytes?n=100000&rbf=0", timeout=30 * SLOW)
+        self.assertEqual(r.body, pattern(100000).upper())
+
+    def test_fail_to_connect_and_fail_to_proxy_wait(self):
+        r, took = self.get("/dead?ftc=0.2")
+        self.assertEqual(r.status, 502)
+        self.assertGreaterEqual(took, 0.18)
+        r, took = self.get("/dead?ftp=0.2")
+        self.assertEqual(r.status, 503)  # fail_to_proxy's choice, after its wait
+        self.assertGreaterEqual(took, 0.18)
+
+    def test_logging_waits_after_the_response_and_the_keepalive_connection_goes_on(self):
+        since = self.moxy.log_size()
+        with Client(self.moxy.port) as c:
+            t0 = time.monotonic()
+            r = c.request("GET", "/echo?log=1")
+            first = time.monotonic() - t0
+            self.assert_status(r, 200, self.moxy)
+            r = c.request("GET", "/echo?second")  # same connection, while logging sleeps
+            both = time.monotonic() - t0
+            self.assert_status(r, 200, self.moxy)
+        self.assertLess(first, 0.8, "the client waited for logging")
+        self.assertLess(both, 0.9, "the keepalive connection waited for logging")
+        self.assertNotIn("logging slept", self.moxy.error_log()[since:])
+        self.moxy.wait_log("logging slept for /echo?log=1", since, timeout=5 * SLOW)
+        line = [ln for ln in self.moxy.error_log()[since:].splitlines() if "logging slept" in ln][0]
+        self.assertIn("client=127.0.0.1 up.status=200 up.tries=1", line)
+        # The access-log line is written after logging (it may add fields).
+        self.assertTrue(any("/echo?log=1" in ln for ln in self.moxy.read("access.log").splitlines()))
+
+    def test_client_gone_while_a_response_phase_or_logging_sleeps(self):
+        for target in ("/echo?rf=0.4", "/echo?rbf=0.4", "/echo?urf=0.4", "/echo?log=0.4"):
+            s = socket.create_connection(("127.0.0.1", self.moxy.port))
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.1)
+            s.close()
+        time.sleep(0.6)
+        r, _ = self.get("/echo?after")
+        self.assert_status(r, 200, self.moxy)  # ASan checks the cleanup (MoxyTestCase)
+
+    # --- errors of the phases that may wait ------------------------------------------
+
+    def test_errors_after_a_wait_follow_the_phase_rules(self):
+        since = self.moxy.log_size()
+        r, _ = self.get("/echo?urf_boom=1")
+        self.assertEqual(r.status, 502)
+        r, _ = self.get("/echo?rf_boom=1")
+        self.assertEqual(r.status, 500)
+        with Client(self.moxy.port) as c:
+            c.send(b"GET /chunked?n=50000&size=1000&rbf=0.001&rbf_boom=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = c.response(partial_ok=True)  # the head went out: the stream is cut, never a hang
+            self.assertEqual(r.status, 200)
+            self.assertFalse(r.complete)
+            self.assertEqual(r.body, pattern(50000)[:1000].upper())
+        log = self.moxy.error_log()[since:]
+        for phase, msg in (("upstream_response_filter", "urf boom"),
+                           ("response_filter", "rf boom"),
+                           ("response_body_filter", "rbf boom")):
+            lines = [ln for ln in log.splitlines() if f"lua {phase} " in ln and msg in ln]
+            self.assertEqual(len(lines), 1, f"{phase}: {lines}")
+            self.assertRegex(lines[0], r"waits\.lua:\d+: " + msg)
+
+    # --- request_body_filter ----------------------------------------------------------
+
+    def test_request_body_filter_replaces_drops_and_goes_chunked(self):
+        r, _ = self.get("/echo?reqf=upper", method="POST", body=b"hello world")
+        self.assert_status(r, 200, self.moxy)
+        seen = r.json()
+        self.assertTrue(seen["chunked"])
+        self.assertNotIn("content-length", [k.lower() for k, _ in seen["headers"]])
+        self.assertEqual(self.origin.requests[-1]["body"], b"HELLO WORLD[end]")
+        r, _ = self.get("/echo?reqf=drop", method="POST", body=b"secret")
+        self.assertEqual(self.origin.requests[-1]["body"], b"[end]")
+        r, _ = self.get("/echo", method="POST", body=b"kept as is")
+        self.assertEqual(self.origin.requests[-1]["body"], b"kept as is")
+
+    def test_request_body_filter_waits_per_chunk(self):
+        body = pattern(200000)
+        r, _ = self.get("/echo?reqf=upper&reqf_sleep=0.001", method="POST", body=body,
+                        timeout=30 * SLOW)
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["body_len"], len(body) + 5)
+        self.assertEqual(self.origin.requests[-1]["body"], body.upper()[:65536])
+
+    def test_request_body_filter_error_is_a_500(self):
+        since = self.moxy.log_size()
+        r, _ = self.get("/echo?reqf_boom=1", method="POST", body=b"abc")
+        self.assertEqual(r.status, 500)
+        self.moxy.wait_log("reqf boom", since)
+        self.assertRegex(self.moxy.error_log()[since:],
+                         r"lua request_body_filter \S*waits\.lua:\d+: reqf boom \(request \d+, POST")
+
+    def test_ten_mib_through_both_body_filters_with_flat_memory(self):
+        size = 10 << 20
+        body = pattern(size)
+        # Warm up (buffers, coroutines), then measure what 10 MiB more costs.
+        r, _ = self.get("/echo?reqf=upper", method="POST", body=pattern(1 << 20), timeout=60 * SLOW)
+        self.assert_status(r, 200, self.moxy)
+        before = rss_kb(self.moxy.pid)
+        r, _ = self.get("/echo?reqf=upper", method="POST", body=body, timeout=60 * SLOW)
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["body_len"], size + 5)
+        r, _ = self.get(f"/bytes?n={size}&rbf=0", timeout=60 * SLOW)
+        self.assertEqual(len(r.body), size)
+        self.assertEqual(r.body[:1000], body[:1000].upper())
+        after = rss_kb(self.moxy.pid)
+        print(f"\n    RSS before {before} KiB, after 10 MiB up and 10 MiB down {after} KiB "
+              f"(+{after - before} KiB)")
+        self.assertLess(after - before, 6 * 1024, "the body was buffered")
+
+    # --- error_while_proxy ------------------------------------------------------------
+
+    def test_error_while_proxy_retries_an_idempotent_request_on_a_reset(self):
+        since = self.moxy.log_size()
+        r, _ = self.get("/reset?retry=1")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["target"], "/reset?retry=1")
+        log = self.moxy.error_log()[since:]
+        self.assertIn("error_while_proxy upstream: ECONNRESET try 1", log)
+        self.assertIn("error_while_proxy asked for a retry", log)
+
+    def test_error_while_proxy_without_retry_and_for_a_body_is_a_502(self):
+        r, _ = self.get("/reset")
+        self.assertEqual(r.status, 502)
+        since = self.moxy.log_size()
+        r, _ = self.get("/reset?retry=1", method="POST", body=b"abc")
+        self.assertEqual(r.status, 502)
+        self.moxy.wait_log("cannot be resent", since)
+
+    def test_error_while_proxy_may_wait(self):
+        r, took = self.get("/reset?ewp=0.2")
+        self.assertEqual(r.status, 502)
+        self.assertGreaterEqual(took, 0.18)
+
+    # --- peers: timeouts and host names -----------------------------------------------
+
+    def test_peer_read_timeout_takes_effect(self):
+        r, took = self.get("/slow?ms=3000&rt=0.3")
+        self.assertEqual(r.status, 504)
+        self.assertLess(took, 2.5)
+        r, _ = self.get("/slow?ms=100&rt=2")
+        self.assert_status(r, 200, self.moxy)
+
+    def test_peer_host_names_are_resolved(self):
+        n = self.origin.request_count
+        r, _ = self.get("/named")  # moxy.peer{ host = "localhost" }
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.json()["target"], "/named")
+        self.assertEqual(self.origin.request_count, n + 1)
+        since = self.moxy.log_size()
+        r, _ = self.get("/badname")
+        self.assertEqual(r.status, 502)
+        self.moxy.wait_log("while resolving the upstream's host name", since)
+
+    # --- session API ------------------------------------------------------------------
+
+    def test_downstream_reused_and_upstream_info(self):
+        with Client(self.moxy.port) as c:
+            r1 = c.request("GET", "/echo?info=1")
+            r2 = c.request("GET", "/echo?info=1")
+        self.assertEqual(r1.header("x-reused"), "false")
+        self.assertEqual(r2.header("x-reused"), "true")
+        addr, status, tries, reused, header = r1.header("x-up").split(" ")
+        self.assertEqual((addr, status, tries, header), (self.origin.addr, "200", "1", "true"))
+
+    def test_set_body_replaces_the_body_with_its_length(self):
+        r, _ = self.get("/echo?setbody=replaced", method="POST", body=b"original body")
+        self.assert_status(r, 200, self.moxy)
+        seen = r.json()
+        self.assertFalse(seen["chunked"])
+        self.assertIn(["Content-Length", "8"], seen["headers"])
+        self.assertEqual(self.origin.requests[-1]["body"], b"replaced")
+
+    def test_body_chunks_pulls_the_body_and_it_still_goes_up(self):
+        body = pattern(150000)
+        r, _ = self.get("/echo?pull=1", method="POST", body=body, timeout=30 * SLOW)
+        self.assert_status(r, 200, self.moxy)
+        seen = {k.lower(): v for k, v in r.json()["headers"]}
+        self.assertEqual(seen["x-pulled-bytes"], str(len(body)))
+        self.assertEqual(r.json()["body_len"], len(body))
