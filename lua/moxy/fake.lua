@@ -212,6 +212,34 @@ function B.req_body(sp, max)
     if #body > max then return nil, "too_large" end
     return body
 end
+-- s.req:body_chunks(): the rest of the chunk (of t.request's body_chunks) holding <pos>.
+function B.req_body_chunk(sp, pos)
+    local body = sp.body or ""
+    if pos >= #body then return nil end
+    local list = sp.body_chunks or { body }
+    local at = 0
+    for i = 1, #list do
+        local n = #list[i]
+        if pos < at + n then
+            return list[i]:sub(pos - at + 1)
+        end
+        at = at + n
+    end
+    return body:sub(pos + 1)
+end
+function B.req_set_body(sp, body)
+    sp.body = body
+    sp.body_chunks = nil
+    sp.body_set = true
+end
+function B.downstream_reused(sp) return sp.downstream_reused == true end
+function B.upstream_info(sp)
+    local u = sp.upstream_info
+    if u == nil then return nil end
+    local copy = {}
+    for k, v in pairs(u) do copy[k] = v end
+    return copy
+end
 function B.resp_status(sp) return sp.status end
 function B.resp_set_status(sp, n) sp.status = n end
 function B.resp_header(sp, name) return h_get(sp.resp_headers, name) end
@@ -328,6 +356,8 @@ function _M.new_sp(o)
         version = o.version or "1.1",
         headers = headers,
         body = o.body,
+        body_chunks = o.body_chunks,
+        downstream_reused = o.downstream_reused,
         client_addr = o.client_addr or "127.0.0.1",
         client_port = o.client_port or 50000 + next_id % 10000,
         server_addr = o.server_addr or "127.0.0.1",

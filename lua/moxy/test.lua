@@ -18,6 +18,7 @@ local lower = string.lower
 local pairs = pairs
 local pcall = pcall
 local select = select
+local setmetatable = setmetatable
 local tostring = tostring
 local traceback = debug.traceback
 local type = type
@@ -203,6 +204,16 @@ local function check_ctx_return(r)
 end
 
 
+-- fail_to_connect's / error_while_proxy's err, as live: tostring() and :set_retry().
+local retry_err_mt = {
+    __tostring = function(e) return e.message end,
+    __index = { set_retry = function(e, retry) e.retry = retry ~= false end },
+}
+
+local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, TRACE = true, PUT = true,
+                     DELETE = true }
+
+
 local function default_upstream()
     return { status = 200, headers = {}, body = "" }
 end
@@ -329,30 +340,103 @@ local function run_request(app, s, opts, res)
         end
     end
 
+    local base_headers = peer and deep_copy(sp.headers)  -- before upstream_request_filter
+
     if go_on() and peer then
         failed = not run("upstream_request_filter", nil, s, s.req, ctx)
     end
 
-    if go_on() and peer and app.connected_to_upstream then
-        -- As live: after upstream_request_filter, once connected (never reused here).
-        run("connected_to_upstream", nil, s, false, { addr = tostring(peer) }, ctx)
-    end
-
-    if go_on() and peer then
+    local tries = 0
+    while go_on() and peer do
+        tries = tries + 1
+        if app.connected_to_upstream then
+            -- As live: after upstream_request_filter, once connected (never reused here).
+            run("connected_to_upstream", nil, s, false, { addr = tostring(peer) }, ctx)
+        end
+        local headers = deep_copy(sp.headers)
+        local body = sp.body
+        if sp.body_set then
+            -- As live: s.req:set_body() goes up with its length; the filter does not run.
+            fake.h_remove(headers, "transfer-encoding")
+            fake.h_set(headers, "content-length", tostring(#body))
+        elseif app.request_body_filter and body and body ~= "" then
+            -- As live: each chunk, then ("", eos = true); the result goes up chunked.
+            local list = sp.body_chunks or { body }
+            local parts = {}
+            for i = 1, #list + 1 do
+                local chunk, eos = list[i] or "", i > #list
+                local r
+                ok, r = run("request_body_filter", check_chunk_return, s, chunk, eos, ctx)
+                if not ok then
+                    failed = true
+                    break
+                end
+                parts[#parts + 1] = r == nil and chunk or r
+            end
+            body = concat(parts)
+            fake.h_remove(headers, "content-length")
+            fake.h_set(headers, "transfer-encoding", "chunked")
+        end
+        if failed then
+            break
+        end
         local req = {
             method = sp.method,
             uri = sp.uri,
-            headers = header_map(sp.headers),
-            header_list = deep_copy(sp.headers),
-            body = sp.body,
+            headers = header_map(headers),
+            header_list = headers,
+            body = body,
         }
-        res.upstream = { peer = peer, request = req }
+        res.upstream = { peer = peer, request = req, tries = tries }
+        sp.upstream_info = { addr = tostring(peer), tries = tries, reused = false,
+                             connect_ms = 0, bytes_in = 0, bytes_out = body and #body or 0 }
+        local phase = sp.phase
         sp.phase = "upstream"
         local up, uerr = (opts.upstream or default_upstream)(deep_copy(req))
+        sp.phase = phase
         if up == nil then
             uerr = tostring(uerr or "upstream returned nothing")
             logs[#logs + 1] = "[error] upstream " .. tostring(peer) .. ": " .. uerr
-            fail_to_proxy("upstream: " .. uerr, uerr == "timeout" and 504 or 502)
+            -- "connect": connecting failed (fail_to_connect); else the exchange broke
+            -- after it (error_while_proxy), as live.
+            local hook = uerr == "connect" and "fail_to_connect" or "error_while_proxy"
+            local retry = false
+            if app[hook] and tries < 4 then
+                local e = setmetatable({ message = "upstream: " .. uerr }, retry_err_mt)
+                local r
+                ok, r = run(hook, nil, s, { addr = tostring(peer) }, e, ctx)
+                retry = ok and (r == true or e.retry == true)
+                if retry and hook == "error_while_proxy" and not (IDEMPOTENT[sp.method]
+                        and (not sp.body or sp.body == "" or sp.body_set)) then
+                    logs[#logs + 1] = "[info] error_while_proxy asked for a retry, but the "
+                        .. "request cannot be resent"
+                    retry = false
+                end
+            end
+            if not retry then
+                fail_to_proxy("upstream: " .. uerr, uerr == "timeout" and 504 or 502)
+                break
+            end
+            -- As live: upstream_peer again, then upstream_request_filter on the headers
+            -- as they were before the first try's filter.
+            local why
+            ok, r = run("upstream_peer", nil, s, ctx)
+            if app.upstream_peer and not ok then
+                failed = true
+                break
+            end
+            if app.upstream_peer and not sp.responded then
+                peer, why = to_peer(r)
+                if not peer then
+                    record("lua upstream_peer " .. where(app.upstream_peer) .. ": " .. why)
+                    failed = true
+                    break
+                end
+            end
+            sp.headers = deep_copy(base_headers)
+            if go_on() then
+                failed = not run("upstream_request_filter", nil, s, s.req, ctx)
+            end
         else
             if type(up) ~= "table" or type(up.status) ~= "number" then
                 error("t.run: opts.upstream must return { status = n, headers, body } or "
@@ -363,11 +447,17 @@ local function run_request(app, s, opts, res)
             sp.trailers = up.trailers and fake.header_list(up.trailers, "upstream trailers") or {}
             sp.resp_body = up.body or ""
             sp.source = "upstream"
+            local info = sp.upstream_info
+            info.status, info.header_ms = up.status, 0
+            local rb = sp.resp_body
+            info.bytes_in = type(rb) == "table" and #concat(rb) or #rb
             if not run("upstream_response_filter", nil, s, s.resp, ctx) then
                 error_response(502)
             end
+            break
         end
-    elseif failed then
+    end
+    if failed and not sp.source then
         error_response(500)
     end
 

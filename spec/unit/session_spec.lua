@@ -425,18 +425,13 @@ end)
 
 
 describe("absent until implemented", function()
-    it("streaming, tls, upstream and cache methods are not there", function()
+    it("buffered responses, tls and cache methods are not there", function()
         local s = req()
-        for _, name in ipairs { "body_chunks", "set_body" } do
-            assert.is_nil(s.req[name])
-        end
         for _, name in ipairs { "read_body", "set_body" } do
             assert.is_nil(s.resp[name])
         end
         assert.is_nil(s.tls)
-        assert.is_nil(s.upstream)
         assert.is_nil(s.cache)
-        assert.is_nil(s.downstream_reused)
         assert.has_error(function() s:tls() end)
     end)
 end)
