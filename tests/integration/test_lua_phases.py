@@ -87,6 +87,14 @@ class Waits(MoxyTestCase):
         self.assertGreaterEqual(took, 0.38)
         self.assertEqual(r.json()["target"], "/echo?urf=0.2&rf=0.2")  # the body followed
 
+    def test_head_response_after_a_wait_has_no_body_and_keeps_the_connection(self):
+        with Client(self.moxy.port) as c:
+            r = c.request("HEAD", "/bytes?n=100&rf=0.1")
+            self.assert_status(r, 200, self.moxy)
+            self.assertEqual(r.header("x-rf"), "slept")
+            r = c.request("GET", "/bytes?n=100&urf=0.05")
+            self.assertEqual(r.body, pattern(100))
+
     def test_connected_to_upstream_and_trailer_filter_wait(self):
         r, took = self.get("/echo?ctu=0.2")
         self.assert_status(r, 200, self.moxy)
@@ -282,3 +290,35 @@ class Waits(MoxyTestCase):
         seen = {k.lower(): v for k, v in r.json()["headers"]}
         self.assertEqual(seen["x-pulled-bytes"], str(len(body)))
         self.assertEqual(r.json()["body_len"], len(body))
+
+
+class WaitBeforeTunnel(MoxyTestCase):
+    """A 101 whose response_filter waits: the tunnel starts once the filter is done."""
+
+    @classmethod
+    def setup_class(cls):
+        import tempfile
+        cls.origin = cls.class_origin()
+        path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
+                      ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port())
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                        "script": path}], {"origin": upstream(cls.origin.port)}, threads=1)
+        cls.moxy = cls.class_moxy(conf)
+
+    def test_websocket_after_a_waiting_response_filter(self):
+        import base64
+        from harness import ws_accept, ws_frame, ws_read
+        key = base64.b64encode(os.urandom(16)).decode()
+        with Client(self.moxy.port) as c:
+            r = c.request("GET", "/ws?rf=0.2&urf=0.1",
+                          [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                           ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")])
+            self.assert_status(r, 101, self.moxy)
+            self.assertEqual(r.header("sec-websocket-accept"), ws_accept(key))
+            self.assertEqual(r.header("x-rf"), "slept")
+            for msg in (b"hello", pattern(70000)):
+                c.send(ws_frame(2, msg))
+                fin, op, payload, masked = ws_read(c.reader)
+                self.assertEqual(payload, msg)
+            c.send(ws_frame(8, b"\x03\xe8bye"))
+            self.assertEqual(ws_read(c.reader)[1:3], (8, b"\x03\xe8bye"))
