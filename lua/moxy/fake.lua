@@ -232,6 +232,25 @@ function B.req_set_body(sp, body)
     sp.body_chunks = nil
     sp.body_set = true
 end
+-- s.resp:read_body(): the whole body, which then goes on as one chunk (as live).
+function B.resp_read_body(sp, max)
+    if sp.source == "error" then return "" end
+    local body = sp.resp_body or ""
+    if type(body) == "table" then body = table.concat(body) end
+    if #body > max then return nil, "too_large" end
+    sp.resp_body = body
+    return body
+end
+function B.resp_set_body(sp, body)
+    if sp.source == "error" then
+        error("s.resp:set_body(): moxy's error page cannot be replaced (use fail_to_proxy)", 3)
+    end
+    sp.resp_body = body
+    h_remove(sp.resp_headers, "transfer-encoding")
+    if sp.status ~= 204 and sp.status ~= 304 then
+        h_set(sp.resp_headers, "content-length", tostring(#body))
+    end
+end
 function B.downstream_reused(sp) return sp.downstream_reused == true end
 function B.upstream_info(sp)
     local u = sp.upstream_info

@@ -62,6 +62,8 @@ int moxy_req_set_body(mx_session_t *s, const char *p, size_t len);
 int moxy_req_body_chunk(mx_session_t *s, size_t pos, moxy_str_t *out);
 int moxy_downstream_reused(mx_session_t *s);
 double moxy_upstream_num(mx_session_t *s, int what);
+int moxy_resp_read_body(mx_session_t *s, size_t max, moxy_str_t *out);
+int moxy_resp_set_body(mx_session_t *s, const char *p, size_t len);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -325,6 +327,30 @@ function _M.req_body_chunk(sp, pos)
             raise(rc, "s.req:body_chunks()")
         end
     end
+end
+
+
+-- The whole response body (upstream_response_filter / response_filter), waiting for it;
+-- nil, "too_large" past max (the body then streams as usual after the phases).
+function _M.resp_read_body(sp, max)
+    while true do
+        local rc = C.moxy_resp_read_body(sp, max, str1)
+        if rc == OK then
+            return ffi_str(str1[0].data, str1[0].len)
+        elseif rc == AGAIN then
+            yield()
+        elseif rc == E_TOO_LARGE then
+            return nil, "too_large"
+        else
+            raise(rc, "s.resp:read_body()")
+        end
+    end
+end
+
+
+function _M.resp_set_body(sp, body)
+    local rc = C.moxy_resp_set_body(sp, body, #body)
+    if rc ~= OK then raise(rc, "s.resp:set_body()") end
 end
 
 

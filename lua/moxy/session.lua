@@ -603,6 +603,42 @@ function Resp.set_status(self, status)
 end
 
 
+-- The whole response body as a string (buffered mode): waits (the handler yields) until
+-- the origin sent it all; nil, "too_large" past opts.max (default 1 MiB) — the body then
+-- streams as usual once the phase is done. A local answer gives its body, an error page
+-- or a response without a body "". Phases: upstream_response_filter, response_filter.
+function Resp.read_body(self, opts)
+    local max = BODY_MAX
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            arg_error(1, "read_body", "table or nil", opts)
+        end
+        max = opts.max or max
+        if type(max) ~= "number" or max < 0 then
+            arg_error(1, "read_body", "a max >= 0", max)
+        end
+    end
+    local b, sp = self.b, self.sp
+    check_phase(b, sp, RESP_WRITE, "s.resp:read_body()")
+    return b.resp_read_body(sp, max)
+end
+
+
+-- Replaces the response body; moxy sends it with its Content-Length (the body filters
+-- still run on it). The origin's own body is not forwarded. Phases: upstream_response_filter,
+-- response_filter.
+function Resp.set_body(self, body)
+    if type(body) == "number" then
+        body = tostring(body)
+    elseif type(body) ~= "string" then
+        arg_error(1, "set_body", "string", body)
+    end
+    local b, sp = self.b, self.sp
+    check_phase(b, sp, RESP_WRITE, "s.resp:set_body()")
+    b.resp_set_body(sp, body)
+end
+
+
 -- Where the response came from: "upstream", "local" or "error". Phases: all.
 function Resp.source(self)
     return self.b.resp_source(self.sp)

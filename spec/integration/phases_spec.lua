@@ -37,6 +37,16 @@ t.each_engine("phases that wait (" .. SCRIPT .. ")", SCRIPT, function(run)
     res = run { method = "POST", uri = "/E?pull=1", body = string.rep("x", 5000) }
     assert.header("x-pulled", "5000", res)
     assert.equal("post /e?pull=1 " .. string.rep("x", 5000) .. "|<eos>", res.body)
+
+    -- s.resp:read_body() / s.resp:set_body(): buffered mode, then the body filters
+    res = run { uri = "/G?rb=1000" }
+    assert.equal("get /g?rb=1000 +<eos>", res.body)
+    res = run { uri = "/G?rb=3" }
+    assert.header("x-rb", "too_large", res)
+    assert.equal("get /g?rb=3 <eos>", res.body)
+    res = run { uri = "/L?local=1" }
+    assert.header("x-up", "none", res)
+    assert.equal("replaced 12<eos>", res.body)
 end, { origin = echo_origin })
 
 

@@ -178,3 +178,50 @@ describe("s:downstream_reused() and s:upstream() (fake engine)", function()
         assert.equal("none", res.ctx.up)
     end)
 end)
+
+
+describe("s.resp:read_body() and s.resp:set_body() (fake engine)", function()
+    local function origin() return { status = 200, body = { "ab", "cd", "ef" } } end
+
+    it("read_body gives the whole body, which goes on as one chunk", function()
+        local chunks = {}
+        local app = {
+            upstream_response_filter = function(s, resp, ctx)
+                ctx.body = resp:read_body()
+                ctx.small = { resp:read_body { max = 3 } }
+            end,
+            response_body_filter = function(s, chunk, eos) chunks[#chunks + 1] = chunk end,
+        }
+        local res = t.run(app, t.request {}, { upstream = origin })
+        assert.equal("abcdef", res.ctx.body)
+        assert.same({ nil, "too_large" }, res.ctx.small)
+        assert.same({ "abcdef", "" }, chunks)
+        assert.equal("abcdef", res.body)
+    end)
+
+    it("set_body replaces the body with its length; the body filters still run", function()
+        local app = {
+            response_filter = function(s, resp) resp:set_body("new") end,
+            response_body_filter = function(s, chunk, eos) if not eos then return chunk .. "!" end end,
+        }
+        local res = t.run(app, t.request {}, { upstream = origin })
+        assert.equal("new!", res.body)
+    end)
+
+    it("set_body on a local answer", function()
+        local app = {
+            request_filter = function(s) return s:respond(200, "old") end,
+            response_filter = function(s, resp) resp:set_body("brand new") end,
+        }
+        local res = t.run(app, t.request {})
+        assert.equal("brand new", res.body)
+        assert.header("content-length", "9", res)
+    end)
+
+    it("both are refused outside the response head phases", function()
+        local app = { request_filter = function(s) s.resp:read_body() end }
+        local res = t.run(app, t.request {})
+        assert.status(500, res)
+        assert.logged("read_body%(%) cannot be called in request_filter", res)
+    end)
+end)

@@ -39,6 +39,8 @@ static bool rbf_active(const mx_session_t *s);
 static void start_connect(mx_session_t *s);
 static void resolve_cancel(mx_session_t *s);
 static void after_retry_resolved(mx_session_t *s, int rc);
+static void defer_cancel(mx_session_t *s);
+static void send_buffered_response(mx_session_t *s);
 
 /* Timeouts for a peer a script chose outside any YAML group. */
 static const mx_conf_upstream_t script_peer_defaults = {
@@ -109,6 +111,7 @@ mx_session_free(mx_session_t *s)
     }
     mx_lua_release(s);
     resolve_cancel(s);
+    defer_cancel(s);
     if (s->u != NULL) {
         mx_upconn_t *u = s->u;
         s->u = NULL;
@@ -433,6 +436,123 @@ resolve_cancel(mx_session_t *s)
 static void after_peer_resolved(mx_session_t *s, int rc);
 
 
+/* --- defer: runs <fn>(s) from the loop on its next turn (never from inside a
+ * parser callback or a running handler). One at a time per session. --- */
+
+typedef struct {
+    uv_timer_t timer;
+    mx_session_t *s; /* NULL once the session ended */
+    void (*fn)(mx_session_t *s);
+} defer_t;
+
+
+static void
+on_defer_close(uv_handle_t *h)
+{
+    mx_free(mx_container_of((uv_timer_t *)h, defer_t, timer));
+}
+
+
+static void
+on_defer(uv_timer_t *t)
+{
+    defer_t *d = mx_container_of(t, defer_t, timer);
+    mx_session_t *s = d->s;
+    void (*fn)(mx_session_t *) = d->fn;
+    uv_close((uv_handle_t *)t, on_defer_close);
+    if (s == NULL)
+        return;
+    s->deferred = NULL;
+    fn(s);
+}
+
+
+static void
+defer(mx_session_t *s, void (*fn)(mx_session_t *))
+{
+    defer_t *d = s->deferred;
+    if (d != NULL) {
+        d->fn = fn; /* the later wish wins: both callers re-check the state */
+        return;
+    }
+    d = mx_alloc(sizeof(*d));
+    d->s = s;
+    d->fn = fn;
+    uv_timer_init(&s->w->loop, &d->timer);
+    uv_timer_start(&d->timer, on_defer, 0, 0);
+    s->deferred = d;
+}
+
+
+static void
+defer_cancel(mx_session_t *s)
+{
+    defer_t *d = s->deferred;
+    if (d != NULL) {
+        d->s = NULL;
+        uv_timer_stop(&d->timer);
+        uv_close((uv_handle_t *)&d->timer, on_defer_close);
+        s->deferred = NULL;
+    }
+}
+
+
+/* s.resp:read_body() waits: wake it (from the loop). */
+static void
+wake_body_reader(mx_session_t *s)
+{
+    if (!s->resp_body_waiting)
+        return;
+    s->resp_body_waiting = 0;
+    s->body_waiting = 0;
+    mx_lua_resume(s);
+}
+
+
+static void
+continue_upstream(mx_session_t *s)
+{
+    if (s->u != NULL)
+        mx_upconn_continue(s->u);
+}
+
+
+/* s.resp:read_body{max} (api.c): MX_OK with the body in <out>, MX_ETOOLARGE,
+ * or MX_AGAIN (the handler yields until the body is there or too large). */
+int
+mx_session_read_resp_body(mx_session_t *s, size_t max, mx_str_t *out)
+{
+    if (s->resp_body_set) {
+        *out = s->resp_set_body;
+        return MX_OK;
+    }
+    if (s->local_status) {
+        *out = s->local_body.data ? s->local_body : MX_STR("");
+        return MX_OK;
+    }
+    if (s->in_error_page || s->resp_no_body || (s->u == NULL && !s->resp_body_complete)) {
+        *out = MX_STR("");
+        return MX_OK;
+    }
+    if (s->resp_head_sent)
+        return MX_EBADARG;
+    if (s->resp_body_buf.len > max)
+        return MX_ETOOLARGE;
+    if (s->resp_body_complete) {
+        *out = (mx_str_t){s->resp_body_buf.data ? s->resp_body_buf.data : "",
+                          s->resp_body_buf.len};
+        return MX_OK;
+    }
+    s->resp_buffering = 1;
+    s->resp_body_max = max;
+    s->resp_body_waiting = 1;
+    s->body_waiting = 1; /* vm.c: the handler waits on a body */
+    if (s->u != NULL && s->u->held)
+        defer(s, continue_upstream); /* a phase waited before: the parser is paused */
+    return MX_AGAIN;
+}
+
+
 /* moxy.peer{ connect_timeout = ..., ... }: the chosen timeouts over the
  * service's group's (or the script defaults). */
 static void
@@ -567,7 +687,8 @@ send_up(mx_session_t *s, const uv_buf_t *bufs, unsigned n)
 static void
 body_progress(mx_session_t *s)
 {
-    if (s->body_waiting && (s->req_done || s->body_buf.len > s->body_max)) {
+    if (s->body_waiting && !s->resp_body_waiting &&
+        (s->req_done || s->body_buf.len > s->body_max)) {
         s->body_waiting = 0;
         mx_lua_resume(s);
     }
@@ -676,7 +797,8 @@ rbf_drain(mx_session_t *s)
         run_phase(s, MX_PH_UPSTREAM_RESPONSE_FILTER, after_upstream_response_filter);
         return;
     }
-    if (s->resp_body_buf.len > 0 && !lua_busy(s) && !s->fb_busy) {
+    if (s->resp_body_buf.len > 0 && !lua_busy(s) && !s->fb_busy && !s->resp_buffering &&
+        !s->resp_body_set) {
         /* A response chunk came while the filter waited: its turn now. */
         mx_buf_t tmp = s->fb_keep;
         s->fb_keep = s->resp_body_buf;
@@ -970,6 +1092,77 @@ upstream_error_tail(mx_session_t *s, int err, bool fresh_connect)
 }
 
 
+static void after_buffered_body(mx_session_t *s, int rc);
+
+
+/* The head phases are done and the body was buffered (s.resp:read_body()) or
+ * replaced (s.resp:set_body()): one body with its length when moxy has all of
+ * it, then the end; else the buffered part, then the rest streams. */
+static void
+send_buffered_response(mx_session_t *s)
+{
+    bool whole = s->resp_body_set || s->resp_body_complete;
+    s->resp_buffering = 0;
+    mx_str_t body;
+    if (s->resp_body_set) {
+        body = s->resp_set_body;
+    } else {
+        /* Moved aside: bytes parsed later must not move it under a waiting filter. */
+        mx_buf_t tmp = s->fb_keep;
+        s->fb_keep = s->resp_body_buf;
+        s->resp_body_buf = tmp;
+        mx_buf_reset(&s->resp_body_buf);
+        body = (mx_str_t){s->fb_keep.data ? s->fb_keep.data : "", s->fb_keep.len};
+    }
+    if (whole) {
+        char len[24];
+        int ln = snprintf(len, sizeof(len), "%zu", body.len);
+        mx_headers_remove(&s->resp_headers, MX_STR("transfer-encoding"));
+        mx_headers_set(&s->resp_headers, &s->arena, MX_STR("Content-Length"),
+                       (mx_str_t){mx_arena_strndup(&s->arena, len, ln), (size_t)ln});
+    }
+    prepare_body_filter(s); /* a body filter may change the length: chunked */
+    if (s->c != NULL)
+        mx_h1_send_head(s->c, s);
+    if (s->resp_no_body) {
+        after_buffered_body(s, MX_OK);
+        return;
+    }
+    int rc = filter_body(s, body.data, body.len, false, after_buffered_body);
+    if (rc != MX_AGAIN)
+        after_buffered_body(s, rc);
+}
+
+
+static void
+after_buffered_body(mx_session_t *s, int rc)
+{
+    if (rc != MX_OK) {
+        mx_session_respond_error(s, 500, MX_ELUA); /* the head went out: aborts */
+        return;
+    }
+    if (s->resp_body_set && !s->resp_body_complete && s->u != NULL) {
+        /* The origin's own body is not wanted: do not wait for it. */
+        mx_upconn_t *u = s->u;
+        s->u = NULL;
+        u->s = NULL;
+        mx_upconn_close(u);
+        mx_headers_init(&s->resp_trailers);
+    }
+    if (s->resp_body_set || s->resp_body_complete) {
+        if (s->resp_no_body) {
+            after_last_chunk(s, MX_OK);
+            return;
+        }
+        rc = filter_body(s, NULL, 0, true, after_last_chunk);
+        if (rc != MX_AGAIN)
+            after_last_chunk(s, rc);
+        return;
+    }
+    continue_upstream(s); /* past read_body's max: the rest streams */
+}
+
+
 /* The head phases ran (or waited and ran): send the head, let the parser on. */
 static void
 after_response_head_filters(mx_session_t *s, int rc)
@@ -978,6 +1171,10 @@ after_response_head_filters(mx_session_t *s, int rc)
     if (rc != MX_OK) {
         s->in_error_page = 1; /* a plain page: the filter that failed is not run again */
         mx_session_respond_error(s, 500, MX_ELUA);
+        return;
+    }
+    if (s->resp_buffering || s->resp_body_set) {
+        send_buffered_response(s);
         return;
     }
     prepare_body_filter(s);
@@ -1067,6 +1264,8 @@ mx_session_on_response_head(mx_session_t *s)
     s->head_async = 0;
     run_phase(s, MX_PH_UPSTREAM_RESPONSE_FILTER, after_upstream_response_filter);
     if (s->head_busy) {
+        if (s->resp_buffering)
+            return s->head_rc; /* s.resp:read_body() waits: the parser reads the body on */
         s->head_async = 1; /* a phase waits: the parser pauses until it is done */
         return HPE_PAUSED;
     }
@@ -1212,6 +1411,17 @@ mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
     if (s->c == NULL)
         return 0;
     s->up_bytes_in += n;
+    if (s->head_busy) {
+        /* Only with s.resp:read_body() waiting (else the parser is held at the head). */
+        if (s->resp_body_set)
+            return 0; /* replaced by s.resp:set_body(): dropped */
+        mx_buf_append(&s->resp_body_buf, p, n);
+        if (s->resp_body_buf.len > s->resp_body_max) {
+            defer(s, wake_body_reader); /* too large: no more buffering, hold the parser */
+            return HPE_PAUSED;
+        }
+        return 0;
+    }
     bool filters = mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
                    has_upstream_body_filter(s);
     if (filters && (s->fb_busy || lua_busy(s))) {
@@ -1250,6 +1460,12 @@ after_response_chunk(mx_session_t *s, int rc)
 void
 mx_session_on_response_done(mx_session_t *s)
 {
+    if (s->head_busy) {
+        /* The whole body arrived while s.resp:read_body() waited. */
+        s->resp_body_complete = 1;
+        defer(s, wake_body_reader);
+        return;
+    }
     if (s->c != NULL && !s->resp_no_body) {
         int rc = filter_body(s, NULL, 0, true, after_last_chunk);
         if (rc != MX_AGAIN)

@@ -211,7 +211,13 @@ struct mx_session_s {
     unsigned rbf_eos_queued : 1;
     unsigned rbf_done : 1;      /* the terminal chunk went up */
     unsigned body_set : 1;      /* s.req:set_body() replaced the request body */
-    unsigned resp_buffered : 1; /* s.resp:set_body()/read_body(): one body, fixed length */
+    unsigned resp_buffered : 1;  /* unused */
+    unsigned resp_buffering : 1; /* s.resp:read_body(): upstream body bytes go to resp_body_buf */
+    unsigned resp_body_waiting : 1; /* ... and the handler waits for them */
+    unsigned resp_body_complete : 1; /* the upstream response ended while buffered */
+    unsigned resp_body_set : 1;  /* s.resp:set_body(): resp_set_body replaces the body */
+    mx_str_t resp_set_body;
+    void *deferred;              /* a pending defer() timer, or NULL */
     unsigned up_header_seen : 1; /* s:upstream().header_ms is known */
     int head_rc;
     int err_status;
@@ -260,6 +266,8 @@ int mx_session_on_response_head(mx_session_t *s);
  * until mx_upconn_continue()), else 0. */
 int mx_session_on_response_body(mx_session_t *s, const char *p, size_t n);
 void mx_session_on_response_done(mx_session_t *s);
+/* s.resp:read_body{max}: MX_OK (<out>), MX_ETOOLARGE, or MX_AGAIN (wait). */
+int mx_session_read_resp_body(mx_session_t *s, size_t max, mx_str_t *out);
 /* The upstream connection wrote everything queued: read more request body. */
 void mx_session_on_upstream_drain(mx_session_t *s);
 /* The client connection wrote everything queued: read more response body. */

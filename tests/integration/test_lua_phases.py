@@ -264,6 +264,40 @@ class Waits(MoxyTestCase):
         self.assertEqual(r.status, 502)
         self.moxy.wait_log("while resolving the upstream's host name", since)
 
+    # --- buffered responses: s.resp:read_body{max} / s.resp:set_body() -----------------
+
+    def test_read_body_buffers_the_whole_response(self):
+        r, _ = self.get("/bytes?n=1000&rb=100000")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.header("x-rb"), "1000")
+        self.assertEqual(r.body, pattern(1000))
+        r, _ = self.get("/bytes?n=100000&rb=1000000&rb_upper=1")
+        self.assertEqual(r.header("x-rb"), "100000")
+        self.assertEqual(r.body, pattern(100000).upper())
+
+    def test_read_body_past_max_is_too_large_and_the_body_still_streams(self):
+        r, _ = self.get("/bytes?n=100000&rb=1000")
+        self.assertEqual(r.header("x-rb"), "too_large")
+        self.assertEqual(r.body, pattern(100000))
+        # after a wait (the parser was paused at the head), chunked
+        r, _ = self.get("/chunked?n=100000&size=3000&rb=50000&rb_sleep=0.05")
+        self.assertEqual(r.header("x-rb"), "too_large")
+        self.assertEqual(r.body, pattern(100000))
+
+    def test_read_body_then_a_waiting_body_filter(self):
+        r, _ = self.get("/bytes?n=100000&rb=1000000&rb_sleep=0.05&rbf=0.001")
+        self.assertEqual(r.header("x-rb"), "100000")
+        self.assertEqual(r.body, pattern(100000).upper())
+
+    def test_set_body_replaces_the_response_and_the_connection_goes_on(self):
+        with Client(self.moxy.port) as c:
+            r = c.request("GET", "/bytes?n=200000&resp_body=tiny")
+            self.assertEqual(r.body, b"tiny")
+            r = c.request("GET", "/echo?resp_body=short")
+            self.assertEqual(r.body, b"short")
+            r = c.request("HEAD", "/bytes?n=100&rb=100")
+            self.assertEqual(r.header("x-rb"), "0")
+
     # --- session API ------------------------------------------------------------------
 
     def test_downstream_reused_and_upstream_info(self):

@@ -6,6 +6,9 @@ local app = {}
 
 
 function app.request_filter(s, ctx)
+    if s.req:arg("local") then
+        return s:respond(200, "Local Answer")
+    end
     if s.req:arg("setbody") then
         s.req:set_body(s.req:arg("setbody"))
     end
@@ -27,6 +30,14 @@ end
 function app.upstream_response_filter(s, resp, ctx)
     moxy.sleep(0.01)
     resp:set_header("x-urf", "slept")
+    if s.req:arg("rb") then
+        local body, err = resp:read_body { max = tonumber(s.req:arg("rb")) }
+        if body then
+            resp:set_body(body .. "+")
+        else
+            resp:set_header("x-rb", err)
+        end
+    end
 end
 
 
@@ -35,6 +46,9 @@ function app.response_filter(s, resp, ctx)
     resp:set_header("x-rf", "slept")
     if ctx.pulled then
         resp:set_header("x-pulled", ctx.pulled)
+    end
+    if s.req:arg("local") then
+        resp:set_body("Replaced " .. #resp:read_body())
     end
     local up = s:upstream()
     resp:set_header("x-up", up and (up.tries .. " " .. tostring(up.status)) or "none")

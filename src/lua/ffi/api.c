@@ -79,6 +79,8 @@ int moxy_req_set_body(mx_session_t *s, const char *p, size_t len);
 int moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out);
 int moxy_downstream_reused(mx_session_t *s);
 double moxy_upstream_num(mx_session_t *s, int what);
+int moxy_resp_read_body(mx_session_t *s, size_t max, mx_str_t *out);
+int moxy_resp_set_body(mx_session_t *s, const char *p, size_t len);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -770,6 +772,48 @@ moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out)
     if (s->c != NULL)
         mx_h1_read_pause(s->c, false);
     return MX_AGAIN;
+}
+
+
+/* s.resp:read_body{max}: the whole response body (buffered mode). */
+int
+moxy_resp_read_body(mx_session_t *s, size_t max, mx_str_t *out)
+{
+    if (allowed(s, RESP_SET) != MX_OK)
+        return MX_EBADPHASE;
+    int rc = mx_session_read_resp_body(s, max, out);
+    if (rc == MX_EBADARG)
+        return fail(rc, "the response head was already sent");
+    return rc;
+}
+
+
+/* s.resp:set_body(str): the body sent downstream instead, with its length. */
+int
+moxy_resp_set_body(mx_session_t *s, const char *p, size_t len)
+{
+    if (allowed(s, RESP_SET) != MX_OK)
+        return MX_EBADPHASE;
+    if (s->resp_head_sent)
+        return fail(MX_EBADARG, "the response head was already sent");
+    if (s->in_error_page && !s->local_status)
+        return fail(MX_EBADARG, "moxy's error page cannot be replaced (use fail_to_proxy)");
+    if (s->head_rc == 2 && !s->local_status)
+        return fail(MX_EBADARG, "a protocol switch (101) has no body");
+    mx_str_t body = {len ? mx_arena_strndup(&s->arena, p, len) : "", len};
+    if (s->local_status) {
+        s->local_body = body;
+        if (s->status != 204 && s->status != 304) {
+            char n[24];
+            int ln = snprintf(n, sizeof(n), "%zu", len);
+            mx_headers_set(&s->resp_headers, &s->arena, MX_STR("Content-Length"),
+                           (mx_str_t){mx_arena_strndup(&s->arena, n, ln), (size_t)ln});
+        }
+        return MX_OK;
+    }
+    s->resp_set_body = body;
+    s->resp_body_set = 1;
+    return MX_OK;
 }
 
 

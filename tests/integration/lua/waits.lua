@@ -61,6 +61,20 @@ function app.upstream_response_filter(s, resp, ctx)
     if nap(s, "urf") then
         resp:set_header("x-urf", "slept")
     end
+    if s.req:arg("rb") then
+        -- ?rb=max: buffered mode; ?rb_sleep: wait before reading; ?rb_upper: replace
+        if s.req:arg("rb_sleep") then
+            moxy.sleep(tonumber(s.req:arg("rb_sleep")))
+        end
+        local body, err = resp:read_body { max = tonumber(s.req:arg("rb")) }
+        resp:set_header("x-rb", body and #body or err)
+        if body and s.req:arg("rb_upper") then
+            resp:set_body(body:upper())
+        end
+    end
+    if s.req:arg("resp_body") then
+        resp:set_body(s.req:arg("resp_body"))
+    end
     if s.req:arg("urf_boom") then
         moxy.sleep(0.01)
         error("urf boom")
