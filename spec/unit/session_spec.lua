@@ -425,11 +425,8 @@ end)
 
 
 describe("absent until implemented", function()
-    it("buffered responses, tls and cache methods are not there", function()
+    it("tls and cache methods are not there", function()
         local s = req()
-        for _, name in ipairs { "read_body", "set_body" } do
-            assert.is_nil(s.resp[name])
-        end
         assert.is_nil(s.tls)
         assert.is_nil(s.cache)
         assert.has_error(function() s:tls() end)
