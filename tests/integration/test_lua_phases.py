@@ -253,6 +253,16 @@ class Waits(MoxyTestCase):
         r, _ = self.get("/slow?ms=100&rt=2")
         self.assert_status(r, 200, self.moxy)
 
+    def test_peer_idle_timeout_takes_effect(self):
+        def new_connections(it):
+            self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
+            n = self.origin.connections
+            time.sleep(0.6)
+            self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
+            return self.origin.connections - n
+        self.assertEqual(new_connections(0.2), 1)  # the pooled connection was closed
+        self.assertEqual(new_connections(5), 0)    # kept and reused
+
     def test_peer_host_names_are_resolved(self):
         n = self.origin.request_count
         r, _ = self.get("/named")  # moxy.peer{ host = "localhost" }
