@@ -100,6 +100,30 @@ mx_session_new(mx_h1conn_t *c)
 }
 
 
+/* Sessions of this worker thread whose logging waits after their connection let go. */
+static __thread mx_list_t orphans;
+
+
+void
+mx_session_orphans_abort(void)
+{
+    if (orphans.next == NULL)
+        return;
+    while (!mx_list_empty(&orphans)) {
+        mx_session_t *s = mx_container_of(orphans.next, mx_session_t, orphan_node);
+        s->log_pending = 0;
+        mx_session_free(s);
+    }
+}
+
+
+bool
+mx_session_orphans_pending(void)
+{
+    return orphans.next != NULL && !mx_list_empty(&orphans);
+}
+
+
 void
 mx_session_free(mx_session_t *s)
 {
@@ -107,7 +131,15 @@ mx_session_free(mx_session_t *s)
         /* logging waits: the connection goes on without it; after_logging() frees it. */
         s->c = NULL;
         s->orphan = 1;
+        if (orphans.next == NULL)
+            mx_list_init(&orphans);
+        mx_list_push(&orphans, &s->orphan_node);
         return;
+    }
+    if (s->orphan) {
+        mx_list_remove(&s->orphan_node);
+        s->orphan = 0;
+        mx_worker_conn_closed(s->w); /* a draining worker may exit now */
     }
     mx_lua_release(s);
     resolve_cancel(s);

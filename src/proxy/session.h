@@ -218,6 +218,7 @@ struct mx_session_s {
     unsigned resp_body_set : 1;  /* s.resp:set_body(): resp_set_body replaces the body */
     mx_str_t resp_set_body;
     void *deferred;              /* a pending defer() timer, or NULL */
+    mx_list_t orphan_node;       /* in the worker thread's orphans while orphan */
     unsigned up_header_seen : 1; /* s:upstream().header_ms is known */
     int head_rc;
     int err_status;
@@ -245,6 +246,11 @@ struct mx_session_s {
 void mx_session_on_phase_done(mx_session_t *s, int rc);
 mx_session_t *mx_session_new(mx_h1conn_t *c);
 void mx_session_free(mx_session_t *s);
+/* The worker stops now (force): sessions whose logging still waits after their
+ * connection went are dropped (their waits cancelled). From a uv callback. */
+void mx_session_orphans_abort(void);
+/* True while such sessions exist (a draining worker waits for them). */
+bool mx_session_orphans_pending(void);
 /* The request head is complete and valid: pick the upstream and connect. */
 void mx_session_on_request_head(mx_session_t *s);
 /* A piece of request body (decoded) / the end of the request. */

@@ -139,7 +139,7 @@ mx_worker_join(mx_worker_t *w)
 static void
 maybe_exit(mx_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || w->async_closed)
+    if (!w->draining || w->nconns > 0 || w->async_closed || mx_session_orphans_pending())
         return;
     mx_pool_close_idle(w->pool);
     w->async_closed = 1;
@@ -167,6 +167,7 @@ on_async(uv_async_t *a)
         mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
+        mx_session_orphans_abort(); /* logging that still waits after its response */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);

@@ -3,6 +3,7 @@ waits after the response, request_body_filter, error_while_proxy retries, peer t
 and host names, and the errors of the new phases. The script is lua/waits.lua: query
 arguments choose what each phase does."""
 import os
+import signal
 import socket
 import struct
 import threading
@@ -366,3 +367,36 @@ class WaitBeforeTunnel(MoxyTestCase):
                 self.assertEqual(payload, msg)
             c.send(ws_frame(8, b"\x03\xe8bye"))
             self.assertEqual(ws_read(c.reader)[1:3], (8, b"\x03\xe8bye"))
+
+
+class StopWhileLoggingWaits(MoxyTestCase):
+    """A session whose logging waits after its connection went: a graceful stop waits
+    for it, a fast stop (SIGINT) drops it."""
+
+    def start(self):
+        import tempfile
+        self.origin = self.start_origin()
+        path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
+                      ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port())
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
+                        "script": path}], {"origin": upstream(self.origin.port)}, threads=1,
+                      grace_period_seconds=0)
+        return self.start_moxy(conf)
+
+    def test_graceful_stop_waits_for_logging(self):
+        m = self.start()
+        r = request(m.port, "GET", "/echo?log=0.8")
+        self.assert_status(r, 200, m)
+        m.signal(signal.SIGTERM)
+        self.assertEqual(m.wait_exit(10 * SLOW), 0)
+        self.assertIn("logging slept for /echo?log=0.8", m.error_log())
+
+    def test_fast_stop_drops_a_waiting_logging(self):
+        m = self.start()
+        r = request(m.port, "GET", "/echo?log=60")
+        self.assert_status(r, 200, m)
+        t0 = time.monotonic()
+        m.signal(signal.SIGINT)
+        m.wait_exit(10 * SLOW)
+        self.assertLess(time.monotonic() - t0, 5 * SLOW)
+        self.assertNotIn("logging slept", m.error_log())
