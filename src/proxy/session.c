@@ -841,6 +841,11 @@ rbf_drain(mx_session_t *s)
             after_response_chunk(s, rc);
         return;
     }
+    if (s->resp_end_deferred && !lua_busy(s) && !s->fb_busy) {
+        s->resp_end_deferred = 0;
+        mx_session_on_response_done(s);
+        return;
+    }
     if (s->c != NULL && !s->req_done && s->rbf_queue.len < HIGH_WATER && s->u != NULL &&
         s->u->ws.queued <= HIGH_WATER)
         mx_h1_read_pause(s->c, false);
@@ -1496,6 +1501,10 @@ mx_session_on_response_done(mx_session_t *s)
         /* The whole body arrived while s.resp:read_body() waited. */
         s->resp_body_complete = 1;
         defer(s, wake_body_reader);
+        return;
+    }
+    if (lua_busy(s) || s->fb_busy) {
+        s->resp_end_deferred = 1; /* request_body_filter waits: the end's phases after it */
         return;
     }
     if (s->c != NULL && !s->resp_no_body) {

@@ -46,6 +46,45 @@ class ResetOrigin:
         self.sock.close()
 
 
+class EarlyOrigin:
+    """Answers 200 "early" as soon as the request head arrived, then reads the body."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.settimeout(5)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = c.recv(65536)
+                if not data:
+                    return
+                buf += data
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.sock.close()
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -60,9 +99,10 @@ class Waits(MoxyTestCase):
         import tempfile
         cls.origin = cls.class_origin()
         cls.resetter = ResetOrigin()
+        cls.early = EarlyOrigin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(),
-                      RESET_PORT=cls.resetter.port)
+                      RESET_PORT=cls.resetter.port, EARLY_PORT=cls.early.port)
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)},
                       log_level="info", threads=1, access_log="{tmp}/access.log")
@@ -71,6 +111,7 @@ class Waits(MoxyTestCase):
     @classmethod
     def tearDownClass(cls):
         cls.resetter.stop()
+        cls.early.stop()
         super().tearDownClass()
 
     def get(self, target, **kw):
@@ -194,6 +235,18 @@ class Waits(MoxyTestCase):
         self.assert_status(r, 200, self.moxy)
         self.assertEqual(r.json()["body_len"], len(body) + 5)
         self.assertEqual(self.origin.requests[-1]["body"], body.upper()[:65536])
+
+    def test_origin_answers_while_request_body_filter_waits(self):
+        # The response head waits for the filter (one phase at a time), then its own
+        # phases and body filter run; the connection closes (the body was not all sent).
+        for extra in ("", "&rbf=0.001&rf=0.01"):
+            with Client(self.moxy.port, timeout=10 * SLOW) as c:
+                c.send(b"POST /early?reqf=upper&reqf_sleep=0.05" + extra.encode()
+                       + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+                       + pattern(100000))
+                r = c.response()
+                self.assert_status(r, 200, self.moxy)
+                self.assertEqual(r.body, b"EARLY" if extra else b"early")
 
     def test_request_body_filter_error_is_a_500(self):
         since = self.moxy.log_size()
@@ -345,7 +398,8 @@ class WaitBeforeTunnel(MoxyTestCase):
         import tempfile
         cls.origin = cls.class_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
-                      ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port())
+                      ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
+                      EARLY_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)}, threads=1)
         cls.moxy = cls.class_moxy(conf)
@@ -377,7 +431,8 @@ class StopWhileLoggingWaits(MoxyTestCase):
         import tempfile
         self.origin = self.start_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
-                      ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port())
+                      ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
+                      EARLY_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(self.origin.port)}, threads=1,
                       grace_period_seconds=0)

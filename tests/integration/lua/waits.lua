@@ -47,6 +47,8 @@ function app.upstream_peer(s, ctx)
             return "127.0.0.1:ORIGIN_PORT"     -- the retry goes to the healthy origin
         end
         return "127.0.0.1:RESET_PORT"
+    elseif s.req:path() == "/early" then
+        return "127.0.0.1:EARLY_PORT"
     elseif s.req:path() == "/dead" then
         return "127.0.0.1:DEAD_PORT"
     end
