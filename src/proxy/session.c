@@ -311,27 +311,29 @@ can_run(const mx_session_t *s, int phase)
 
 
 /* Runs <phase> if the script has it, then continues with <next> (now, or
- * when a yielded handler finishes). */
-static void
+ * when a yielded handler finishes). Returns MX_AGAIN when the handler waits
+ * (<s> is alive), else MX_OK: <next> ran, and may have ended (freed) <s>. */
+static int
 run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
     if (!mx_vm_has(s->w->vm, s->svc_index, phase)) {
         next(s, MX_OK);
-        return;
+        return MX_OK;
     }
     if (lua_busy(s)) {
         /* Never resume a coroutine that waits in another phase with a new one. */
         mx_log_error("#%llu lua %s cannot run while %s waits", (unsigned long long)s->id,
                      mx_phase_name(phase), mx_phase_name(s->lua_phase));
         next(s, MX_ELUA);
-        return;
+        return MX_OK;
     }
     s->lua_next = next;
     int rc = mx_lua_run(s, phase);
-    if (rc != MX_AGAIN) {
-        s->lua_next = NULL;
-        next(s, rc);
-    }
+    if (rc == MX_AGAIN)
+        return MX_AGAIN;
+    s->lua_next = NULL;
+    next(s, rc);
+    return MX_OK;
 }
 
 
@@ -1299,7 +1301,10 @@ mx_session_on_response_head(mx_session_t *s)
     }
     s->head_busy = 1;
     s->head_async = 0;
+    mx_upconn_t *u = s->u;
     run_phase(s, MX_PH_UPSTREAM_RESPONSE_FILTER, after_upstream_response_filter);
+    if (u == NULL || u->closing || u->s != s)
+        return -1; /* the session ended (an error page went out): <s> may be freed */
     if (s->head_busy) {
         if (s->resp_buffering)
             return s->head_rc; /* s.resp:read_body() waits: the parser reads the body on */
@@ -1377,8 +1382,9 @@ fb_step(mx_session_t *s)
             s->body_chunk = s->fb_cur;
             s->body_eos = s->fb_eos;
             s->body_replaced = 0;
-            run_phase(s, phase, after_body_phase);
-            if (s->fb_busy && s->lua_next != NULL && s->fb_cur.len > 0 &&
+            if (run_phase(s, phase, after_body_phase) != MX_AGAIN)
+                return; /* done (the chain went on; <s> may be gone) */
+            if (s->fb_cur.len > 0 &&
                 s->fb_cur.data != s->fb_keep.data && s->fb_cur.data != s->fb_held.data) {
                 /* It waits: the chunk's bytes may not outlive this call. */
                 mx_buf_reset(&s->fb_keep);
@@ -1487,10 +1493,13 @@ after_response_chunk(mx_session_t *s, int rc)
         mx_session_respond_error(s, 500, MX_ELUA);
         return;
     }
+    mx_upconn_t *u = s->u;
     rbf_kick(s);
-    if (s->state == MX_SESS_DONE || s->fb_busy || lua_busy(s))
+    if (u == NULL || u->closing || u->s != s)
+        return; /* the session ended: <s> may be freed */
+    if (s->fb_busy || lua_busy(s))
         return;
-    mx_upconn_continue(s->u);
+    mx_upconn_continue(u);
 }
 
 
