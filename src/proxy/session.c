@@ -1072,7 +1072,6 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
         s->err = err;
         s->pending_err = err;
         s->retry_requested = 0;
-        s->err_connecting = fresh;
         run_phase(s, MX_PH_ERROR_WHILE_PROXY, after_error_while_proxy);
         return;
     }

@@ -205,13 +205,10 @@ struct mx_session_s {
     unsigned err_filters : 1;   /* the error page passes fail_to_proxy / response_filter */
     unsigned log_pending : 1;   /* logging waits: the session outlives its request */
     unsigned orphan : 1;        /* ... and its connection let go of it */
-    unsigned err_connecting : 1;
-    unsigned retry_while_proxy : 1;
     unsigned up_chunked : 1;    /* the upstream request body goes chunked (filtered) */
     unsigned rbf_eos_queued : 1;
     unsigned rbf_done : 1;      /* the terminal chunk went up */
     unsigned body_set : 1;      /* s.req:set_body() replaced the request body */
-    unsigned resp_buffered : 1;  /* unused */
     unsigned resp_buffering : 1; /* s.resp:read_body(): upstream body bytes go to resp_body_buf */
     unsigned resp_body_waiting : 1; /* ... and the handler waits for them */
     unsigned resp_body_complete : 1; /* the upstream response ended while buffered */

@@ -183,11 +183,18 @@ class Waits(MoxyTestCase):
         self.assertTrue(any("/echo?log=1" in ln for ln in self.moxy.read("access.log").splitlines()))
 
     def test_client_gone_while_a_response_phase_or_logging_sleeps(self):
-        for target in ("/echo?rf=0.4", "/echo?rbf=0.4", "/echo?urf=0.4", "/echo?log=0.4"):
+        for target in ("/echo?rf=0.4", "/echo?rbf=0.4", "/echo?urf=0.4", "/echo?log=0.4",
+                       "/echo?ctu=0.4", "/dead?ftc=0.4", "/dead?ftp=0.4", "/reset?ewp=0.4",
+                       "/bytes?n=1000000&rb=2000000&rb_sleep=0.2", "/trailers?rtf=0.4"):
             s = socket.create_connection(("127.0.0.1", self.moxy.port))
             s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             time.sleep(0.1)
             s.close()
+        s = socket.create_connection(("127.0.0.1", self.moxy.port))
+        s.sendall(b"POST /echo?reqf=upper&reqf_sleep=0.4 HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 100000\r\n\r\n" + pattern(50000))
+        time.sleep(0.1)
+        s.close()
         time.sleep(0.6)
         r, _ = self.get("/echo?after")
         self.assert_status(r, 200, self.moxy)  # ASan checks the cleanup (MoxyTestCase)
