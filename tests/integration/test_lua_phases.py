@@ -85,6 +85,31 @@ class EarlyOrigin:
         self.sock.close()
 
 
+class Blackhole:
+    """A listener whose backlog is full: a connect to it hangs (SYNs are dropped)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = []
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(c)
+        time.sleep(0.1)
+
+    def stop(self):
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -100,9 +125,11 @@ class Waits(MoxyTestCase):
         cls.origin = cls.class_origin()
         cls.resetter = ResetOrigin()
         cls.early = EarlyOrigin()
+        cls.blackhole = Blackhole()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(),
-                      RESET_PORT=cls.resetter.port, EARLY_PORT=cls.early.port)
+                      RESET_PORT=cls.resetter.port, EARLY_PORT=cls.early.port,
+                      BLACKHOLE_PORT=cls.blackhole.port)
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)},
                       log_level="info", threads=1, access_log="{tmp}/access.log")
@@ -112,6 +139,7 @@ class Waits(MoxyTestCase):
     def tearDownClass(cls):
         cls.resetter.stop()
         cls.early.stop()
+        cls.blackhole.stop()
         super().tearDownClass()
 
     def get(self, target, **kw):
@@ -314,6 +342,13 @@ class Waits(MoxyTestCase):
         r, _ = self.get("/slow?ms=100&rt=2")
         self.assert_status(r, 200, self.moxy)
 
+    def test_peer_connect_timeout_takes_effect(self):
+        # The default is 2 s; moxy.peer{ connect_timeout = 0.3 } wins.
+        r, took = self.get("/echo?ct=0.3")
+        self.assertEqual(r.status, 504)
+        self.assertLess(took, 1.5 * SLOW)
+        self.assertGreaterEqual(took, 0.25)
+
     def test_peer_idle_timeout_takes_effect(self):
         def new_connections(it):
             self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
@@ -406,7 +441,7 @@ class WaitBeforeTunnel(MoxyTestCase):
         cls.origin = cls.class_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
-                      EARLY_PORT=free_port())
+                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)}, threads=1)
         cls.moxy = cls.class_moxy(conf)
@@ -439,7 +474,7 @@ class StopWhileLoggingWaits(MoxyTestCase):
         self.origin = self.start_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
-                      EARLY_PORT=free_port())
+                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(self.origin.port)}, threads=1,
                       grace_period_seconds=0)

@@ -28,6 +28,10 @@ end
 
 
 function app.upstream_peer(s, ctx)
+    if s.req:arg("ct") then
+        return moxy.peer { host = "127.0.0.1", port = BLACKHOLE_PORT,
+                           connect_timeout = tonumber(s.req:arg("ct")) }
+    end
     if s.req:arg("it") then
         return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT,
                            idle_timeout = tonumber(s.req:arg("it")) }
