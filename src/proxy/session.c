@@ -1152,7 +1152,7 @@ send_buffered_response(mx_session_t *s)
         mx_buf_reset(&s->resp_body_buf);
         body = (mx_str_t){s->fb_keep.data ? s->fb_keep.data : "", s->fb_keep.len};
     }
-    if (whole) {
+    if (whole && s->status != 204 && s->status != 304) {
         char len[24];
         int ln = snprintf(len, sizeof(len), "%zu", body.len);
         mx_headers_remove(&s->resp_headers, MX_STR("transfer-encoding"));
