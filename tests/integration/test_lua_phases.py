@@ -110,6 +110,32 @@ class Blackhole:
         self.sock.close()
 
 
+class Sink:
+    """Accepts and never reads: writes to it stall once the socket buffers are full."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            self.conns.append(c)
+
+    def stop(self):
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -126,10 +152,11 @@ class Waits(MoxyTestCase):
         cls.resetter = ResetOrigin()
         cls.early = EarlyOrigin()
         cls.blackhole = Blackhole()
+        cls.sink = Sink()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(),
                       RESET_PORT=cls.resetter.port, EARLY_PORT=cls.early.port,
-                      BLACKHOLE_PORT=cls.blackhole.port)
+                      BLACKHOLE_PORT=cls.blackhole.port, SINK_PORT=cls.sink.port)
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)},
                       log_level="info", threads=1, access_log="{tmp}/access.log")
@@ -140,6 +167,7 @@ class Waits(MoxyTestCase):
         cls.resetter.stop()
         cls.early.stop()
         cls.blackhole.stop()
+        cls.sink.stop()
         super().tearDownClass()
 
     def get(self, target, **kw):
@@ -349,6 +377,31 @@ class Waits(MoxyTestCase):
         self.assertLess(took, 1.5 * SLOW)
         self.assertGreaterEqual(took, 0.25)
 
+    def test_peer_write_timeout_takes_effect(self):
+        # The origin takes nothing: once the buffers are full, 0.3 s without progress.
+        size = 64 << 20
+        c = socket.create_connection(("127.0.0.1", self.moxy.port), timeout=10 * SLOW)
+
+        def send():
+            try:
+                c.sendall(f"POST /echo?wt=0.3 HTTP/1.1\r\nHost: x\r\nContent-Length: {size}"
+                          f"\r\n\r\n".encode())
+                block = b"x" * (1 << 20)
+                for _ in range(size >> 20):
+                    c.sendall(block)
+            except OSError:
+                pass
+
+        t0 = time.monotonic()
+        threading.Thread(target=send, daemon=True).start()
+        from harness import Reader, read_response
+        try:
+            r = read_response(Reader(c), "POST")
+        finally:
+            c.close()
+        self.assertEqual(r.status, 504)
+        self.assertLess(time.monotonic() - t0, 8 * SLOW)
+
     def test_peer_idle_timeout_takes_effect(self):
         def new_connections(it):
             self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
@@ -441,7 +494,8 @@ class WaitBeforeTunnel(MoxyTestCase):
         cls.origin = cls.class_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
-                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port())
+                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port(),
+                      SINK_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)}, threads=1)
         cls.moxy = cls.class_moxy(conf)
@@ -474,7 +528,8 @@ class StopWhileLoggingWaits(MoxyTestCase):
         self.origin = self.start_origin()
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
-                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port())
+                      EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port(),
+                      SINK_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(self.origin.port)}, threads=1,
                       grace_period_seconds=0)

@@ -32,6 +32,10 @@ function app.upstream_peer(s, ctx)
         return moxy.peer { host = "127.0.0.1", port = BLACKHOLE_PORT,
                            connect_timeout = tonumber(s.req:arg("ct")) }
     end
+    if s.req:arg("wt") then
+        return moxy.peer { host = "127.0.0.1", port = SINK_PORT,
+                           write_timeout = tonumber(s.req:arg("wt")) }
+    end
     if s.req:arg("it") then
         return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT,
                            idle_timeout = tonumber(s.req:arg("it")) }
