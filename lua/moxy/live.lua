@@ -77,7 +77,7 @@ end
 
 -- Return codes, as in src/core/errors.h.
 local OK, AGAIN, DECLINED = 0, 1, 2
-local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE = -5015, -5016, -5004
+local E_BAD_PHASE, E_BAD_ARG, E_TOO_LARGE, E_CLIENT = -5015, -5016, -5004, -5010
 
 local PHASES = { [0] = "init", "request_filter", "upstream_peer", "upstream_request_filter",
                  "response_filter", "logging", "fail_to_proxy", "response_body_filter",
@@ -318,6 +318,8 @@ function _M.req_body(sp, max)
             yield()
         elseif rc == E_TOO_LARGE then
             return nil, "too_large"
+        elseif rc == E_CLIENT then
+            return nil, "client_closed"
         else
             raise(rc, "s.req:body()")
         end
@@ -336,6 +338,8 @@ function _M.req_body_chunk(sp, pos)
             return nil
         elseif rc == AGAIN then
             yield()
+        elseif rc == E_CLIENT then
+            return nil, "client_closed"
         else
             raise(rc, "s.req:body_chunks()")
         end

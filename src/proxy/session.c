@@ -342,6 +342,13 @@ mx_session_on_phase_done(mx_session_t *s, int rc)
 {
     void (*next)(mx_session_t *, int) = s->lua_next;
     s->lua_next = NULL;
+    if (s->log_after_wait) {
+        /* The request ended (client gone, upstream failed) while this handler waited:
+         * its phase has no continuation any more, but logging still runs, once. */
+        s->log_after_wait = 0;
+        run_phase(s, MX_PH_LOGGING, after_logging);
+        return;
+    }
     if (next != NULL && (s->state != MX_SESS_DONE || s->log_pending))
         next(s, rc);
 }
@@ -528,6 +535,19 @@ defer_cancel(mx_session_t *s)
         uv_close((uv_handle_t *)&d->timer, on_defer_close);
         s->deferred = NULL;
     }
+}
+
+
+/* The request ended while s.req:body()/body_chunks()/s.resp:read_body() waited:
+ * they return what they can ("client_closed" for the request body). */
+static void
+wake_waiter(mx_session_t *s)
+{
+    if (!s->body_waiting)
+        return;
+    s->resp_body_waiting = 0;
+    s->body_waiting = 0;
+    mx_lua_resume(s);
 }
 
 
@@ -1900,6 +1920,14 @@ finish(mx_session_t *s)
          * the connection goes on (keepalive) while the session lives on. */
         s->log_pending = 1;
         run_phase(s, MX_PH_LOGGING, after_logging);
+    } else if (s->method.len > 0 && lua_busy(s) &&
+               mx_vm_has(s->w->vm, s->svc_index, MX_PH_LOGGING)) {
+        /* A handler waits: logging runs once it is done (the session outlives its
+         * connection meanwhile). A wait for bytes that will not come ends now. */
+        s->log_pending = 1;
+        s->log_after_wait = 1;
+        if (s->body_waiting)
+            defer(s, wake_waiter);
     }
     set_state(s, MX_SESS_DONE);
     if (s->method.len > 0 && !s->log_pending)

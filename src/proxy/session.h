@@ -215,6 +215,7 @@ struct mx_session_s {
     unsigned resp_body_set : 1;  /* s.resp:set_body(): resp_set_body replaces the body */
     mx_str_t resp_set_body;
     void *deferred;              /* a pending defer() timer, or NULL */
+    unsigned log_after_wait : 1; /* the request ended while a handler waited: logging after it */
     unsigned resp_end_deferred : 1; /* the response ended while request_body_filter waited */
     mx_list_t orphan_node;       /* in the worker thread's orphans while orphan */
     unsigned up_header_seen : 1; /* s:upstream().header_ms is known */

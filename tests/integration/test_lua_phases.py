@@ -153,10 +153,12 @@ class Waits(MoxyTestCase):
         cls.early = EarlyOrigin()
         cls.blackhole = Blackhole()
         cls.sink = Sink()
+        cls.idle_origin = cls.class_origin()  # only test_peer_idle_timeout uses it
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(),
                       RESET_PORT=cls.resetter.port, EARLY_PORT=cls.early.port,
-                      BLACKHOLE_PORT=cls.blackhole.port, SINK_PORT=cls.sink.port)
+                      BLACKHOLE_PORT=cls.blackhole.port, SINK_PORT=cls.sink.port,
+                      IDLE_PORT=cls.idle_origin.port)
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)},
                       log_level="info", threads=1, access_log="{tmp}/access.log")
@@ -254,6 +256,30 @@ class Waits(MoxyTestCase):
         time.sleep(0.6)
         r, _ = self.get("/echo?after")
         self.assert_status(r, 200, self.moxy)  # ASan checks the cleanup (MoxyTestCase)
+
+    def test_logging_still_runs_once_when_the_client_leaves_while_a_handler_waits(self):
+        since = self.moxy.log_size()
+        for target in ("/echo?rf=0.3&logerr=1", "/echo?rbf=0.3&logerr=2"):
+            s = socket.create_connection(("127.0.0.1", self.moxy.port))
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.1)
+            s.close()
+        # s.req:body() waiting for a body that will not come returns nil, "client_closed"
+        s = socket.create_connection(("127.0.0.1", self.moxy.port))
+        s.sendall(b"POST /echo?wholebody=1&logerr=3 HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 1000\r\n\r\nabc")
+        time.sleep(0.1)
+        s.close()
+        self.moxy.wait_log("logerr=3 err=client: closed connection", since, timeout=5 * SLOW)
+        self.moxy.wait_log("logerr=2 err=", since, timeout=5 * SLOW)
+        log = self.moxy.error_log()[since:]
+        for n in ("1", "2", "3"):
+            lines = [ln for ln in log.splitlines() if f"logerr={n} err=" in ln]
+            self.assertEqual(len(lines), 1, lines)
+        # (1 and 2: the request was whole, so moxy answered and learnt nothing of the
+        # close; 3 was cut in its body: 499.)
+        self.assertIn("logerr=3 err=client: closed connection status=499", log)
+        self.assertIn("s.req:body() gave nil client_closed", log)
 
     # --- errors of the phases that may wait ------------------------------------------
 
@@ -405,10 +431,10 @@ class Waits(MoxyTestCase):
     def test_peer_idle_timeout_takes_effect(self):
         def new_connections(it):
             self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
-            n = self.origin.connections
+            n = self.idle_origin.connections
             time.sleep(0.6)
             self.assert_status(self.get(f"/echo?it={it}")[0], 200, self.moxy)
-            return self.origin.connections - n
+            return self.idle_origin.connections - n
         self.assertEqual(new_connections(0.2), 1)  # the pooled connection was closed
         self.assertEqual(new_connections(5), 0)    # kept and reused
 
@@ -495,7 +521,7 @@ class WaitBeforeTunnel(MoxyTestCase):
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=cls.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
                       EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port(),
-                      SINK_PORT=free_port())
+                      SINK_PORT=free_port(), IDLE_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(cls.origin.port)}, threads=1)
         cls.moxy = cls.class_moxy(conf)
@@ -529,7 +555,7 @@ class StopWhileLoggingWaits(MoxyTestCase):
         path = script("waits.lua", tempfile.mkdtemp(prefix="moxy-lua-"),
                       ORIGIN_PORT=self.origin.port, DEAD_PORT=free_port(), RESET_PORT=free_port(),
                       EARLY_PORT=free_port(), BLACKHOLE_PORT=free_port(),
-                      SINK_PORT=free_port())
+                      SINK_PORT=free_port(), IDLE_PORT=free_port())
         conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"],
                         "script": path}], {"origin": upstream(self.origin.port)}, threads=1,
                       grace_period_seconds=0)

@@ -503,6 +503,8 @@ moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
         return MX_EBADPHASE;
     if (s->body_buf.len > max)
         return MX_ETOOLARGE;
+    if (s->state == MX_SESS_DONE && !s->req_done && s->req_has_body)
+        return MX_ECLIENT; /* the request ended (client gone) before its body */
     if (s->req_done || !s->req_has_body) {
         *out = (mx_str_t){s->body_buf.data ? s->body_buf.data : "", s->body_buf.len};
         return MX_OK;
@@ -763,6 +765,8 @@ moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out)
     }
     if (s->req_done || !s->req_has_body)
         return MX_DECLINED;
+    if (s->state == MX_SESS_DONE)
+        return MX_ECLIENT; /* the request ended (client gone) before its body */
     if (s->expect_continue && !s->sent_continue && s->c != NULL) {
         mx_h1_send_continue(s->c);
         s->sent_continue = 1;

@@ -16,6 +16,10 @@ function app.request_filter(s, ctx)
     if s.req:arg("setbody") then
         s.req:set_body(s.req:arg("setbody"))
     end
+    if s.req:arg("wholebody") then
+        local body, err = s.req:body()
+        moxy.log.warn("s.req:body() gave ", tostring(body and #body), " ", tostring(err))
+    end
     if s.req:arg("pull") then
         local n, pieces = 0, 0
         for chunk in s.req:body_chunks() do
@@ -37,7 +41,7 @@ function app.upstream_peer(s, ctx)
                            write_timeout = tonumber(s.req:arg("wt")) }
     end
     if s.req:arg("it") then
-        return moxy.peer { host = "127.0.0.1", port = ORIGIN_PORT,
+        return moxy.peer { host = "127.0.0.1", port = IDLE_PORT,
                            idle_timeout = tonumber(s.req:arg("it")) }
     end
     if s.req:arg("rt") then
@@ -148,6 +152,10 @@ end
 
 
 function app.logging(s, err, ctx)
+    if s.req:arg("logerr") then
+        moxy.log.warn("logging ran for ", s.req:uri(), " err=", tostring(err),
+                      " status=", s.resp:status())
+    end
     if nap(s, "log") then
         local up = s:upstream()
         moxy.log.warn("logging slept for ", s.req:uri(), " client=", s:client_addr(),
