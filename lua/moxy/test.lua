@@ -472,7 +472,7 @@ local function run_request(app, s, opts, res)
     if #chunks == 0 then
         chunks = { "" }
     end
-    local filter = headers_ok and app.response_body_filter
+    local filter = headers_ok and sp.source ~= "error" and app.response_body_filter
     local up_filter = headers_ok and sp.source == "upstream" and app.upstream_response_body_filter
     if filter or up_filter then
         fake.h_remove(sp.resp_headers, "content-length")   -- the engine sends it chunked

@@ -44,6 +44,11 @@ t.each_engine("phases that wait (" .. SCRIPT .. ")", SCRIPT, function(run)
     res = run { uri = "/G?rb=3" }
     assert.header("x-rb", "too_large", res)
     assert.equal("get /g?rb=3 <eos>", res.body)
+    -- an error after a wait: a plain 500 page (no body filter on it, in both engines)
+    res = run { uri = "/H?boom=1" }
+    assert.status(500, res)
+    assert.equal("500 Internal Server Error\n", res.body)
+
     res = run { uri = "/L?local=1" }
     assert.header("x-up", "none", res)
     assert.equal("replaced 12<eos>", res.body)

@@ -44,6 +44,9 @@ end
 function app.response_filter(s, resp, ctx)
     moxy.sleep(0.01)
     resp:set_header("x-rf", "slept")
+    if s.req:arg("boom") then
+        error("boom after a wait")
+    end
     if ctx.pulled then
         resp:set_header("x-pulled", ctx.pulled)
     end
