@@ -72,7 +72,8 @@ describe("request_body_filter (fake engine)", function()
     end)
 
     it("a wrong return type is an error", function()
-        local res = t.run(app_with(function() return 5 end), t.request { method = "POST", body = "x" })
+        local res = t.run(app_with(function() return 5 end),
+                          t.request { method = "POST", body = "x" })
         assert.status(500, res)
         assert.logged("request_body_filter returned number", res)
     end)
@@ -202,7 +203,9 @@ describe("s.resp:read_body() and s.resp:set_body() (fake engine)", function()
     it("set_body replaces the body with its length; the body filters still run", function()
         local app = {
             response_filter = function(s, resp) resp:set_body("new") end,
-            response_body_filter = function(s, chunk, eos) if not eos then return chunk .. "!" end end,
+            response_body_filter = function(s, chunk, eos)
+                if not eos then return chunk .. "!" end
+            end,
         }
         local res = t.run(app, t.request {}, { upstream = origin })
         assert.equal("new!", res.body)

@@ -668,8 +668,8 @@ moxy_set_peer(mx_session_t *s, const char *addr, size_t len)
             size_t hl = (size_t)(colon - text);
             char *end;
             long port = strtol(colon + 1, &end, 10);
-            if (hl == 0 || hl >= sizeof(s->peer_addr.host) || len >= sizeof(s->peer_addr.text) || *end != '\0' || port < 1 ||
-                port > 65535 || colon[1] == '\0')
+            if (hl == 0 || hl >= sizeof(s->peer_addr.host) || len >= sizeof(s->peer_addr.text) ||
+                *end != '\0' || port < 1 || port > 65535 || colon[1] == '\0')
                 return fail(MX_EBADARG, "peer \"%s\": expected host:port with a port 1..65535",
                             text);
             for (size_t i = 0; i < hl; i++)
