@@ -302,11 +302,19 @@ lua_busy(const mx_session_t *s)
 }
 
 
+/* True when the request's script has a handler for <phase>. */
+static bool
+has_phase(const mx_session_t *s, int phase)
+{
+    return mx_vm_has(s->w->vm, s->svc_index, phase);
+}
+
+
 /* True when <phase> has a handler and the request's coroutine is free. */
 static bool
 can_run(const mx_session_t *s, int phase)
 {
-    return mx_vm_has(s->w->vm, s->svc_index, phase) && !lua_busy(s);
+    return has_phase(s, phase) && !lua_busy(s);
 }
 
 
@@ -663,8 +671,8 @@ after_peer_resolved(mx_session_t *s, int rc)
 {
     (void)rc;
     prepare_upstream_headers(s);
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) ||
-        mx_vm_has(s->w->vm, s->svc_index, MX_PH_ERROR_WHILE_PROXY)) {
+    if (has_phase(s, MX_PH_FAIL_TO_CONNECT) ||
+        has_phase(s, MX_PH_ERROR_WHILE_PROXY)) {
         /* Keep the request as it is now: a retry's filter starts from it. */
         mx_headers_t *b = &s->up_headers_base;
         mx_headers_init(b);
@@ -758,7 +766,7 @@ static bool
 rbf_active(const mx_session_t *s)
 {
     return s->req_has_body && !s->body_set &&
-           mx_vm_has(s->w->vm, s->svc_index, MX_PH_REQUEST_BODY_FILTER);
+           has_phase(s, MX_PH_REQUEST_BODY_FILTER);
 }
 
 
@@ -1397,7 +1405,7 @@ fb_step(mx_session_t *s)
         } else if (stage == 1) {
             phase = MX_PH_RESPONSE_BODY_FILTER;
         }
-        if (phase >= 0 && mx_vm_has(s->w->vm, s->svc_index, phase)) {
+        if (phase >= 0 && has_phase(s, phase)) {
             s->body_chunk = s->fb_cur;
             s->body_eos = s->fb_eos;
             s->body_replaced = 0;
@@ -1484,7 +1492,7 @@ mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
         }
         return 0;
     }
-    bool filters = mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+    bool filters = has_phase(s, MX_PH_RESPONSE_BODY_FILTER) ||
                    has_upstream_body_filter(s);
     if (filters && (s->fb_busy || lua_busy(s))) {
         /* request_body_filter waits: keep the chunk, hold the parser. */
@@ -1554,7 +1562,7 @@ after_last_chunk(mx_session_t *s, int rc)
     }
     /* The origin's trailers (gRPC status...) pass the script before they go out. */
     if (s->c != NULL && s->resp_trailers.n > 0 &&
-        mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER)) {
+        has_phase(s, MX_PH_RESPONSE_TRAILER_FILTER)) {
         run_phase(s, MX_PH_RESPONSE_TRAILER_FILTER, after_trailers);
         return;
     }
@@ -1716,7 +1724,7 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     s->in_error_page = 1;
     s->err_status = status;
     s->fail_status = 0;
-    if (s->err_filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY)) {
+    if (s->err_filters && has_phase(s, MX_PH_FAIL_TO_PROXY)) {
         run_phase(s, MX_PH_FAIL_TO_PROXY, after_fail_to_proxy);
         return;
     }
@@ -1759,7 +1767,7 @@ after_fail_to_proxy(mx_session_t *s, int rc)
         s->http_major = 1;
         s->http_minor = 1;
     }
-    if (s->err_filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER)) {
+    if (s->err_filters && has_phase(s, MX_PH_RESPONSE_FILTER)) {
         run_phase(s, MX_PH_RESPONSE_FILTER, after_error_page_filter);
         return;
     }
@@ -1921,7 +1929,7 @@ finish(mx_session_t *s)
         s->log_pending = 1;
         run_phase(s, MX_PH_LOGGING, after_logging);
     } else if (s->method.len > 0 && lua_busy(s) &&
-               mx_vm_has(s->w->vm, s->svc_index, MX_PH_LOGGING)) {
+               has_phase(s, MX_PH_LOGGING)) {
         /* A handler waits: logging runs once it is done (the session outlives its
          * connection meanwhile). A wait for bytes that will not come ends now. */
         s->log_pending = 1;
