@@ -24,9 +24,9 @@
     (PH(MX_PH_EARLY_REQUEST_FILTER) | PH(MX_PH_REQUEST_FILTER) | PH(MX_PH_UPSTREAM_PEER) |        \
      PH(MX_PH_UPSTREAM_REQUEST_FILTER) | PH(MX_PH_PROXY_UPSTREAM_FILTER))
 #define RESPOND  REQ_SET
-#define WAIT     REQ_SET /* s.req:body(): the request phases */
-/* moxy.sleep: every phase of a request (each runs in the request's coroutine). */
-#define SLEEP    (((1u << MX_PH_RELEASE) - 1) & ~PH(MX_PH_INIT))
+/* Waiting (moxy.sleep...): every phase of a request (each runs in its coroutine). */
+#define WAIT     (((1u << MX_PH_RELEASE) - 1) & ~PH(MX_PH_INIT))
+#define REQ_BODY REQ_SET /* s.req:body(), body_chunks(): the request phases */
 #define RESP_SET (PH(MX_PH_RESPONSE_FILTER) | PH(MX_PH_UPSTREAM_RESPONSE_FILTER))
 #define PEER     PH(MX_PH_UPSTREAM_PEER)
 #define RESP_GET                                                                                   \
@@ -499,7 +499,7 @@ moxy_fail_status(mx_session_t *s, int status)
 int
 moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out)
 {
-    if (allowed(s, WAIT) != MX_OK)
+    if (allowed(s, REQ_BODY) != MX_OK)
         return MX_EBADPHASE;
     if (s->body_buf.len > max)
         return MX_ETOOLARGE;
@@ -757,7 +757,7 @@ moxy_req_set_body(mx_session_t *s, const char *p, size_t len)
 int
 moxy_req_body_chunk(mx_session_t *s, size_t pos, mx_str_t *out)
 {
-    if (allowed(s, WAIT) != MX_OK)
+    if (allowed(s, REQ_BODY) != MX_OK)
         return MX_EBADPHASE;
     if (pos < s->body_buf.len) {
         *out = (mx_str_t){s->body_buf.data + pos, s->body_buf.len - pos};
@@ -858,7 +858,7 @@ moxy_upstream_num(mx_session_t *s, int what)
 int
 moxy_sleep(mx_session_t *s, double seconds)
 {
-    if (allowed(s, SLEEP) != MX_OK)
+    if (allowed(s, WAIT) != MX_OK)
         return MX_EBADPHASE;
     if (!(seconds >= 0) || seconds > 86400.0)
         return fail(MX_EBADARG, "seconds must be 0..86400");
