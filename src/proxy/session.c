@@ -1221,6 +1221,8 @@ after_buffered_body(mx_session_t *s, int rc)
             return;
         }
         rc = filter_body(s, NULL, 0, true, after_last_chunk);
+        if (rc == MX_AGAIN && s->u != NULL)
+            mx_upconn_read_pause(s->u, true); /* nothing more from it while a filter waits */
         if (rc != MX_AGAIN)
             after_last_chunk(s, rc);
         return;
@@ -1545,6 +1547,8 @@ mx_session_on_response_done(mx_session_t *s)
     }
     if (s->c != NULL && !s->resp_no_body) {
         int rc = filter_body(s, NULL, 0, true, after_last_chunk);
+        if (rc == MX_AGAIN && s->u != NULL)
+            mx_upconn_read_pause(s->u, true); /* nothing more from it while a filter waits */
         if (rc != MX_AGAIN)
             after_last_chunk(s, rc);
         return;
@@ -1563,7 +1567,9 @@ after_last_chunk(mx_session_t *s, int rc)
     /* The origin's trailers (gRPC status...) pass the script before they go out. */
     if (s->c != NULL && s->resp_trailers.n > 0 &&
         has_phase(s, MX_PH_RESPONSE_TRAILER_FILTER)) {
-        run_phase(s, MX_PH_RESPONSE_TRAILER_FILTER, after_trailers);
+        mx_upconn_t *u = s->u;
+        if (run_phase(s, MX_PH_RESPONSE_TRAILER_FILTER, after_trailers) == MX_AGAIN && u != NULL)
+            mx_upconn_read_pause(u, true); /* nothing more from it while the filter waits */
         return;
     }
     after_trailers(s, MX_OK);

@@ -358,9 +358,7 @@ parse(mx_upconn_t *u, size_t from, size_t to)
             u->parser.flags |= F_CONNECTION_CLOSE;
         u->done = 0;
         release_rbuf(u);
-        /* The end of the response may run Lua phases that wait: read no more meanwhile. */
-        mx_upconn_read_pause(u, true);
-        mx_session_on_response_done(s);
+        mx_session_on_response_done(s); /* it pauses reading if a phase there waits */
         return;
     }
     release_rbuf(u);
