@@ -1924,7 +1924,7 @@ finish(mx_session_t *s)
         mx_upconn_close(u);
     }
     resolve_cancel(s);
-    if (s->c != NULL) {
+    if (s->c != NULL && has_phase(s, MX_PH_LOGGING)) {
         /* logging may wait past the connection (s:client_addr() still answers). */
         snprintf(s->client_copy, sizeof(s->client_copy), "%s", s->c->client_addr);
         s->client_port_copy = s->c->client_port;
