@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 #include "proxy/session.h"
 
@@ -167,6 +168,7 @@ on_async(uv_async_t *a)
         mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
+        mx_lua_tasks_cancel(w->vm); /* timer functions still waiting: stop them */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
