@@ -170,8 +170,24 @@ task_end(mx_lua_task_t *t)
         mx_log_error("lua task ended with %d armed wait(s)", t->nwaits);
     if (t->co_ref != 0)
         luaL_unref(mx_vm_lua(t->vm), LUA_REGISTRYINDEX, t->co_ref);
+    bool timer = t->s == NULL;
     mx_list_remove(&t->node);
     mx_free(t);
+    /* A draining worker waited for its last timer function to end. */
+    if (timer && mx_current_worker != NULL && mx_current_worker->draining)
+        mx_worker_conn_closed(mx_current_worker);
+}
+
+
+bool
+mx_lua_tasks_running(mx_vm_t *vm)
+{
+    if (vm == NULL || timer_tasks.next == NULL)
+        return false;
+    for (mx_list_t *n = timer_tasks.next; n != &timer_tasks; n = n->next)
+        if (mx_container_of(n, mx_lua_task_t, node)->vm == vm)
+            return true;
+    return false;
 }
 
 

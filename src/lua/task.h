@@ -60,6 +60,8 @@ void mx_lua_task_end_session(mx_session_t *s);
 void mx_lua_task_timer(mx_vm_t *vm, double id, bool premature);
 /* The worker stops now: every running timer task of <vm> is ended. */
 void mx_lua_tasks_cancel(mx_vm_t *vm);
+/* True while a timer task of <vm> runs (waits); the worker then stays up. */
+bool mx_lua_tasks_running(mx_vm_t *vm);
 
 /* --- shared by the ffi/ files (ffi/api.c) --- */
 /* Sets the text moxy_last_error() returns; returns <rc>. */

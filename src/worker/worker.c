@@ -140,8 +140,8 @@ mx_worker_join(mx_worker_t *w)
 static void
 maybe_exit(mx_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || w->async_closed)
-        return;
+    if (!w->draining || w->nconns > 0 || w->async_closed || mx_lua_tasks_running(w->vm))
+        return; /* a timer function still waiting keeps the worker (until forced) */
     mx_pool_close_idle(w->pool);
     w->async_closed = 1;
     uv_close((uv_handle_t *)&w->async, NULL);

@@ -631,12 +631,7 @@ moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, const
         take_view(t, have, 0, out);
         if (mode == RECV_ALL && rc == UV_EOF)
             return MX_OK; /* "*a" ends at the close: a success */
-        /* Copy the partial data before the connection (and buffer) go. */
-        static __thread mx_buf_t partial;
-        mx_buf_reset(&partial);
-        mx_buf_append(&partial, out->data, out->len);
-        *out = (mx_str_t){partial.data ? partial.data : "", partial.len};
-        sock_close(t);
+        sock_close(t); /* resets rbuf's length only: <out> stays readable until the next call */
         return rc;
     }
     if (t->pending_rc == UV_ETIMEDOUT) {
