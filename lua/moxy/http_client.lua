@@ -5,6 +5,14 @@
 -- is read by Content-Length, by chunks, or until the close (then the connection is not
 -- reused). A reused connection that the server closed before answering is retried once
 -- on a fresh one for idempotent methods.
+--
+-- Why Lua over moxy.tcp rather than C over the proxy's upstream connector (upconn.c): the
+-- connector is built around a session (its callbacks are mx_session_on_*), so a client
+-- for timers and threads would have needed a second state machine in C; over moxy.tcp the
+-- exchange is plain sequential code that waits like any other Lua, inherits cancellation
+-- (a request that ends closes its sockets) and the keepalive pool, and costs a few string
+-- scans per response head, which is noise next to a network round trip. TLS will come to
+-- both through the socket layer.
 local tcp = require "moxy.tcp"
 local live = require "moxy.live"
 
