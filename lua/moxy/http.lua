@@ -191,7 +191,7 @@ function _M.request(opts)
         error("moxy.http.request: max_body must be >= 0 (bytes)", 2)
     end
     local headers = header_list(opts.headers)
-    sched.check("moxy.http.request()", 2)
+    sched.check("moxy.http.request()")
     if u.scheme == "https" then
         return nil, "tls", "TLS is not supported by this moxy yet"
     end

@@ -274,7 +274,7 @@ end
 
 -- Suspends the running request, timer or thread until <seconds> passed (C wakes it).
 function _M.sleep(seconds)
-    sched.check("moxy.sleep()", 3)
+    sched.check("moxy.sleep()")
     if type(seconds) ~= "number" then
         error("bad argument #1 to 'sleep' (number expected, got " .. type(seconds) .. ")", 3)
     end

@@ -19,6 +19,8 @@ local running = coroutine.running
 local status = coroutine.status
 local yield = coroutine.yield
 local error = error
+local find = string.find
+local getinfo = debug.getinfo
 local getmetatable = getmetatable
 local pairs = pairs
 local select = select
@@ -81,13 +83,30 @@ function _M.current()
 end
 
 
+-- The stack level of the first caller outside moxy's library (tail calls included), so
+-- that an error names the user's file:line.
+local function user_level()
+    local level = 3
+    while true do
+        local info = getinfo(level, "S")
+        if info == nil then
+            return 2
+        end
+        if info.what ~= "C" and info.what ~= "tail" and not find(info.source, "/moxy/", 1, true) then
+            return level - 1
+        end
+        level = level + 1
+    end
+end
+
+
 -- Raises unless the running coroutine may wait: <what> names the call.
-function _M.check(what, level)
+function _M.check(what)
     local co = running()
     if co == nil or entries[co] == nil then
         error(what .. " cannot wait here: only request handlers, timer functions and "
               .. "moxy.thread threads may wait (not init, load time or a coroutine of your "
-              .. "own)", level + 1)
+              .. "own)", user_level())
     end
 end
 

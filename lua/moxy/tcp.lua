@@ -149,7 +149,7 @@ function Sock.connect(self, host, port, opts)
             key = opts.pool
         end
     end
-    sched.check("sock:connect()", 2)
+    sched.check("sock:connect()")
     local id = sched.id()
     local t = self.t
     local rc = C.moxy_tcp_connect(t, id, host, #host, port, key, #key, self.ct)
@@ -179,7 +179,7 @@ function Sock.send(self, data)
     elseif ty ~= "string" then
         error("bad argument #1 to 'send' (string expected, got " .. ty .. ")", 2)
     end
-    sched.check("sock:send()", 2)
+    sched.check("sock:send()")
     local id = sched.id()
     local t = self.t
     local rc = C.moxy_tcp_send(t, id, data, #data, self.st)
@@ -198,7 +198,7 @@ end
 
 
 local function receive(self, what, mode, n, max, pat)
-    sched.check(what, 3)
+    sched.check(what)
     local id = sched.id()
     local t = self.t
     local pl = pat and #pat or 0
