@@ -188,6 +188,12 @@ class LuaIO(MoxyTestCase):
         self.assertEqual(r.body, b"receive: timeout partial=")
         self.assertLess(time.monotonic() - t0, 1.2 * SLOW)
 
+    def test_tcp_read_timeout_keeps_the_socket(self):
+        self.assertEqual(self.get("/line-timeout-retry").body, b"nil timeout PONG late")
+
+    def test_tcp_setkeepalive_refuses_unread_data(self):
+        self.assertEqual(self.get("/unread").body, b"5 nil unread data in buffer closed")
+
     def test_tcp_errors(self):
         self.assertEqual(self.get("/refused").body, b"nil connection refused")
         r = self.get("/unresolvable")

@@ -78,6 +78,26 @@ function app.request_filter(s, ctx)
         local rest = sock:receive("*l")
         sock:close()
         return s:respond(200, a .. "," .. b .. "," .. rest)
+    elseif path == "/line-timeout-retry" then
+        -- After a read timeout the socket stays usable (OpenResty's rule).
+        local sock = moxy.tcp()
+        sock:settimeouts(1000, 1000, 100)
+        assert(sock:connect("127.0.0.1", LINE_PORT))
+        assert(sock:send("SLOW 400 late\n"))
+        local line, err = sock:receive()
+        sock:settimeouts(1000, 1000, 3000)
+        local again = sock:receive()
+        sock:close()
+        return s:respond(200, tostring(line) .. " " .. tostring(err) .. " " .. tostring(again))
+    elseif path == "/unread" then
+        local sock = moxy.tcp()
+        assert(sock:connect("127.0.0.1", LINE_PORT, { pool = "unread" }))
+        assert(sock:send("BIG 10\n"))
+        local part = assert(sock:receive(5))
+        local ok, err = sock:setkeepalive()
+        local _, err2 = sock:send("x")
+        return s:respond(200, table.concat({ #part, tostring(ok), tostring(err), tostring(err2) },
+                                           " "))
     elseif path == "/refused" then
         local sock = moxy.tcp()
         local ok, err = sock:connect("127.0.0.1", DEAD_PORT)
