@@ -92,11 +92,18 @@ local function left(deadline)
 end
 
 
+-- Every timeout of <sock> becomes what is left before <deadline> (moxy.tcp's fields).
+local function arm(sock, deadline)
+    local ms = left(deadline)
+    sock.ct, sock.st, sock.rt = ms, ms, ms
+end
+
+
 -- Reads the response head: status, reason, header list, or nil, err, detail.
 local function read_head(sock, deadline)
     local total = 0
     while true do
-        sock:settimeouts(left(deadline), left(deadline), left(deadline))
+        arm(sock, deadline)
         local line, err = sock:_line(MAX_LINE)
         if not line then
             return nil, io_err(err), "reading the status line: " .. tostring(err)
@@ -150,7 +157,7 @@ end
 local function read_chunked(sock, deadline, max)
     local parts, total = {}, 0
     while true do
-        sock:settimeouts(left(deadline), left(deadline), left(deadline))
+        arm(sock, deadline)
         local line, err = sock:_line(MAX_LINE)
         if not line then
             return nil, io_err(err), "reading a chunk size: " .. tostring(err)
@@ -190,7 +197,7 @@ end
 
 -- One exchange on <sock>: res (with .reusable), or nil, err, detail, sent_nothing_back.
 local function exchange(sock, r, deadline)
-    sock:settimeouts(left(deadline), left(deadline), left(deadline))
+    arm(sock, deadline)
     local ok, err = sock:send(request_bytes(r))
     if not ok then
         return nil, io_err(err), "sending the request: " .. tostring(err), true
@@ -235,14 +242,14 @@ local function exchange(sock, r, deadline)
         if n > r.max_body then
             return nil, "too_large", "Content-Length " .. n .. " is over max_body"
         end
-        sock:settimeouts(left(deadline), left(deadline), left(deadline))
+        arm(sock, deadline)
         body, err = sock:receive(n)
         if not body then
             return nil, io_err(err), "reading the body: " .. tostring(err)
         end
     else
         reusable = false                       -- delimited by the close
-        sock:settimeouts(left(deadline), left(deadline), left(deadline))
+        arm(sock, deadline)
         local data, rerr, partial = sock:receive("*a")
         body = data
         if not data then
@@ -265,7 +272,7 @@ function _M.request(r)
     local deadline = now() + r.timeout
     for _ = 1, 2 do
         local sock = tcp.new()
-        sock:settimeouts(left(deadline), left(deadline), left(deadline))
+        arm(sock, deadline)
         local ok, err = sock:connect(r.host, r.port)
         if not ok then
             return nil, err == "timeout" and "timeout" or "connect", err
