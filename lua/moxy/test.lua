@@ -17,6 +17,7 @@ local pairs = pairs
 local pcall = pcall
 local select = select
 local tostring = tostring
+local traceback = debug.traceback
 local type = type
 local unpack = unpack
 
@@ -70,9 +71,12 @@ _M.header_map = header_map
 -- Runs <fn> as an entry of the fake loop (a coroutine playing the request's): what it
 -- waits on (moxy.sleep, fake moxy.http delays) moves <clock>, and timers that fall due
 -- meanwhile run. Returns pcall-like results.
+local drive_fn
+
+
 local function drive(clock, fn, ...)
     fake.clock = clock
-    local fe = fake.start_entry(fn, nil, ...)
+    local fe = fake.start_entry(drive_fn, nil, fn, ...)
     if not fe.done and not fake.run_until(function() return fe.done end) then
         return false, "the handler waits on something that never happens"
     end
@@ -99,6 +103,22 @@ local function settle(ok, r)
         end
     end
     return ok, r
+end
+
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+
+-- The entry of drive(): <fn>(...), then (as live at a phase's end) its threads end too.
+drive_fn = function(fn, ...)
+    local r = pack(xpcall(fn, traceback, ...))
+    local ok, err = settle(r[1], r[2])
+    if not ok then
+        error(err, 0)
+    end
+    return unpack(r, 2, r.n)
 end
 
 

@@ -240,3 +240,18 @@ describe("moxy.tcp (fake engine)", function()
         assert.logged("moxy.tcp%(%) is not available in moxy.test's fake engine", res)
     end)
 end)
+
+
+describe("t.phase with threads", function()
+    it("waits for the threads of the handler, as a live phase does", function()
+        local app = { request_filter = function(s, ctx)
+            moxy.thread.spawn(function() moxy.sleep(2) ctx.done = true end)
+            return "returned"
+        end }
+        local s = t.request {}
+        local clock = t.clock(0)
+        assert.equal("returned", t.phase(app, "request_filter", s))
+        assert.is_true(s.ctx.done)
+        assert.equal(2, clock.now)
+    end)
+end)
