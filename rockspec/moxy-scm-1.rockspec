@@ -26,6 +26,8 @@ build = {
         ["moxy.backend"] = "lua/moxy/backend.lua",
         ["moxy.session"] = "lua/moxy/session.lua",
         ["moxy.fake"] = "lua/moxy/fake.lua",
+        ["moxy.sched"] = "lua/moxy/sched.lua",
+        ["moxy.http"] = "lua/moxy/http.lua",
         ["moxy.test"] = "lua/moxy/test.lua",
     },
 }
