@@ -65,7 +65,7 @@ end
 
 -- Makes <co> an entry; <sp> is the request's session handle (nil for a timer).
 function _M.enter(co, sp)
-    local e = { co = co, sp = sp, nalive = 0, alive = {} }
+    local e = { co = co, sp = sp, nalive = 0, alive = nil }    -- alive: made by spawn
     entries[co] = e
     return e
 end
@@ -237,7 +237,12 @@ function _M.spawn(fn, ...)
     entries[co] = e
     threads[co] = th
     e.nalive = e.nalive + 1
-    e.alive[th] = true
+    local alive = e.alive
+    if alive == nil then
+        alive = {}
+        e.alive = alive
+    end
+    alive[th] = true
     run(th, ...)
     return th
 end
@@ -366,7 +371,7 @@ end
 -- The entry's handler failed: kill every thread still alive.
 function _M.kill_all(e)
     e.killing = true
-    for th in pairs(e.alive) do
+    for th in pairs(e.alive or {}) do
         cancel_thread(th)
     end
     e.killing = nil
