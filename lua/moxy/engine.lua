@@ -239,6 +239,7 @@ end
 
 -- The coroutine body: one request at a time, all its phases, then pooled again.
 function _M.body(phase, p, svc)
+    local e                         -- this coroutine's sched entry, renewed per request
     while true do
         local app = apps[svc]
         local sp = ffi.cast(session_ptr, p)
@@ -260,7 +261,7 @@ function _M.body(phase, p, svc)
             conn_ctxs[cid] = conn_ctx
         end
         local s = session.new(sp, ctx, conn_ctx)
-        local e = sched.enter(running(), sp)
+        e = e and sched.renew(e, sp) or sched.enter(running(), sp)
         while phase ~= RELEASE do
             local ok, err
             if ctx_err and phase ~= LOGGING then
@@ -270,7 +271,7 @@ function _M.body(phase, p, svc)
             end
             phase = yield(true, ok, err)
         end
-        sched.leave(e)
+        e.sp = nil                  -- the entry stays with this pooled coroutine
         -- A session kept past its request must not reach freed C memory.
         s.b, s.req.b, s.resp.b = ENDED, ENDED, ENDED
         phase, p, svc = yield(true, true, nil)

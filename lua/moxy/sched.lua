@@ -65,8 +65,19 @@ end
 
 -- Makes <co> an entry; <sp> is the request's session handle (nil for a timer).
 function _M.enter(co, sp)
-    local e = { co = co, sp = sp, nalive = 0, alive = nil }    -- alive: made by spawn
+    local e = { co = co, sp = sp, nalive = 0, alive = nil, gen = 0 }  -- alive: made by spawn
     entries[co] = e
+    return e
+end
+
+
+-- Reuses entry <e> (a pooled coroutine's) for a new request: threads of the previous
+-- one no longer belong to it.
+function _M.renew(e, sp)
+    e.sp = sp
+    e.gen = e.gen + 1
+    e.nalive = 0
+    e.alive = nil
     return e
 end
 
@@ -233,7 +244,7 @@ function _M.spawn(fn, ...)
               .. "or a thread", 2)
     end
     local co = create(fn)
-    local th = setmetatable({ co = co, entry = e }, thread_mt)
+    local th = setmetatable({ co = co, entry = e, gen = e.gen }, thread_mt)
     entries[co] = e
     threads[co] = th
     e.nalive = e.nalive + 1
@@ -259,7 +270,7 @@ local function check_threads(what, e, co, ...)
             error("bad argument #" .. i .. " to '" .. what .. "' (moxy.thread expected, got "
                   .. type(th) .. ")", 3)
         end
-        if th.entry ~= e then
+        if th.entry ~= e or th.gen ~= e.gen then
             error("moxy.thread." .. what .. "(): the thread belongs to another request or timer",
                   3)
         end
