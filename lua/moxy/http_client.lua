@@ -250,7 +250,7 @@ local function exchange(sock, r, deadline)
     else
         reusable = false                       -- delimited by the close
         arm(sock, deadline)
-        local data, rerr, partial = sock:receive("*a")
+        local data, rerr, partial = sock:_all(r.max_body > 0 and r.max_body or 1)
         body = data
         if not data then
             if rerr == "too large" or #(partial or "") > r.max_body then

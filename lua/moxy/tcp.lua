@@ -267,6 +267,13 @@ function Sock.receiveuntil(self, pattern, opts)
 end
 
 
+-- Internal (moxy.http_client): everything until the close, at most <max> bytes (more is
+-- nil, "too large").
+function Sock._all(self, max)
+    return receive(self, "sock:receive()", RECV_ALL, 0, max)
+end
+
+
 -- Internal (moxy.http_client): a line ending in CRLF exactly, at most <max> bytes.
 function Sock._line(self, max)
     return receive(self, "sock:receive()", RECV_UNTIL, 0, max, "\r\n")

@@ -58,6 +58,13 @@ class LineServer:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     words = line.decode().split()
+                    if words and words[0] == "GET":
+                        # HTTP: a body of <n> pattern bytes delimited by the close.
+                        while not buf.startswith(b"\r\n") and b"\r\n\r\n" not in buf:
+                            buf += c.recv(4096)
+                        n = int(words[1].strip("/"))
+                        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: x/y\r\n\r\n" + pattern(n))
+                        return
                     if words[0] == "PING":
                         c.sendall(f"PONG {words[1]}\r\n".encode())
                     elif words[0] == "SLOW":
@@ -153,6 +160,14 @@ class LuaIO(MoxyTestCase):
             self.assertTrue(r.body.startswith(b"200 "), r.body[:100])
         self.assertLessEqual(self.origin.connections - before, 1,
                              "moxy.http opened a connection per request")
+
+    def test_body_delimited_by_the_close(self):
+        r = self.get("/http-close?n=70000&max=100000")
+        head, body = r.body.split(b"\n", 1)
+        self.assertEqual(head, b"200 70000 x/y")
+        self.assertEqual(body, pattern(70000))
+        r = self.get("/http-close?n=300000&max=100000")
+        self.assertTrue(r.body.startswith(b"error too_large"), r.body[:100])
 
     def test_no_body_for_204(self):
         r = self.get("/http?u=/status%3Fcode%3D204")

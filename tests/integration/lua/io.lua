@@ -124,6 +124,14 @@ function app.request_filter(s, ctx)
         end
         return s:respond(200, res.status .. " " .. #res.body .. " "
                          .. tostring(res:header("Content-Type")) .. "\n" .. res.body)
+    elseif path == "/http-close" then
+        local res, err = moxy.http.request { url = "http://127.0.0.1:LINE_PORT/" .. arg("n"),
+                                             max_body = tonumber(arg("max")) }
+        if not res then
+            return s:respond(200, "error " .. err)
+        end
+        return s:respond(200, res.status .. " " .. #res.body .. " " .. res:header("content-type")
+                         .. "\n" .. res.body)
     elseif path == "/https" then
         local res, err = moxy.http.request { url = "https://127.0.0.1:ORIGIN_PORT/" }
         return s:respond(200, tostring(res) .. " " .. tostring(err))
