@@ -37,7 +37,7 @@ int moxy_tcp_pool_count(const char *key, size_t kl);
 const char *moxy_tcp_strerror(int rc);
 ]]
 
-local OK, AGAIN = 0, 1
+local OK, AGAIN, DONE = 0, 1, 3
 local E_TOO_LARGE = -5004
 local E_TIMEDOUT, E_EOF, E_CANCELED = -110, -4095, -125
 local RECV_LINE, RECV_ALL, RECV_BYTES, RECV_ANY, RECV_UNTIL = 0, 1, 2, 3, 4
@@ -204,8 +204,8 @@ local function receive(self, what, mode, n, max, pat)
     local pl = pat and #pat or 0
     while true do
         local rc = C.moxy_tcp_receive(t, id, mode, n, max, pat, pl, self.rt, out1)
-        if rc == OK then
-            return ffi_str(out1[0].data, out1[0].len)
+        if rc == OK or rc == DONE then
+            return ffi_str(out1[0].data, out1[0].len), rc == DONE
         elseif rc == AGAIN then
             sched.wait(id, cancel, self)
         elseif rc < -5000 and rc ~= E_TOO_LARGE then
@@ -222,16 +222,23 @@ end
 -- ("closed" closes the socket; after "timeout" it stays usable).
 function Sock.receive(self, pattern)
     check_self(self, "receive")
+    local data, err, partial
     if pattern == nil or pattern == "*l" then
-        return receive(self, "sock:receive()", RECV_LINE, 0, MAX_LINE)
+        data, err, partial = receive(self, "sock:receive()", RECV_LINE, 0, MAX_LINE)
     elseif pattern == "*a" then
-        return receive(self, "sock:receive()", RECV_ALL, 0, 0)
+        data, err, partial = receive(self, "sock:receive()", RECV_ALL, 0, 0)
     elseif type(pattern) == "number" and pattern >= 0 and pattern % 1 == 0 then
-        return receive(self, "sock:receive()", RECV_BYTES, pattern, 0)
+        data, err, partial = receive(self, "sock:receive()", RECV_BYTES, pattern, 0)
+    else
+        error("bad argument #1 to 'receive' (\"*l\", \"*a\" or a byte count expected, got "
+              .. tostring(pattern) .. ")", 2)
     end
-    error("bad argument #1 to 'receive' (\"*l\", \"*a\" or a byte count expected, got "
-          .. tostring(pattern) .. ")", 2)
+    if data then
+        return data
+    end
+    return nil, err, partial
 end
+
 
 
 -- sock:receiveany(max): whatever arrived, 1..max bytes, waiting for at least one.
@@ -240,29 +247,48 @@ function Sock.receiveany(self, max)
     if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
         error("bad argument #1 to 'receiveany' (byte count >= 1 expected)", 2)
     end
-    return receive(self, "sock:receiveany()", RECV_ANY, max, 0)
+    local data, err, partial = receive(self, "sock:receiveany()", RECV_ANY, max, 0)
+    if data then
+        return data
+    end
+    return nil, err, partial
 end
 
 
--- sock:receiveuntil(pattern, { inclusive = false }) -> reader; reader() returns the data
+-- sock:receiveuntil(pattern, { inclusive = false }) -> reader. reader() returns the data
 -- before the next <pattern> (dropped, or kept with inclusive), or nil, err, partial.
--- (OpenResty's reader(size) streaming form is not supported.)
+-- reader(size) streams it: at most <size> bytes per call, then nil (no error) once the
+-- pattern was reached; the call after that looks for the next one.
 function Sock.receiveuntil(self, pattern, opts)
     check_self(self, "receiveuntil")
     if type(pattern) ~= "string" or pattern == "" then
         error("bad argument #1 to 'receiveuntil' (non-empty string expected)", 2)
     end
     local inclusive = type(opts) == "table" and opts.inclusive
+    local ended = false
     return function(size)
-        if size ~= nil then
-            error("moxy.tcp: reader(size) is not supported; call reader() for the data up to "
-                  .. "the pattern", 2)
+        if size ~= nil and (type(size) ~= "number" or size < 1 or size % 1 ~= 0) then
+            error("bad argument #1 to 'reader' (byte count >= 1 expected)", 2)
         end
-        local data, err, partial = receive(self, "reader()", RECV_UNTIL, 0, MAX_LINE, pattern)
-        if data and inclusive then
+        if ended then
+            ended = false
+            return nil
+        end
+        local data, hit, partial = receive(self, "reader()", RECV_UNTIL, size or 0, MAX_LINE,
+                                           pattern)
+        if data == nil then
+            return nil, hit, partial
+        end
+        if hit and inclusive then
             data = data .. pattern
         end
-        return data, err, partial
+        if size and hit then
+            if data == "" then
+                return nil                  -- the pattern right away: the end
+            end
+            ended = true                    -- this chunk, then nil
+        end
+        return data
     end
 end
 
@@ -270,13 +296,21 @@ end
 -- Internal (moxy.http_client): everything until the close, at most <max> bytes (more is
 -- nil, "too large").
 function Sock._all(self, max)
-    return receive(self, "sock:receive()", RECV_ALL, 0, max)
+    local data, err, partial = receive(self, "sock:receive()", RECV_ALL, 0, max)
+    if data then
+        return data
+    end
+    return nil, err, partial
 end
 
 
 -- Internal (moxy.http_client): a line ending in CRLF exactly, at most <max> bytes.
 function Sock._line(self, max)
-    return receive(self, "sock:receive()", RECV_UNTIL, 0, max, "\r\n")
+    local data, err = receive(self, "sock:receive()", RECV_UNTIL, 0, max, "\r\n")
+    if data then
+        return data
+    end
+    return nil, err
 end
 
 

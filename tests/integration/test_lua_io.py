@@ -218,7 +218,8 @@ class LuaIO(MoxyTestCase):
     def test_tcp_byte_counts_and_receiveuntil(self):
         r = self.get("/line-big?n=100000")
         self.assertEqual(r.body, b"100000 " + pattern(100000)[:4] + b" rest=3")
-        self.assertEqual(self.get("/line-until").body, b"PONG a,b,c")
+        self.assertEqual(self.get("/line-until").body,
+                         b"PONG a,b,c|PONG, abc,defg,hij,nil:nil|x-|y")
 
     # --- threads ------------------------------------------------------------------------
 

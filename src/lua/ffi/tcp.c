@@ -64,6 +64,7 @@ struct mx_lua_tcp_s {
     int pending_rc; /* the finished operation's result, for moxy_tcp_take() */
     int read_rc;    /* a read error (UV_*) to report, 0 if none */
     unsigned eof : 1;
+    unsigned until_hit : 1; /* RECV_UNTIL found its pattern (MX_DONE) */
     mx_buf_t rbuf; /* received, [rpos, len) not yet returned */
     size_t rpos;
     int rmode; /* what the pending receive waits for */
@@ -509,12 +510,20 @@ satisfied(moxy_tcp_t *t, size_t *len, size_t *skip)
         *len = have < t->rn ? have : t->rn;
         return have > 0 || t->rn == 0;
     case RECV_UNTIL: {
+        /* With <rn> > 0 (reader(size)): at most rn bytes before the pattern;
+         * rn bytes are safe once no match can start among them. */
         const char *hit = have >= t->pat.len ? memmem(p, have, t->pat.data, t->pat.len) : NULL;
-        if (hit == NULL)
-            return false;
-        *len = (size_t)(hit - p);
-        *skip = t->pat.len;
-        return true;
+        if (hit != NULL && (t->rn == 0 || (size_t)(hit - p) <= t->rn)) {
+            *len = (size_t)(hit - p);
+            *skip = t->pat.len;
+            t->until_hit = 1;
+            return true;
+        }
+        if (t->rn > 0 && (hit != NULL || have >= t->rn + t->pat.len - 1)) {
+            *len = t->rn;
+            return true;
+        }
+        return false;
     }
     }
     return false;
@@ -592,7 +601,8 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 /* receive: <mode> RECV_LINE ("*l", the line without its LF or CRLF),
  * RECV_ALL ("*a", until the peer closes), RECV_BYTES (exactly <n>),
  * RECV_ANY (1..<n> bytes), RECV_UNTIL (up to the pattern <pat>, which is
- * dropped). <max> caps what a line, "*a" or a pattern search buffers (0: no
+ * dropped: MX_DONE; with <n> > 0 at most <n> bytes before it, MX_OK while
+ * the pattern is not reached). <max> caps what a line, "*a" or a pattern search buffers (0: no
  * cap). MX_OK with <out> (a view valid until the next call on <t>),
  * MX_AGAIN, or an error with what arrived so far in <out>: UV_EOF (closed;
  * the connection is closed), UV_ETIMEDOUT (kept open), MX_ETOOLARGE, UV_E*. */
@@ -617,9 +627,10 @@ moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, const
         mx_buf_append(&t->pat, pat, pl);
     }
     size_t len, skip;
+    t->until_hit = 0;
     if (satisfied(t, &len, &skip)) {
         take_view(t, len, skip, out);
-        return MX_OK;
+        return t->until_hit ? MX_DONE : MX_OK;
     }
     size_t have = t->rbuf.len - t->rpos;
     if (max && have > max) {

@@ -76,8 +76,23 @@ function app.request_filter(s, ctx)
         local a = reader()
         local b = reader()
         local rest = sock:receive("*l")
+        -- reader(size): chunks of at most size bytes, then nil at the pattern
+        assert(sock:send("PING abcdefghij--x-y\n"))
+        local chunks = {}
+        for _ = 1, 10 do
+            local data, err = reader(4)
+            if not data then
+                chunks[#chunks + 1] = "nil:" .. tostring(err)
+                break
+            end
+            chunks[#chunks + 1] = data
+        end
+        local r2 = sock:receiveuntil("-", { inclusive = true })
+        local x = r2()
+        local tail = sock:receive()
         sock:close()
-        return s:respond(200, a .. "," .. b .. "," .. rest)
+        return s:respond(200, a .. "," .. b .. "," .. rest .. "|" .. table.concat(chunks, ",")
+                         .. "|" .. x .. "|" .. tail)
     elseif path == "/line-timeout-retry" then
         -- After a read timeout the socket stays usable (OpenResty's rule).
         local sock = moxy.tcp()
