@@ -31,7 +31,7 @@ int moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, c
                      size_t pl, double timeout_ms, moxy_str_t *out);
 int moxy_tcp_take(moxy_tcp_t *t);
 int moxy_tcp_setkeepalive(moxy_tcp_t *t, double idle_ms, int pool_size);
-int moxy_tcp_close(moxy_tcp_t *t);
+int moxy_tcp_close(moxy_tcp_t *t, int force);
 int moxy_tcp_reused(moxy_tcp_t *t);
 int moxy_tcp_pool_count(const char *key, size_t kl);
 const char *moxy_tcp_strerror(int rc);
@@ -80,7 +80,7 @@ end
 
 -- Stops the socket's operation when the moxy.thread waiting on it is killed.
 local function cancel(self)
-    C.moxy_tcp_close(self.t)
+    C.moxy_tcp_close(self.t, 1)
 end
 
 
@@ -346,8 +346,11 @@ end
 -- sock:close(): 1, or nil, "closed" when it was not connected.
 function Sock.close(self)
     check_self(self, "close")
-    if C.moxy_tcp_close(self.t) == OK then
+    local rc = C.moxy_tcp_close(self.t, 0)
+    if rc == OK then
         return 1
+    elseif rc < -5000 then
+        raise(rc, "sock:close()")
     end
     return nil, "closed"
 end

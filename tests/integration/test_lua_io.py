@@ -209,6 +209,9 @@ class LuaIO(MoxyTestCase):
     def test_tcp_setkeepalive_refuses_unread_data(self):
         self.assertEqual(self.get("/unread").body, b"5 nil unread data in buffer closed")
 
+    def test_tcp_one_operation_at_a_time(self):
+        self.assertEqual(self.get("/close-busy").body, b"false socket busy false socket busy PONG z")
+
     def test_tcp_errors(self):
         self.assertEqual(self.get("/refused").body, b"nil connection refused")
         r = self.get("/unresolvable")

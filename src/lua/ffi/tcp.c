@@ -91,7 +91,7 @@ int moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, c
                      size_t pl, double timeout_ms, mx_str_t *out);
 int moxy_tcp_take(moxy_tcp_t *t);
 int moxy_tcp_setkeepalive(moxy_tcp_t *t, double idle_ms, int pool_size);
-int moxy_tcp_close(moxy_tcp_t *t);
+int moxy_tcp_close(moxy_tcp_t *t, int force);
 int moxy_tcp_reused(moxy_tcp_t *t);
 int moxy_tcp_pool_count(const char *key, size_t kl);
 const char *moxy_tcp_strerror(int rc);
@@ -711,9 +711,14 @@ moxy_tcp_setkeepalive(moxy_tcp_t *t, double idle_ms, int pool_size)
 }
 
 
+/* close(): MX_OK, UV_EOF when it was not connected, or (without <force>)
+ * MX_EBADARG while another coroutine's operation is in flight: it would
+ * never be woken. <force>: a moxy.thread.kill() of that coroutine. */
 int
-moxy_tcp_close(moxy_tcp_t *t)
+moxy_tcp_close(moxy_tcp_t *t, int force)
 {
+    if (!force && t->op != OP_NONE)
+        return mx_lua_ffi_fail(MX_EBADARG, "socket busy (another operation is in progress)");
     bool open = t->c != NULL && t->c->connected;
     sock_close(t);
     return open ? MX_OK : UV_EOF;

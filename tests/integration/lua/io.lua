@@ -113,6 +113,19 @@ function app.request_filter(s, ctx)
         local _, err2 = sock:send("x")
         return s:respond(200, table.concat({ #part, tostring(ok), tostring(err), tostring(err2) },
                                            " "))
+    elseif path == "/close-busy" then
+        -- One operation at a time: closing under another thread's receive raises.
+        local sock = moxy.tcp()
+        assert(sock:connect("127.0.0.1", LINE_PORT))
+        assert(sock:send("SLOW 300 z\n"))
+        local th = moxy.thread.spawn(function() return sock:receive() end)
+        local ok, err = pcall(sock.close, sock)
+        local ok2, err2 = pcall(sock.send, sock, "x")
+        local _, line = moxy.thread.wait(th)
+        sock:close()
+        return s:respond(200, table.concat({ tostring(ok), tostring(err:match("socket busy")),
+                                             tostring(ok2), tostring(err2:match("socket busy")),
+                                             line }, " "))
     elseif path == "/refused" then
         local sock = moxy.tcp()
         local ok, err = sock:connect("127.0.0.1", DEAD_PORT)
