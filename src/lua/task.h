@@ -70,7 +70,8 @@ int mx_lua_ffi_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 
 int mx_lua_ffi_check_wait(const mx_session_t *s);
 
 /* --- moxy.sleep (task.c), moxy.tcp's pool (ffi/tcp.c) --- */
-/* The worker starts draining: close idle pooled Lua sockets, pool no more. */
+/* The worker starts draining: close idle pooled Lua sockets, pool no more
+ * (per thread, not per VM generation: a reload keeps the pool). */
 void mx_lua_tcp_pool_close(void);
 
 #endif

@@ -446,7 +446,6 @@ mx_vm_timers_retire(mx_vm_t *vm)
         if (vm->body_ref != 0) /* the VM loaded: engine.timer_body exists */
             mx_lua_task_timer(vm, id, true);
     }
-    mx_lua_tcp_pool_close(); /* idle moxy.tcp connections would keep the loop alive */
     run_shutdown(vm);
     vm->shutdown_ref = 0; /* once */
 }

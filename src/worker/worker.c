@@ -165,6 +165,7 @@ on_async(uv_async_t *a)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);
+        mx_lua_tcp_pool_close(); /* idle moxy.tcp connections would keep the loop alive */
         mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
