@@ -14,6 +14,7 @@
 -- scans per response head, which is noise next to a network round trip. TLS will come to
 -- both through the socket layer.
 local tcp = require "moxy.tcp"
+local tcp_live = require "moxy.tcp_live"
 local live = require "moxy.live"
 
 local concat = table.concat
@@ -271,7 +272,7 @@ end
 function _M.request(r)
     local deadline = now() + r.timeout
     for _ = 1, 2 do
-        local sock = tcp.new()
+        local sock = tcp.new(tcp_live)
         arm(sock, deadline)
         local ok, err = sock:connect(r.host, r.port)
         if not ok then

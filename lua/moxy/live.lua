@@ -448,7 +448,7 @@ end
 
 -- moxy.tcp() and moxy.http.request(): sockets over src/lua/ffi/tcp.c, HTTP in Lua.
 function _M.tcp()
-    return require("moxy.tcp").new()
+    return require("moxy.tcp").new(require "moxy.tcp_live")
 end
 
 

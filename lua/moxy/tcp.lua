@@ -1,18 +1,14 @@
--- moxy.tcp: a yielding TCP / unix-socket client like OpenResty's ngx.socket.tcp (the C
--- half is src/lua/ffi/tcp.c). Live engine only. Methods return OpenResty's values:
+-- moxy.tcp: a yielding TCP / unix-socket client like OpenResty's ngx.socket.tcp. This
+-- module checks arguments and keeps the method set; the socket backend does the I/O:
+-- moxy.tcp_live (FFI, src/lua/ffi/tcp.c) or moxy.tcp_fake (t.run's opts.tcp). Methods
+-- return OpenResty's values:
 -- 1 or the data on success, nil, err (and the partial data for receive) on failure, with
 -- err "timeout", "closed", "connection refused", "<host> could not be resolved (...)"...
 -- Misuse (bad arguments, a busy socket, a socket of another request) raises.
-local ffi = require "ffi"
-local live = require "moxy.live"       -- declares moxy_str_t
 local sched = require "moxy.sched"
 
-local C = ffi.C
-local ffi_gc = ffi.gc
-local ffi_str = ffi.string
 local concat = table.concat
 local error = error
-local floor = math.floor
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local sub = string.sub
@@ -20,50 +16,11 @@ local tostring = tostring
 local type = type
 
 
-ffi.cdef[[
-typedef struct mx_lua_tcp_s moxy_tcp_t;
-int moxy_tcp_new(moxy_tcp_t **out);
-void moxy_tcp_free(moxy_tcp_t *t);
-int moxy_tcp_connect(moxy_tcp_t *t, double id, const char *host, size_t hl, int port,
-                     const char *key, size_t kl, double timeout_ms);
-int moxy_tcp_send(moxy_tcp_t *t, double id, const char *p, size_t n, double timeout_ms);
-int moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, const char *pat,
-                     size_t pl, double timeout_ms, moxy_str_t *out);
-int moxy_tcp_take(moxy_tcp_t *t);
-int moxy_tcp_setkeepalive(moxy_tcp_t *t, double idle_ms, int pool_size);
-int moxy_tcp_close(moxy_tcp_t *t, int force);
-int moxy_tcp_reused(moxy_tcp_t *t);
-int moxy_tcp_pool_count(const char *key, size_t kl);
-const char *moxy_tcp_strerror(int rc);
-]]
-
-local OK, AGAIN, DONE = 0, 1, 3
-local E_TOO_LARGE = -5004
-local E_TIMEDOUT, E_EOF, E_CANCELED = -110, -4095, -125
+-- What receive asks its backend for (the values of src/lua/ffi/tcp.c).
 local RECV_LINE, RECV_ALL, RECV_BYTES, RECV_ANY, RECV_UNTIL = 0, 1, 2, 3, 4
 local DEFAULT_TIMEOUT = 60000           -- ms, as OpenResty's lua_socket_*_timeout
 local DEFAULT_IDLE, DEFAULT_POOL = 60000, 30
 local MAX_LINE = 16 * 1024 * 1024       -- what "*l" or a pattern buffers at most
-
-local out1 = ffi.new("moxy_str_t[1]")
-local new_out = ffi.new("moxy_tcp_t *[1]")
-
-local raise = live.raise
-
-
-local function errstr(rc, host)
-    if rc == E_TIMEDOUT then
-        return "timeout"
-    elseif rc == E_EOF or rc == E_CANCELED then
-        return "closed"
-    elseif rc == E_TOO_LARGE then
-        return "too large"
-    elseif rc <= -3000 and rc >= -3014 then         -- UV_EAI_*: name resolution
-        return tostring(host) .. " could not be resolved (" .. ffi_str(C.moxy_tcp_strerror(rc))
-            .. ")"
-    end
-    return ffi_str(C.moxy_tcp_strerror(rc))
-end
 
 
 local Sock = {}
@@ -78,17 +35,11 @@ local function check_self(self, what)
 end
 
 
--- Stops the socket's operation when the moxy.thread waiting on it is killed.
-local function cancel(self)
-    C.moxy_tcp_close(self.t, 1)
-end
-
-
--- moxy.tcp() -> a socket, not connected. Phases: any (connect needs one that can wait).
-local function new()
-    C.moxy_tcp_new(new_out)
-    local t = ffi_gc(new_out[0], C.moxy_tcp_free)
-    return setmetatable({ t = t, ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT,
+-- A socket, not connected, over socket backend <b> (moxy.tcp_live or moxy.tcp_fake: new,
+-- connect, send, receive, setkeepalive, close, reused). Phases: any (connect needs one
+-- that can wait).
+local function new(b)
+    return setmetatable({ b = b, h = b.new(), ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT,
                           rt = DEFAULT_TIMEOUT }, sock_mt)
 end
 
@@ -150,20 +101,7 @@ function Sock.connect(self, host, port, opts)
         end
     end
     sched.check("sock:connect()")
-    local id = sched.id()
-    local t = self.t
-    local rc = C.moxy_tcp_connect(t, id, host, #host, port, key, #key, self.ct)
-    if rc == AGAIN then
-        sched.wait(id, cancel, self)
-        rc = C.moxy_tcp_take(t)
-    end
-    if rc == OK then
-        return 1
-    end
-    if rc < -5000 then
-        raise(rc, "sock:connect()")
-    end
-    return nil, errstr(rc, unix and host or host)
+    return self.b.connect(self, host, port, key)
 end
 
 
@@ -180,40 +118,14 @@ function Sock.send(self, data)
         error("bad argument #1 to 'send' (string expected, got " .. ty .. ")", 2)
     end
     sched.check("sock:send()")
-    local id = sched.id()
-    local t = self.t
-    local rc = C.moxy_tcp_send(t, id, data, #data, self.st)
-    if rc == AGAIN then
-        sched.wait(id, cancel, self)
-        rc = C.moxy_tcp_take(t)
-    end
-    if rc == OK then
-        return #data
-    end
-    if rc < -5000 then
-        raise(rc, "sock:send()")
-    end
-    return nil, errstr(rc)
+    return self.b.send(self, data)
 end
 
 
+-- data, hit (a RECV_UNTIL pattern was reached), or nil, err, partial.
 local function receive(self, what, mode, n, max, pat)
     sched.check(what)
-    local id = sched.id()
-    local t = self.t
-    local pl = pat and #pat or 0
-    while true do
-        local rc = C.moxy_tcp_receive(t, id, mode, n, max, pat, pl, self.rt, out1)
-        if rc == OK or rc == DONE then
-            return ffi_str(out1[0].data, out1[0].len), rc == DONE
-        elseif rc == AGAIN then
-            sched.wait(id, cancel, self)
-        elseif rc < -5000 and rc ~= E_TOO_LARGE then
-            raise(rc, what)
-        else
-            return nil, errstr(rc), ffi_str(out1[0].data, out1[0].len)
-        end
-    end
+    return self.b.receive(self, what, mode, n, max, pat)
 end
 
 
@@ -328,31 +240,14 @@ function Sock.setkeepalive(self, idle, size)
     if type(size) ~= "number" or size < 1 then
         error("bad argument #2 to 'setkeepalive' (pool size >= 1 expected)", 2)
     end
-    local rc = C.moxy_tcp_setkeepalive(self.t, idle, floor(size))
-    if rc == OK then
-        return 1
-    end
-    if rc == -5016 then                     -- E_BAD_ARG: unread data, or busy
-        local why = live.last_error()
-        if why == "unread data in buffer" then
-            return nil, why
-        end
-        raise(rc, "sock:setkeepalive()")
-    end
-    return nil, errstr(rc)
+    return self.b.setkeepalive(self, idle, size)
 end
 
 
 -- sock:close(): 1, or nil, "closed" when it was not connected.
 function Sock.close(self)
     check_self(self, "close")
-    local rc = C.moxy_tcp_close(self.t, 0)
-    if rc == OK then
-        return 1
-    elseif rc < -5000 then
-        raise(rc, "sock:close()")
-    end
-    return nil, "closed"
+    return self.b.close(self)
 end
 
 
@@ -360,11 +255,7 @@ end
 -- or nil, "closed".
 function Sock.getreusedtimes(self)
     check_self(self, "getreusedtimes")
-    local n = C.moxy_tcp_reused(self.t)
-    if n < 0 then
-        return nil, "closed"
-    end
-    return n
+    return self.b.reused(self)
 end
 
 
@@ -376,6 +267,6 @@ end
 
 return {
     new = new,
-    -- Idle pooled connections of this worker under <key> (for specs).
-    pool_count = function(key) return C.moxy_tcp_pool_count(key, #key) end,
+    RECV_LINE = RECV_LINE, RECV_ALL = RECV_ALL, RECV_BYTES = RECV_BYTES, RECV_ANY = RECV_ANY,
+    RECV_UNTIL = RECV_UNTIL,
 }

@@ -36,7 +36,7 @@ class Abi(unittest.TestCase):
         self.check(["src/lua/ffi/api.c", "src/lua/task.c"], ["lua/moxy/live.lua"])
 
     def test_tcp_abi(self):
-        self.check(["src/lua/ffi/tcp.c"], ["lua/moxy/tcp.lua"])
+        self.check(["src/lua/ffi/tcp.c"], ["lua/moxy/tcp_live.lua"])
 
     def test_shared_dict_abi(self):
         self.check(["src/lua/ffi/shdict_api.c"], ["lua/moxy/shared.lua"])
