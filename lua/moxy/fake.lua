@@ -209,6 +209,8 @@ _M.clock = _M.new_clock()
 _M.timers = {}          -- pending moxy.timer handles (set of tables)
 _M.waits = {}           -- wait id -> { due = clock time, fe = fake entry }
 _M.http = nil           -- t.run's opts.http while it runs
+_M.tcp = nil            -- t.run's opts.tcp while it runs
+_M.tcp_pool = {}        -- moxy.tcp keepalive pool: key -> idle fake connections
 _M.upstreams = {}       -- YAML-like groups for moxy.upstream(): name -> { "host:port" | { address, weight } }
 _M.logs = {}            -- log lines written outside a run (t.run collects into res.logs)
 _M.sink = _M.logs
@@ -423,9 +425,9 @@ function B.sleep(seconds)
 end
 
 
+-- moxy.tcp() over moxy.tcp_fake: t.run's opts.tcp plays the servers.
 function B.tcp()
-    error("moxy.tcp() is not available in moxy.test's fake engine (test socket code against "
-          .. "the real binary with t.server)", 3)
+    return require("moxy.tcp").new(require "moxy.tcp_fake")
 end
 
 

@@ -127,8 +127,9 @@ end
 function _M.clock(start)
     local c = fake.new_clock(start)
     fake.clock = c
-    fake.timers = {}            -- a new timeline: timers and waits of an earlier clock go
-    fake.waits = {}
+    fake.timers = {}            -- a new timeline: timers, waits and pooled fake sockets of an
+    fake.waits = {}             -- earlier clock go
+    fake.tcp_pool = {}
     return c
 end
 
@@ -474,7 +475,9 @@ end
 -- body | { chunks } } or nil, "timeout" | "connect" (default: 200, empty); http = fn(req)
 -- -> { status, headers, body, delay } or nil, err, answering moxy.http.request (req: method,
 -- url, scheme, host, port, path, headers (lower-case keys), body; res.http lists them);
--- clock; config (lua_error_policy = "fail_open" skips a failing phase).
+-- tcp = fn(host, port) -> serve(data) -> reply, closes (moxy.tcp's fake servers; see
+-- moxy.tcp_fake; res.tcp lists the connections); clock; config (lua_error_policy =
+-- "fail_open" skips a failing phase).
 function _M.run(app, s, opts)
     if type(app) ~= "table" then
         error("bad argument #1 to 'run' (app table expected, got " .. type(app) .. ")", 2)
@@ -493,16 +496,20 @@ function _M.run(app, s, opts)
     if opts.http ~= nil and type(opts.http) ~= "function" then
         error("t.run: opts.http must be a function", 2)
     end
+    if opts.tcp ~= nil and type(opts.tcp) ~= "function" then
+        error("t.run: opts.tcp must be a function", 2)
+    end
     backend.set(fake.backend)
     local clock = opts.clock or fake.clock
     fake.clock = clock
     s.sp.ran = true
     s.sp.start_time = clock.now
-    local res = { phases = {}, logs = {}, errors = {}, http = {} }
-    local prev_sink, prev_http, prev_calls = fake.sink, fake.http, fake.http_calls
+    local res = { phases = {}, logs = {}, errors = {}, http = {}, tcp = {} }
+    local prev = { fake.sink, fake.http, fake.http_calls, fake.tcp, fake.tcp_calls }
     fake.sink, fake.http, fake.http_calls = res.logs, opts.http, res.http
+    fake.tcp, fake.tcp_calls = opts.tcp, res.tcp
     local ok, e = drive(clock, run_request, app, s, opts, res)
-    fake.sink, fake.http, fake.http_calls = prev_sink, prev_http, prev_calls
+    fake.sink, fake.http, fake.http_calls, fake.tcp, fake.tcp_calls = unpack(prev, 1, 5)
     if not ok then
         error(e, 0)
     end

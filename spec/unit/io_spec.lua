@@ -234,10 +234,100 @@ end)
 
 
 describe("moxy.tcp (fake engine)", function()
-    it("is not faked: it says to use t.server", function()
-        local res = t.run(app_of(function() moxy.tcp() end), t.request {})
+    -- A line server: "PING x" -> "PONG x"; "QUIT" closes; "SILENT" answers nothing.
+    local function line_server(host, port)
+        if port == 1 then
+            return nil
+        end
+        return function(data)
+            local cmd, arg = data:match("^(%u+) ?(%S*)")
+            if cmd == "PING" then
+                return "PONG " .. arg .. "\r\n"
+            elseif cmd == "QUIT" then
+                return "BYE\r\n", true
+            elseif cmd == "BIG" then
+                return ("x"):rep(tonumber(arg)) .. "--end\n"
+            end
+        end
+    end
+
+    it("speaks a line protocol and pools the connection", function()
+        local app = app_of(function(s, ctx)
+            local out = {}
+            for i = 1, 3 do
+                local sock = moxy.tcp()
+                assert(sock:connect("10.0.0.1", 6379))
+                out[#out + 1] = sock:getreusedtimes()
+                assert(sock:send("PING " .. i .. "\n"))
+                out[#out + 1] = sock:receive()
+                assert(sock:setkeepalive())
+            end
+            ctx.out = out
+        end)
+        local res = t.run(app, t.request {}, { clock = t.clock(0), tcp = line_server })
+        assert.same({ 0, "PONG 1", 1, "PONG 2", 2, "PONG 3" }, res.ctx.out)
+        assert.equal(1, #res.tcp)
+        assert.same({ "PING 1\n", "PING 2\n", "PING 3\n" }, res.tcp[1].sent)
+        assert.equal("10.0.0.1", res.tcp[1].host)
+    end)
+
+    it("gives OpenResty's errors: refused, timeout, closed, unread data", function()
+        local app = app_of(function(s, ctx)
+            local out = {}
+            local sock = moxy.tcp()
+            out[#out + 1] = select(2, sock:connect("10.0.0.1", 1))
+            assert(sock:connect("10.0.0.1", 2))
+            sock:settimeouts(1000, 1000, 500)
+            sock:send("SILENT\n")
+            local t0 = moxy.now()
+            local _, err = sock:receive()
+            out[#out + 1] = err
+            out[#out + 1] = moxy.now() - t0
+            sock:send("QUIT\n")
+            out[#out + 1] = sock:receive()
+            local _, err2, partial = sock:receive()
+            out[#out + 1] = err2
+            out[#out + 1] = partial
+            out[#out + 1] = select(2, sock:send("x"))
+            assert(sock:connect("10.0.0.1", 2))
+            sock:send("PING a\n")
+            out[#out + 1] = select(2, sock:setkeepalive())
+            ctx.out = out
+        end)
+        local res = t.run(app, t.request {}, { clock = t.clock(0), tcp = line_server })
+        assert.same({ "connection refused", "timeout", 0.5, "BYE", "closed", "", "closed",
+                      "unread data in buffer" }, res.ctx.out)
+    end)
+
+    it("reads byte counts, *a and receiveuntil like the live socket", function()
+        local app = app_of(function(s, ctx)
+            local sock = moxy.tcp()
+            assert(sock:connect("unix:/tmp/x.sock"))
+            sock:send("BIG 10\n")
+            local reader = sock:receiveuntil("--")
+            local chunks = {}
+            repeat
+                local data = reader(4)
+                chunks[#chunks + 1] = data or "nil"
+            until data == nil
+            ctx.chunks = chunks
+            ctx.line = sock:receive()
+            sock:send("QUIT\n")
+            ctx.all = sock:receive("*a")
+            ctx.bytes = { sock:receive(3) }
+        end)
+        local res = t.run(app, t.request {}, { clock = t.clock(0), tcp = line_server })
+        assert.same({ "xxxx", "xxxx", "xx", "nil" }, res.ctx.chunks)
+        assert.equal("end", res.ctx.line)
+        assert.equal("BYE\r\n", res.ctx.all)
+        assert.same({ nil, "closed", "" }, res.ctx.bytes)
+        assert.is_nil(res.tcp[1].port)
+    end)
+
+    it("says how to fake it when opts.tcp is missing", function()
+        local res = t.run(app_of(function() moxy.tcp():connect("x", 1) end), t.request {})
         assert.status(500, res)
-        assert.logged("moxy.tcp%(%) is not available in moxy.test's fake engine", res)
+        assert.logged("pass t.run%(app, s, { tcp = function", res)
     end)
 end)
 
