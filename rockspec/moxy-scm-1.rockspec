@@ -28,6 +28,8 @@ build = {
         ["moxy.fake"] = "lua/moxy/fake.lua",
         ["moxy.sched"] = "lua/moxy/sched.lua",
         ["moxy.http"] = "lua/moxy/http.lua",
+        ["moxy.tcp"] = "lua/moxy/tcp.lua",
+        ["moxy.tcp_fake"] = "lua/moxy/tcp_fake.lua",
         ["moxy.test"] = "lua/moxy/test.lua",
     },
 }
