@@ -59,7 +59,7 @@ local function pack(...)
 end
 
 
-local fe_of = setmetatable({}, { __mode = "k" })    -- sched entry record -> fake entry
+local fe_of = setmetatable({}, { __mode = "kv" })   -- sched entry record -> fake entry
 
 
 -- Resumes fake entry <fe> and records how it stopped: waiting, finished or failed.

@@ -41,9 +41,12 @@ _M.WAIT = WAIT
 local BODY = 0
 _M.BODY = BODY
 
+-- Weak both ways: an entry record and a thread object point back to their coroutine, and
+-- LuaJIT has no ephemerons, so a weak-keyed table alone would keep every coroutine alive.
+-- Each record is held strongly where it is needed (the entry's own stack, e.alive).
 local waiting = setmetatable({}, { __mode = "v" })   -- wait id -> the coroutine waiting
-local entries = setmetatable({}, { __mode = "k" })   -- coroutine -> its entry record
-local threads = setmetatable({}, { __mode = "k" })   -- thread coroutine -> thread object
+local entries = setmetatable({}, { __mode = "kv" })  -- coroutine -> its entry record
+local threads = setmetatable({}, { __mode = "kv" })  -- thread coroutine -> thread object
 local seq = 0
 local finish_seq = 0
 

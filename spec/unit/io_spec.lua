@@ -345,3 +345,28 @@ describe("t.phase with threads", function()
         assert.equal(2, clock.now)
     end)
 end)
+
+
+describe("moxy.sched memory", function()
+    it("lets finished threads and their requests be collected", function()
+        -- LuaJIT has no ephemerons: weak-keyed maps whose values point back at the
+        -- coroutine kept every one of them alive.
+        local app = app_of(function()
+            local a = moxy.thread.spawn(function() moxy.sleep(0.001) return 1 end)
+            local b = moxy.thread.spawn(function() return 2 end)
+            moxy.thread.wait(a, b)
+        end)
+        local function round(n)
+            for _ = 1, n do
+                t.run(app, t.request {})
+            end
+            collectgarbage()
+            collectgarbage()
+            return collectgarbage("count")
+        end
+        round(200)
+        local m1 = round(1000)
+        local m2 = round(1000)
+        assert.is_true(m2 - m1 < 300, ("Lua memory grew from %d to %d KB"):format(m1, m2))
+    end)
+end)

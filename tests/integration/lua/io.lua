@@ -126,6 +126,16 @@ function app.request_filter(s, ctx)
         return s:respond(200, table.concat({ tostring(ok), tostring(err:match("socket busy")),
                                              tostring(ok2), tostring(err2:match("socket busy")),
                                              line }, " "))
+    elseif path == "/lua-mem" then
+        collectgarbage()
+        collectgarbage()
+        return s:respond(200, string.format("%d", collectgarbage("count")))
+    elseif path == "/spawn-many" then
+        for _ = 1, 50 do
+            local th = moxy.thread.spawn(function() moxy.sleep(0) return 1 end)
+            moxy.thread.wait(th)
+        end
+        return s:respond(200, "ok")
     elseif path == "/refused" then
         local sock = moxy.tcp()
         local ok, err = sock:connect("127.0.0.1", DEAD_PORT)
