@@ -320,11 +320,18 @@ on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (rc == 0 && res == NULL)
         rc = UV_EAI_NONAME;
     if (rc == 0) {
-        if (res->ai_family == AF_INET)
-            ((struct sockaddr_in *)res->ai_addr)->sin_port = htons((uint16_t)t->port);
+        /* IPv4 first, as OpenResty's resolver (ipv6=off by default); else the first. */
+        struct addrinfo *ai = res;
+        for (struct addrinfo *p = res; p != NULL; p = p->ai_next)
+            if (p->ai_family == AF_INET) {
+                ai = p;
+                break;
+            }
+        if (ai->ai_family == AF_INET)
+            ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)t->port);
         else
-            ((struct sockaddr_in6 *)res->ai_addr)->sin6_port = htons((uint16_t)t->port);
-        rc = start_connect(t, res->ai_addr);
+            ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons((uint16_t)t->port);
+        rc = start_connect(t, ai->ai_addr);
     }
     uv_freeaddrinfo(res);
     if (rc < 0) {
