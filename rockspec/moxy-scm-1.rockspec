@@ -22,11 +22,24 @@ test_dependencies = {
 build = {
     type = "builtin",
     modules = {
-        ["moxy"] = "lua/moxy/init.lua",
         ["moxy.backend"] = "lua/moxy/backend.lua",
-        ["moxy.session"] = "lua/moxy/session.lua",
+        ["moxy.engine"] = "lua/moxy/engine.lua",
         ["moxy.fake"] = "lua/moxy/fake.lua",
+        ["moxy.http"] = "lua/moxy/http.lua",
+        ["moxy.http_client"] = "lua/moxy/http_client.lua",
+        ["moxy"] = "lua/moxy/init.lua",
+        ["moxy.live"] = "lua/moxy/live.lua",
+        ["moxy.sched"] = "lua/moxy/sched.lua",
+        ["moxy.session"] = "lua/moxy/session.lua",
+        ["moxy.shared"] = "lua/moxy/shared.lua",
+        ["moxy.shared_args"] = "lua/moxy/shared_args.lua",
+        ["moxy.shared_fake"] = "lua/moxy/shared_fake.lua",
+        ["moxy.tcp"] = "lua/moxy/tcp.lua",
+        ["moxy.tcp_fake"] = "lua/moxy/tcp_fake.lua",
+        ["moxy.tcp_live"] = "lua/moxy/tcp_live.lua",
         ["moxy.test"] = "lua/moxy/test.lua",
+        ["moxy.test_live"] = "lua/moxy/test_live.lua",
+        ["moxy.test_origin"] = "lua/moxy/test_origin.lua",
     },
 }
 test = {

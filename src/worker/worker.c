@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 #include "proxy/session.h"
 
@@ -139,7 +140,9 @@ mx_worker_join(mx_worker_t *w)
 static void
 maybe_exit(mx_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || w->async_closed || mx_session_orphans_pending())
+    /* A timer function or a request's logging still waiting keeps the worker (until forced). */
+    if (!w->draining || w->nconns > 0 || w->async_closed || mx_lua_tasks_running(w->vm) ||
+        mx_session_orphans_pending())
         return;
     mx_pool_close_idle(w->pool);
     w->async_closed = 1;
@@ -164,9 +167,11 @@ on_async(uv_async_t *a)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);
+        mx_lua_tcp_pool_close(); /* idle moxy.tcp connections would keep the loop alive */
         mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
+        mx_lua_tasks_cancel(w->vm); /* timer functions still waiting: stop them */
         mx_session_orphans_abort(); /* logging that still waits after its response */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {

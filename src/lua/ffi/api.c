@@ -12,6 +12,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "http/headers.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 #include "net/addr.h"
 #include "proxy/session.h"
@@ -72,7 +73,6 @@ double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
-int moxy_sleep(mx_session_t *s, double seconds);
 int moxy_set_peer_timeouts(mx_session_t *s, double connect, double read, double write,
                            double idle);
 int moxy_req_set_body(mx_session_t *s, const char *p, size_t len);
@@ -856,13 +856,20 @@ moxy_upstream_num(mx_session_t *s, int what)
 
 
 int
-moxy_sleep(mx_session_t *s, double seconds)
+mx_lua_ffi_fail(int rc, const char *fmt, ...)
 {
-    if (allowed(s, WAIT) != MX_OK)
-        return MX_EBADPHASE;
-    if (!(seconds >= 0) || seconds > 86400.0)
-        return fail(MX_EBADARG, "seconds must be 0..86400");
-    return mx_lua_sleep(s, seconds);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+
+int
+mx_lua_ffi_check_wait(const mx_session_t *s)
+{
+    return allowed(s, WAIT);
 }
 
 
