@@ -195,6 +195,12 @@ class Waits(MoxyTestCase):
             r = c.request("GET", "/bytes?n=100&urf=0.05")
             self.assertEqual(r.body, pattern(100))
 
+    def test_moxy_http_in_response_filter(self):
+        r, _ = self.get("/bytes?n=70000&sub=1&rbf=0.001")
+        self.assert_status(r, 200, self.moxy)
+        self.assertEqual(r.header("x-sub"), "207")
+        self.assertEqual(r.body, pattern(70000).upper())
+
     def test_connected_to_upstream_and_trailer_filter_wait(self):
         r, took = self.get("/echo?ctu=0.2")
         self.assert_status(r, 200, self.moxy)

@@ -111,6 +111,12 @@ function app.response_filter(s, resp, ctx)
         moxy.sleep(0.01)
         error("rf boom")
     end
+    if s.req:arg("sub") then
+        -- a subrequest from a response phase (moxy.http waits like moxy.sleep)
+        local res, err = moxy.http.request { url = "http://127.0.0.1:ORIGIN_PORT/status?code=207",
+                                             timeout = 5 }
+        resp:set_header("x-sub", res and res.status or err)
+    end
     if s.req:arg("info") then
         local up = s:upstream()
         resp:set_header("x-reused", tostring(s:downstream_reused()))
