@@ -72,6 +72,7 @@ static int on_upstreams(ld_t *ld, yaml_node_t *v, void *base);
 static int on_backends(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_type(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_statuses(ld_t *ld, yaml_node_t *v, void *base);
 static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
 static int on_tls(ld_t *ld, yaml_node_t *v, void *base);
@@ -124,6 +125,8 @@ static const keydef_t health_keys[] = {
     {"rise",     K_INT, H_(rise), 1, 100},
     {"fall",     K_INT, H_(fall), 1, 100},
     {"timeout",  K_DUR, H_(timeout), 0.001, 3600},
+    {"port",     K_INT, H_(port), 1, 65535},
+    {"expected_statuses", K_FN, .fn = on_health_statuses},
     {.name = NULL},
 };
 
@@ -144,6 +147,7 @@ static const keydef_t upstream_keys[] = {
     {"read_timeout",    K_DUR,  U_(read_timeout), 0.001, DAY},
     {"write_timeout",   K_DUR,  U_(write_timeout), 0.001, DAY},
     {"idle_timeout",    K_DUR,  U_(idle_timeout), 0.001, DAY},
+    {"resolve_interval", K_DUR, U_(resolve_interval), 0, DAY},
     {.name = NULL},
 };
 
@@ -542,11 +546,14 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     u->health.rise = 2;
     u->health.fall = 3;
     u->health.timeout = 1;
+    for (int st = 200; st < 400; st++)
+        u->health.expect[st / 64] |= 1ull << (st % 64);
     u->max_retries = 1;
     u->connect_timeout = 2;
     u->read_timeout = 30;
     u->write_timeout = 30;
     u->idle_timeout = 60;
+    u->resolve_interval = 30;
 }
 
 
@@ -651,6 +658,64 @@ on_health_type(ld_t *ld, yaml_node_t *v, void *base)
     if (get_enum(ld, v, health_types, &i) != MX_OK)
         return MX_ECONF;
     snprintf(h->type, sizeof(h->type), "%s", health_types[i]);
+    return MX_OK;
+}
+
+
+/* One item of expected_statuses: 204, "2xx" or "200-299"; sets its bits in <expect>. */
+static int
+get_status_item(ld_t *ld, yaml_node_t *v, uint64_t *expect)
+{
+    const char *want = "a status (204), a class (\"2xx\") or a range (\"200-299\")";
+    long long lo, hi;
+    char a[8], b[8];
+
+    if (v->type != YAML_SCALAR_NODE)
+        return type_error(ld, v, want);
+    const char *s = scalar(v);
+    size_t n = strlen(s);
+    if (n == 3 && s[0] >= '1' && s[0] <= '5' && (s[1] == 'x' || s[1] == 'X') &&
+        (s[2] == 'x' || s[2] == 'X')) {
+        lo = (s[0] - '0') * 100;
+        hi = lo + 99;
+    } else if (n == 7 && s[3] == '-') {
+        memcpy(a, s, 3), a[3] = '\0';
+        memcpy(b, s + 4, 4);
+        if (get_int(ld, v, a, 100, 599, &lo) != MX_OK || get_int(ld, v, b, 100, 599, &hi) != MX_OK)
+            return MX_ECONF;
+        if (hi < lo)
+            return fail(ld, v, "empty status range \"%s\"", s);
+    } else if (strspn(s, "0123456789") == n && n > 0) {
+        if (get_int(ld, v, s, 100, 599, &lo) != MX_OK)
+            return MX_ECONF;
+        hi = lo;
+    } else {
+        return type_error(ld, v, want);
+    }
+    for (long long st = lo; st <= hi; st++)
+        expect[st / 64] |= 1ull << (st % 64);
+    return MX_OK;
+}
+
+
+/* expected_statuses: one item or a sequence of them; replaces the 2xx/3xx default. */
+static int
+on_health_statuses(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_health_t *h = base;
+    size_t n;
+
+    memset(h->expect, 0, sizeof(h->expect));
+    if (v->type != YAML_SEQUENCE_NODE)
+        return get_status_item(ld, v, h->expect);
+    if (get_seq(ld, v, "status", &n) != MX_OK)
+        return MX_ECONF;
+    for (size_t i = 0; i < n; i++) {
+        size_t mark = push(ld, NULL, i);
+        if (get_status_item(ld, node(ld, v->data.sequence.items.start[i]), h->expect) != MX_OK)
+            return MX_ECONF;
+        pop(ld, mark);
+    }
     return MX_OK;
 }
 
