@@ -73,6 +73,7 @@ static int on_backends(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_type(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_statuses(ld_t *ld, yaml_node_t *v, void *base);
+static int on_hash_key(ld_t *ld, yaml_node_t *v, void *base);
 static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
 static int on_tls(ld_t *ld, yaml_node_t *v, void *base);
@@ -138,11 +139,20 @@ static const keydef_t backend_keys[] = {
 };
 
 #define U_(f) .off = offsetof(mx_conf_upstream_t, f)
+static const keydef_t passive_keys[] = {
+    {"max_fails",    K_INT,  U_(max_fails), 0, 1000},
+    {"fail_timeout", K_DUR,  U_(fail_timeout), 0.001, DAY},
+    {"on_5xx",       K_BOOL, U_(fail_on_5xx)},
+    {.name = NULL},
+};
+
 static const keydef_t upstream_keys[] = {
     {"backends",        K_FN,   .fn = on_backends, .required = true},
     {"algorithm",       K_ENUM, U_(algorithm), .names = lb_names},
     {"health_check",    K_FN,   .fn = on_health},
     {"max_retries",     K_INT,  U_(max_retries), 0, 16},
+    {"hash_key",        K_FN,   .fn = on_hash_key},
+    {"passive_health",  K_MAP,  .sub = passive_keys},
     {"connect_timeout", K_DUR,  U_(connect_timeout), 0.001, 3600},
     {"read_timeout",    K_DUR,  U_(read_timeout), 0.001, DAY},
     {"write_timeout",   K_DUR,  U_(write_timeout), 0.001, DAY},
@@ -549,6 +559,8 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     for (int st = 200; st < 400; st++)
         u->health.expect[st / 64] |= 1ull << (st % 64);
     u->max_retries = 1;
+    u->max_fails = 1;
+    u->fail_timeout = 10;
     u->connect_timeout = 2;
     u->read_timeout = 30;
     u->write_timeout = 30;
@@ -646,6 +658,37 @@ on_health(ld_t *ld, yaml_node_t *v, void *base)
     if (h->path == NULL && strcmp(h->type, "http") == 0)
         h->path = mx_strdup("/");
     return MX_OK;
+}
+
+
+/* hash_key: uri | path | client_ip | host | header:NAME | arg:NAME | cookie:NAME. */
+static int
+on_hash_key(ld_t *ld, yaml_node_t *v, void *base)
+{
+    static const char *const plain[] = {"uri", "path", "client_ip", "host", NULL};
+    static const char *const named[] = {"header:", "arg:", "cookie:", NULL};
+    mx_conf_upstream_t *u = base;
+    const char *s;
+
+    if (get_str(ld, v, &s) != MX_OK)
+        return MX_ECONF;
+    for (int i = 0; plain[i] != NULL; i++) {
+        if (strcmp(s, plain[i]) == 0) {
+            u->hash_key = (mx_hash_key_kind_t)i;
+            return MX_OK;
+        }
+    }
+    for (int i = 0; named[i] != NULL; i++) {
+        size_t n = strlen(named[i]);
+        if (strncmp(s, named[i], n) == 0 && s[n] != '\0') {
+            u->hash_key = (mx_hash_key_kind_t)(MX_HASH_KEY_HEADER + i);
+            mx_free(u->hash_key_name);
+            u->hash_key_name = mx_strdup(s + n);
+            return MX_OK;
+        }
+    }
+    return fail(ld, v, "unknown hash_key \"%.100s\" (expected uri, path, client_ip, host, "
+                "header:NAME, arg:NAME or cookie:NAME)", s);
 }
 
 
@@ -1155,6 +1198,7 @@ mx_conf_free(mx_conf_t *c)
         mx_free(u->backends);
         mx_free(u->health.path);
         mx_free(u->health.host);
+        mx_free(u->hash_key_name);
     }
     for (size_t i = 0; i < c->nservices; i++) {
         mx_conf_service_t *svc = &c->services[i];

@@ -27,6 +27,17 @@ typedef enum {
     MX_LB_LEAST_CONN,
 } mx_lb_algorithm_t;
 
+/* hash_key: what fnv and ketama hash for a request (conf/README.md). */
+typedef enum {
+    MX_HASH_KEY_URI = 0, /* default: path and query as sent */
+    MX_HASH_KEY_PATH,
+    MX_HASH_KEY_CLIENT_IP,
+    MX_HASH_KEY_HOST,
+    MX_HASH_KEY_HEADER, /* header:NAME */
+    MX_HASH_KEY_ARG,    /* arg:NAME */
+    MX_HASH_KEY_COOKIE, /* cookie:NAME */
+} mx_hash_key_kind_t;
+
 typedef struct {
     mx_addr_t addr;
     int weight; /* >= 1, default 1 */
@@ -52,6 +63,12 @@ struct mx_conf_upstream_s {
     mx_lb_algorithm_t algorithm;
     mx_conf_health_t health;
     int max_retries;        /* default 1 */
+    mx_hash_key_kind_t hash_key; /* default uri */
+    char *hash_key_name;         /* header/arg/cookie name, NULL otherwise */
+    /* passive_health: (nginx's max_fails / fail_timeout) */
+    int max_fails;          /* default 1; 0 turns passive health off */
+    double fail_timeout;    /* default 10: seconds a failed backend is skipped */
+    bool fail_on_5xx;       /* key on_5xx, default false: a 5xx counts as a failure */
     double connect_timeout; /* default 2 */
     double read_timeout;    /* default 30 */
     double write_timeout;   /* default 30 */
