@@ -4,6 +4,7 @@
 #include "upstream/health.h"
 
 #include <arpa/inet.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "upstream/group.h"
 
 #define PROBE_HEAD_MAX 1024 /* a status line longer than this is malformed */
 
@@ -381,4 +383,543 @@ mx_health_addrs_same(const mx_addr_t *a, size_t na, const mx_addr_t *b, size_t n
         if (addr_cmp(&a[i], &b[i]) != 0)
             return false;
     return true;
+}
+
+
+/* ---------------------------------------------------------------- service */
+
+/* The service runs on its own thread and loop; everything below is touched
+ * by that thread only, except between start and the thread's creation and
+ * after it was joined (main thread). Backends are shared with the workers:
+ * the checker never keeps a reference to one, only its pointer as an
+ * identity, and writes `healthy` inside mx_group_foreach() where the group's
+ * lock keeps it alive. */
+
+typedef struct hgroup_s hgroup_t;
+
+/* One backend as the checker knows it. */
+typedef struct {
+    hgroup_t *hg;
+    const mx_backend_t *b; /* identity only: compared, dereferenced inside foreach */
+    char *name;            /* b->name */
+    mx_addr_t addr;        /* b->addr */
+    mx_health_state_t st;
+    mx_health_probe_t *probe; /* the check in flight, or NULL */
+    bool seen;                /* still in the group (sync) */
+} target_t;
+
+/* One configured backend of a group: a static address or a DNS name with the
+ * addresses it resolved to last. */
+typedef struct {
+    hgroup_t *hg;
+    char *name;  /* "app.internal:8080", the backends' name in the group */
+    char *host;  /* "app.internal"; NULL for a static address */
+    int port;
+    int weight;
+    mx_addr_t *addrs; /* sorted; one (the configured one) for a static address */
+    size_t naddrs;
+    uv_getaddrinfo_t req;
+    bool busy; /* a lookup is in flight */
+} member_t;
+
+struct hgroup_s {
+    mx_group_t *g;
+    const char *name;          /* the group's */
+    const mx_conf_health_t *h; /* in the config given to start */
+    double resolve_interval;
+    bool check;       /* health_check: given */
+    bool discover;    /* a member is a DNS name and resolve_interval > 0 */
+    uv_timer_t check_timer;
+    uv_timer_t resolve_timer;
+    target_t **targets;
+    size_t ntargets;
+    member_t *members;
+    size_t nmembers;
+    int lookups; /* in flight */
+    bool changed; /* an answer differed from the last: replace once all are in */
+};
+
+static struct {
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t stop;
+    hgroup_t *groups;
+    size_t ngroups;
+    bool started;
+    bool stopping;
+} svc;
+
+static void on_check_tick(uv_timer_t *t);
+static void on_resolve_tick(uv_timer_t *t);
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+static void on_probe_result(void *arg, int rc, int status);
+static void on_stop(uv_async_t *a);
+static void service_main(void *arg);
+
+
+static uint64_t
+ms(double seconds)
+{
+    return (uint64_t)(seconds * 1000.0 + 0.5);
+}
+
+
+static void
+target_free(target_t *t)
+{
+    if (t->probe != NULL)
+        mx_health_probe_cancel(t->probe); /* no callback will come */
+    mx_free(t->name);
+    mx_free(t);
+}
+
+
+typedef struct {
+    hgroup_t *hg;
+    target_t **found; /* per current backend, new targets first NULL */
+    size_t n, cap;
+} sync_t;
+
+
+/* Under the group's lock: finds or makes the target of <b>. Copies only. */
+static void
+sync_one(mx_backend_t *b, void *arg)
+{
+    sync_t *s = arg;
+    hgroup_t *hg = s->hg;
+
+    for (size_t i = 0; i < hg->ntargets; i++) {
+        target_t *t = hg->targets[i];
+        if (t->b == b && !t->seen && strcmp(t->name, b->name) == 0) {
+            t->seen = true;
+            return;
+        }
+    }
+    target_t *t = mx_calloc(1, sizeof(*t));
+    t->hg = hg;
+    t->b = b;
+    t->name = mx_strdup(b->name);
+    t->addr = b->addr;
+    t->seen = true;
+    mx_health_state_init(&t->st, atomic_load(&b->healthy) != 0);
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 8;
+        s->found = mx_realloc(s->found, s->cap * sizeof(*s->found));
+    }
+    s->found[s->n++] = t;
+}
+
+
+/* Makes hg->targets match the group's current backends: a backend kept by
+ * mx_group_replace() keeps its target (and state); a new one starts with the
+ * verdict its `healthy` holds; a removed one's check is cancelled. */
+static void
+sync_targets(hgroup_t *hg)
+{
+    sync_t s = {.hg = hg};
+    size_t k = 0;
+
+    for (size_t i = 0; i < hg->ntargets; i++)
+        hg->targets[i]->seen = false;
+    mx_group_foreach(hg->g, sync_one, &s);
+    for (size_t i = 0; i < hg->ntargets; i++) {
+        if (hg->targets[i]->seen)
+            hg->targets[k++] = hg->targets[i];
+        else
+            target_free(hg->targets[i]);
+    }
+    hg->targets = mx_realloc(hg->targets, (k + s.n + 1) * sizeof(*hg->targets));
+    for (size_t i = 0; i < s.n; i++)
+        hg->targets[k++] = s.found[i];
+    hg->ntargets = k;
+    mx_free(s.found);
+}
+
+
+/* Under the group's lock: stores the target's verdict in its backend if that
+ * backend is still in the group. */
+static void
+store_verdict(mx_backend_t *b, void *arg)
+{
+    target_t *t = arg;
+
+    if (b == t->b && strcmp(b->name, t->name) == 0)
+        atomic_store(&b->healthy, t->st.up ? 1 : 0);
+}
+
+
+static void
+start_probe(target_t *t)
+{
+    hgroup_t *hg = t->hg;
+    mx_health_probe_t *p;
+    const char *host = t->addr.kind == MX_ADDR_UNIX ? "localhost" : t->name;
+
+    int rc = mx_health_probe_start(&svc.loop, hg->h, &t->addr, host, on_probe_result, t, &p);
+    if (rc < 0) {
+        on_probe_result(t, rc, 0); /* a check that could not start failed */
+        return;
+    }
+    t->probe = p;
+}
+
+
+static void
+on_check_tick(uv_timer_t *timer)
+{
+    hgroup_t *hg = timer->data;
+
+    sync_targets(hg);
+    for (size_t i = 0; i < hg->ntargets; i++)
+        if (hg->targets[i]->probe == NULL) /* a check slower than the interval is not doubled */
+            start_probe(hg->targets[i]);
+}
+
+
+static void
+on_probe_result(void *arg, int rc, int status)
+{
+    target_t *t = arg;
+    hgroup_t *hg = t->hg;
+    const mx_conf_health_t *h = hg->h;
+    char buf[64], addr[sizeof(t->addr.text) + 8] = "";
+
+    t->probe = NULL;
+    if (svc.stopping)
+        return;
+    bool passed = rc == MX_OK;
+    if (!mx_health_feed(&t->st, passed, h->rise, h->fall)) {
+        if (!passed)
+            mx_log_debug("upstream %s backend %s: %s check failed (%s)", hg->name, t->name,
+                         h->type, mx_health_cause(rc, status, buf, sizeof(buf)));
+        return;
+    }
+    mx_group_foreach(hg->g, store_verdict, t);
+    if (strcmp(t->name, t->addr.text) != 0)
+        snprintf(addr, sizeof(addr), " (%s)", t->addr.text);
+    if (t->st.up)
+        mx_log_info("upstream %s backend %s%s is up (%d check%s passed)", hg->name, t->name, addr,
+                    h->rise, h->rise == 1 ? "" : "s");
+    else
+        mx_log_warn("upstream %s backend %s%s is down (%s check: %s, %d fail%s)", hg->name,
+                    t->name, addr, h->type, mx_health_cause(rc, status, buf, sizeof(buf)),
+                    t->st.fails, t->st.fails == 1 ? "" : "s");
+}
+
+
+/* ------------------------------------------------------------- discovery */
+
+/* Hands the members' current addresses to the group; unchanged backends
+ * keep their struct and health (mx_group_replace()). */
+static void
+apply_members(hgroup_t *hg)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < hg->nmembers; i++)
+        n += hg->members[i].naddrs;
+    const char **names = mx_alloc((n + 1) * sizeof(*names));
+    mx_addr_t *addrs = mx_alloc((n + 1) * sizeof(*addrs));
+    int *weights = mx_alloc((n + 1) * sizeof(*weights));
+    size_t k = 0;
+    for (size_t i = 0; i < hg->nmembers; i++) {
+        member_t *m = &hg->members[i];
+        for (size_t j = 0; j < m->naddrs; j++, k++) {
+            names[k] = m->name;
+            addrs[k] = m->addrs[j];
+            weights[k] = m->weight;
+        }
+    }
+    int rc = mx_group_replace(hg->g, names, addrs, weights, n);
+    if (rc != MX_OK)
+        mx_log_error("upstream %s: cannot replace the backend list (%s)", hg->name,
+                     mx_strerror(rc));
+    mx_free(names);
+    mx_free(addrs);
+    mx_free(weights);
+}
+
+
+static void
+addrs_text(const mx_addr_t *a, size_t n, char *buf, size_t len)
+{
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && off < len; i++) {
+        int w = snprintf(buf + off, len - off, "%s%s", i ? ", " : "", a[i].text);
+        if (w < 0)
+            break;
+        off += (size_t)w;
+    }
+    if (n == 0)
+        snprintf(buf, len, "nothing");
+}
+
+
+/* Takes the answer <res> (or the failure <status>) for member <m>. Returns
+ * true when its address set changed. A failed or empty lookup keeps the
+ * last known addresses: a resolver hiccup must not empty a group. */
+static bool
+member_answer(member_t *m, int status, const struct addrinfo *res)
+{
+    mx_addr_t *v = NULL;
+    size_t n = status == 0 ? mx_health_addrs_from_ai(res, m->port, &v) : 0;
+    char was[512], now[512];
+
+    if (n == 0) {
+        mx_log_warn("upstream %s: cannot resolve %s (%s): keeping its %zu address%s",
+                    m->hg->name, m->host, status ? uv_strerror(status) : "no IPv4/IPv6 address",
+                    m->naddrs, m->naddrs == 1 ? "" : "es");
+        mx_free(v);
+        return false;
+    }
+    if (mx_health_addrs_same(v, n, m->addrs, m->naddrs)) {
+        mx_free(v);
+        return false;
+    }
+    addrs_text(m->addrs, m->naddrs, was, sizeof(was));
+    addrs_text(v, n, now, sizeof(now));
+    mx_log_info("upstream %s: %s resolves to %s (was %s)", m->hg->name, m->name, now, was);
+    mx_free(m->addrs);
+    m->addrs = v;
+    m->naddrs = n;
+    return true;
+}
+
+
+static void
+on_resolve_tick(uv_timer_t *timer)
+{
+    hgroup_t *hg = timer->data;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+
+    for (size_t i = 0; i < hg->nmembers; i++) {
+        member_t *m = &hg->members[i];
+        if (m->host == NULL || m->busy)
+            continue;
+        m->req.data = m;
+        int rc = uv_getaddrinfo(&svc.loop, &m->req, on_resolved, m->host, NULL, &hints);
+        if (rc < 0) {
+            mx_log_warn("upstream %s: cannot resolve %s (%s)", hg->name, m->host, uv_strerror(rc));
+            continue;
+        }
+        m->busy = true;
+        hg->lookups++;
+    }
+}
+
+
+static void
+on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    member_t *m = req->data;
+    hgroup_t *hg = m->hg;
+
+    m->busy = false;
+    hg->lookups--;
+    if (!svc.stopping && status != UV_EAI_CANCELED && member_answer(m, status, res))
+        hg->changed = true;
+    uv_freeaddrinfo(res);
+    if (hg->lookups > 0 || !hg->changed || svc.stopping)
+        return;
+    hg->changed = false;
+    apply_members(hg);
+    if (hg->check)
+        sync_targets(hg);
+}
+
+
+/* ------------------------------------------------------- start and stop */
+
+/* Fills hg's members from the configured backends of <u>; a DNS name is
+ * resolved now (blocking: the main thread, before workers serve) to every
+ * address it has, as nginx does for a name with several addresses. */
+static void
+init_members(hgroup_t *hg, const mx_conf_upstream_t *u)
+{
+    hg->members = mx_calloc(u->nbackends, sizeof(member_t));
+    hg->nmembers = u->nbackends;
+    for (size_t i = 0; i < u->nbackends; i++) {
+        const mx_addr_t *a = &u->backends[i].addr;
+        member_t *m = &hg->members[i];
+        char name[sizeof(a->host) + 16];
+
+        if (a->kind == MX_ADDR_UNIX)
+            snprintf(name, sizeof(name), "unix:%s", a->host);
+        else if (strchr(a->host, ':') != NULL)
+            snprintf(name, sizeof(name), "[%s]:%d", a->host, a->port);
+        else
+            snprintf(name, sizeof(name), "%s:%d", a->host, a->port);
+        m->hg = hg;
+        m->name = mx_strdup(name);
+        m->port = a->port;
+        m->weight = u->backends[i].weight;
+        m->addrs = mx_alloc(sizeof(mx_addr_t));
+        m->addrs[0] = *a;
+        m->naddrs = 1;
+        if (a->kind != MX_ADDR_TCP || !mx_health_is_name(a->host))
+            continue;
+        m->host = mx_strdup(a->host);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+        int rc = getaddrinfo(m->host, NULL, &hints, &res);
+        if (rc == 0) {
+            if (member_answer(m, 0, res))
+                hg->changed = true;
+            freeaddrinfo(res);
+        }
+        if (u->resolve_interval > 0)
+            hg->discover = true;
+    }
+}
+
+
+static void
+free_groups(void)
+{
+    for (size_t i = 0; i < svc.ngroups; i++) {
+        hgroup_t *hg = &svc.groups[i];
+        for (size_t j = 0; j < hg->ntargets; j++)
+            target_free(hg->targets[j]);
+        mx_free(hg->targets);
+        for (size_t j = 0; j < hg->nmembers; j++) {
+            mx_free(hg->members[j].name);
+            mx_free(hg->members[j].host);
+            mx_free(hg->members[j].addrs);
+        }
+        mx_free(hg->members);
+    }
+    mx_free(svc.groups);
+    svc.groups = NULL;
+    svc.ngroups = 0;
+}
+
+
+int
+mx_health_start(const mx_conf_t *conf)
+{
+    bool any = false;
+    int rc;
+
+    if (svc.started)
+        return MX_OK;
+    memset(&svc, 0, sizeof(svc));
+    svc.groups = mx_calloc(conf->nupstreams + 1, sizeof(hgroup_t));
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        const mx_conf_upstream_t *u = &conf->upstreams[i];
+        mx_group_t *g = mx_group_by_name(u->name, strlen(u->name));
+        if (g == NULL)
+            continue;
+        hgroup_t *hg = &svc.groups[svc.ngroups];
+        hg->g = g;
+        hg->name = u->name;
+        hg->h = &u->health;
+        hg->check = u->health.enabled;
+        hg->resolve_interval = u->resolve_interval;
+        init_members(hg, u);
+        if (hg->changed) {
+            hg->changed = false;
+            apply_members(hg);
+        }
+        if (!hg->check && !hg->discover) {
+            for (size_t j = 0; j < hg->nmembers; j++) {
+                mx_free(hg->members[j].name);
+                mx_free(hg->members[j].host);
+                mx_free(hg->members[j].addrs);
+            }
+            mx_free(hg->members);
+            memset(hg, 0, sizeof(*hg));
+            continue;
+        }
+        svc.ngroups++;
+        any = true;
+    }
+    if (!any) {
+        free_groups();
+        return MX_OK;
+    }
+    if ((rc = uv_loop_init(&svc.loop)) < 0)
+        goto fail;
+    uv_async_init(&svc.loop, &svc.stop, on_stop);
+    for (size_t i = 0; i < svc.ngroups; i++) {
+        hgroup_t *hg = &svc.groups[i];
+        uv_timer_init(&svc.loop, &hg->check_timer);
+        uv_timer_init(&svc.loop, &hg->resolve_timer);
+        hg->check_timer.data = hg;
+        hg->resolve_timer.data = hg;
+        if (hg->check) /* the first round at once: a dead backend is known within `fall` checks */
+            uv_timer_start(&hg->check_timer, on_check_tick, 0, ms(hg->h->interval));
+        if (hg->discover)
+            uv_timer_start(&hg->resolve_timer, on_resolve_tick, ms(hg->resolve_interval),
+                           ms(hg->resolve_interval));
+        mx_log_info("upstream %s:%s%s", hg->name,
+                    hg->check ? (strcmp(hg->h->type, "http") == 0 ? " http health checks"
+                                                                  : " tcp health checks")
+                              : "",
+                    hg->discover ? " DNS re-resolution" : "");
+    }
+    if ((rc = uv_thread_create(&svc.thread, service_main, NULL)) < 0) {
+        uv_close((uv_handle_t *)&svc.stop, NULL);
+        for (size_t i = 0; i < svc.ngroups; i++) {
+            uv_close((uv_handle_t *)&svc.groups[i].check_timer, NULL);
+            uv_close((uv_handle_t *)&svc.groups[i].resolve_timer, NULL);
+        }
+        uv_run(&svc.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&svc.loop);
+        goto fail;
+    }
+    svc.started = true;
+    return MX_OK;
+
+fail:
+    free_groups();
+    return rc;
+}
+
+
+static void
+service_main(void *arg)
+{
+    (void)arg;
+    uv_run(&svc.loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&svc.loop);
+    if (rc != 0)
+        mx_log_error("health checks: loop closed with handles open (%s)", uv_err_name(rc));
+}
+
+
+/* On the service thread: cancels what is in flight and closes every handle,
+ * so that uv_run() returns once the close callbacks (and a DNS lookup that
+ * had already started) are done. */
+static void
+on_stop(uv_async_t *a)
+{
+    svc.stopping = true;
+    for (size_t i = 0; i < svc.ngroups; i++) {
+        hgroup_t *hg = &svc.groups[i];
+        for (size_t j = 0; j < hg->ntargets; j++) {
+            if (hg->targets[j]->probe != NULL) {
+                mx_health_probe_cancel(hg->targets[j]->probe);
+                hg->targets[j]->probe = NULL;
+            }
+        }
+        for (size_t j = 0; j < hg->nmembers; j++)
+            if (hg->members[j].busy)
+                uv_cancel((uv_req_t *)&hg->members[j].req);
+        uv_close((uv_handle_t *)&hg->check_timer, NULL);
+        uv_close((uv_handle_t *)&hg->resolve_timer, NULL);
+    }
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+
+void
+mx_health_stop(void)
+{
+    if (!svc.started)
+        return;
+    uv_async_send(&svc.stop);
+    uv_thread_join(&svc.thread);
+    free_groups();
+    svc.started = false;
 }

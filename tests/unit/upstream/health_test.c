@@ -2,7 +2,9 @@
  * the HTTP status-line parser, expected_statuses from YAML, one probe against
  * real loopback sockets (pass, refused, timeout, bad status, garbage), and the
  * address-set helpers that decide whether a re-resolved name changed. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +12,7 @@
 #include "conf/conf.h"
 #include "core/alloc.h"
 #include "core/errors.h"
+#include "upstream/group.h"
 #include "upstream/health.h"
 
 
@@ -571,4 +574,132 @@ Test(health_discovery, address_sets_are_sorted_deduplicated_and_compared)
 
     mx_free(a), mx_free(b), mx_free(c), mx_free(d);
     ai_free(x), ai_free(y), ai_free(z);
+}
+
+
+/* ------------------------------------------- the service on real groups */
+
+typedef struct {
+    char name[64];
+    int healthy;
+} seen_t;
+
+
+static void
+on_backend(mx_backend_t *b, void *arg)
+{
+    seen_t *s = arg;
+    if (strcmp(b->name, s->name) == 0)
+        s->healthy = atomic_load(&b->healthy);
+}
+
+
+/* The `healthy` of backend <name> in group "u" (-1: not in it). */
+static int
+healthy_of(const char *name)
+{
+    seen_t s = {.healthy = -1};
+    snprintf(s.name, sizeof(s.name), "%s", name);
+    mx_group_foreach(mx_group_by_name("u", 1), on_backend, &s);
+    return s.healthy;
+}
+
+
+/* Polls until backend <name>'s `healthy` is <want>, for up to 10 s. */
+static bool
+wait_healthy(const char *name, int want)
+{
+    for (int i = 0; i < 1000; i++) {
+        if (healthy_of(name) == want)
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+
+static int
+listen_on(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001),
+                              .sin_port = htons((uint16_t)port)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "bind %d", port);
+    cr_assert_eq(listen(fd, 64), 0);
+    socklen_t len = sizeof(sin);
+    getsockname(fd, (struct sockaddr *)&sin, &len);
+    return fd;
+}
+
+
+static int
+port_of(int fd)
+{
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    getsockname(fd, (struct sockaddr *)&sin, &len);
+    return ntohs(sin.sin_port);
+}
+
+
+Test(health_service, marks_a_dead_backend_down_and_a_revived_one_up)
+{
+    int live = listen_on(0);
+    int dead = listen_on(0);
+    int dead_port = port_of(dead);
+    close(dead); /* nothing listens there now */
+    char yaml[1024], a[64], b[64];
+    snprintf(a, sizeof(a), "127.0.0.1:%d", port_of(live));
+    snprintf(b, sizeof(b), "127.0.0.1:%d", dead_port);
+    snprintf(yaml, sizeof(yaml),
+             "version: 1\n"
+             "upstreams:\n"
+             "  u:\n"
+             "    backends: [\"%s\", \"%s\"]\n"
+             "    health_check: {type: tcp, interval: 0.05, rise: 2, fall: 1, timeout: 1}\n"
+             "services:\n"
+             "  - listeners: [127.0.0.1:8080]\n"
+             "    upstream: u\n",
+             a, b);
+    mx_conf_t *c = NULL;
+    cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)), MX_OK,
+                 "%s", err);
+    mx_groups_init(c);
+    cr_assert_eq(healthy_of(b), 1, "up until a check says otherwise");
+    cr_assert_eq(mx_health_start(c), MX_OK);
+
+    cr_assert(wait_healthy(b, 0), "the dead backend was not marked down");
+    cr_assert_eq(healthy_of(a), 1);
+    dead = listen_on(dead_port);
+    cr_assert(wait_healthy(b, 1), "the revived backend was not marked up");
+    cr_assert_eq(healthy_of(a), 1);
+
+    uint64_t t0 = uv_hrtime();
+    mx_health_stop();
+    cr_assert_lt((uv_hrtime() - t0) / 1000000, 1000, "stop took over a second");
+    mx_health_stop(); /* twice is harmless */
+    close(live);
+    close(dead);
+    mx_groups_free();
+    mx_conf_free(c);
+}
+
+
+Test(health_service, does_nothing_without_checks_or_names)
+{
+    const char *yaml = "version: 1\n"
+                       "upstreams: {u: {backends: [127.0.0.1:9]}}\n"
+                       "services: [{listeners: [127.0.0.1:8080], upstream: u}]\n";
+    mx_conf_t *c = NULL;
+    cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)), MX_OK,
+                 "%s", err);
+    mx_groups_init(c);
+    cr_assert_eq(mx_health_start(c), MX_OK);
+    usleep(100000);
+    cr_assert_eq(healthy_of("127.0.0.1:9"), 1);
+    mx_health_stop();
+    mx_groups_free();
+    mx_conf_free(c);
 }
