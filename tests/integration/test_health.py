@@ -1,0 +1,407 @@
+"""Active health checks and DNS discovery, end to end.
+
+Three real origins (Python http.server on free ports, each answering with its
+name) behind moxy; a bounded client sends continuous traffic while one origin
+is stopped and restarted on the same port. After the check that marks it down
+no client may see a 5xx while a healthy backend remains; once `rise` checks
+pass again it gets traffic again; both transitions are in the error log.
+A TCP check does the same with connect-only checks; an HTTP check that
+answers an unexpected status takes a backend out although it still serves.
+
+DNS re-resolution: moxy runs in a private mount namespace (unshare -rm) whose
+/etc/hosts is a file of the test, bind-mounted; the test rewrites it and moxy
+re-resolves the name every resolve_interval. The product code is the real
+getaddrinfo path; only the hosts file is the test's.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from harness import (SLOW, Moxy, MoxyError, MoxyTestCase, ProtocolError, config, free_port,
+                     moxy_bin, moxy_env, port_open, request, service, wait_for, REPO)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"   # one request per connection: a stopped origin is gone
+
+    def do_GET(self):
+        o = self.server.origin
+        if self.path == "/health":
+            code = o.health_status
+            with o.lock:
+                o.checks += 1
+        else:
+            code = 200
+            with o.lock:
+                o.hits += 1
+        body = o.name.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class NamedOrigin:
+    """An HTTP origin on host:port that answers its name; stop() and start()
+    again reuse the port. .hits counts non-health requests, .checks /health."""
+
+    def __init__(self, name, host="127.0.0.1", port=0):
+        self.name, self.host, self.port = name, host, port
+        self.lock = threading.Lock()
+        self.hits = self.checks = 0
+        self.health_status = 200
+        self.server = None
+
+    def start(self):
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.server = ThreadingHTTPServer((self.host, self.port), _Handler)
+                break
+            except OSError:          # the port may linger a moment after a stop
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.server.daemon_threads = True
+        self.server.origin = self
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def addr(self):
+        return f"{self.host}:{self.port}"
+
+
+class Traffic:
+    """Bounded clients: <n> threads send GETs one after another (a fresh
+    connection each) until stop(); every outcome is kept with its start time."""
+
+    def __init__(self, port, n=2, pause=0.01):
+        self.port, self.pause = port, pause
+        self.results = []          # (t_start, status or error text, body)
+        self.lock = threading.Lock()
+        self.running = True
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        i = 0
+        while self.running:
+            t0 = time.monotonic()
+            try:
+                r = request(self.port, "GET", f"/t?i={i}", timeout=5 * SLOW)
+                out = (t0, r.status, r.body.decode("latin-1"))
+            except (OSError, EOFError, ProtocolError) as e:
+                out = (t0, f"{type(e).__name__}: {e}", "")
+            with self.lock:
+                self.results.append(out)
+            i += 1
+            time.sleep(self.pause)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join(10 * SLOW)
+
+    def since(self, t):
+        with self.lock:
+            return [r for r in self.results if r[0] >= t]
+
+    def between(self, t0, t1):
+        with self.lock:
+            return [r for r in self.results if t0 <= r[0] < t1]
+
+
+def bad(results):
+    return [r for r in results if not (isinstance(r[1], int) and r[1] < 500)]
+
+
+class HealthCheckBase(MoxyTestCase):
+    def start_named(self, name, host="127.0.0.1", port=0):
+        o = NamedOrigin(name, host, port).start()
+        self.addCleanup(o.stop)
+        return o
+
+    def wait_log_at(self, m, needle, timeout):
+        """The monotonic time at which <needle> was first seen in the error log (or None)."""
+        ok = wait_for(lambda: needle in m.error_log(), timeout, step=0.02)
+        return time.monotonic() if ok else None
+
+    def three(self, check, **up):
+        a, b, c = (self.start_named(n) for n in "abc")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [a.addr, b.addr, c.addr], "connect_timeout": 1,
+                                  "read_timeout": 5, "health_check": check, **up}},
+                      threads=2)
+        return a, b, c, self.start_moxy(conf)
+
+    def stop_and_restart(self, check, kind):
+        """The scenario of issue 4 with a check of <kind>; returns what it measured."""
+        a, b, c, m = self.three(check)
+        traffic = Traffic(m.port)
+        self.addCleanup(traffic.stop)
+        # Everyone serves first.
+        self.assertTrue(wait_for(lambda: min(a.hits, b.hits, c.hits) >= 3, 10 * SLOW),
+                        f"not every origin got traffic: {a.hits} {b.hits} {c.hits}\n{m.diagnostics()}")
+
+        t_stop = time.monotonic()
+        b.stop()
+        down = f"upstream origin backend {b.addr} is down ({kind} check:"
+        t_down = self.wait_log_at(m, down, 10 * SLOW)
+        self.assertIsNotNone(t_down, f"no '{down}' in the error log\n{m.diagnostics()}")
+        hits_down = b.hits
+        time.sleep(1.5 * SLOW)                       # many requests while b is down
+        self.assertEqual(b.hits, hits_down, "a down backend got traffic")
+
+        t_restart = time.monotonic()
+        b.start()                                    # same port
+        up = f"upstream origin backend {b.addr} is up (2 checks passed)"
+        t_up = self.wait_log_at(m, up, 10 * SLOW)
+        self.assertIsNotNone(t_up, f"no '{up}' in the error log\n{m.diagnostics()}")
+        self.assertTrue(wait_for(lambda: b.hits > hits_down, 5 * SLOW),
+                        f"the restarted origin gets no traffic\n{m.diagnostics()}")
+        traffic.stop()
+
+        after = traffic.since(t_down)
+        self.assertGreater(len(after), 50, "too little traffic to say anything")
+        self.assertEqual(bad(after), [], f"a client saw an error after the down check\n{m.diagnostics()}")
+        window = traffic.between(t_stop, t_down)
+        # Between the stop and the first failed check a connect may be refused:
+        # the failover to another backend (max_retries) hides it from clients.
+        self.assertEqual(bad(window), [], f"a client saw an error during the stop\n{m.diagnostics()}")
+        self.assertEqual(len(re.findall(re.escape(down), m.error_log())), 1, "down logged more than once")
+        self.assertEqual(len(re.findall(re.escape(up), m.error_log())), 1, "up logged more than once")
+        # rise 2 at the check interval: not before the second check after the restart.
+        interval = check["interval"]
+        self.assertGreaterEqual(t_up - t_restart, interval * 0.9,
+                                "marked up before two checks could have passed")
+        return {"requests": len(traffic.results), "after_down": len(after),
+                "stop_to_down_s": round(t_down - t_stop, 3), "restart_to_up_s": round(t_up - t_restart, 3)}
+
+
+class HttpCheck(HealthCheckBase):
+    def test_stopped_origin_leaves_and_rejoins_without_client_errors(self):
+        check = {"type": "http", "path": "/health", "interval": 0.3, "rise": 2, "fall": 1,
+                 "timeout": 0.5 * SLOW}
+        stats = self.stop_and_restart(check, "http")
+        print(f"    http check: {stats}")
+
+    def test_unexpected_status_takes_a_backend_out_although_it_serves(self):
+        check = {"type": "http", "path": "/health", "interval": 0.2, "rise": 2, "fall": 2,
+                 "timeout": 1, "expected_statuses": [200]}
+        a, b, c, m = self.three(check)
+        self.assertTrue(wait_for(lambda: b.checks >= 2, 5 * SLOW), "no health checks reach b")
+        self.assertEqual(b.hits, 0, "checks are not counted as traffic")
+        b.health_status = 503
+        down = f"upstream origin backend {b.addr} is down (http check: status 503, 2 fails)"
+        self.assertIsNotNone(self.wait_log_at(m, down, 10 * SLOW), m.diagnostics())
+        before = b.hits
+        for i in range(12):
+            r = request(m.port, "GET", f"/x{i}")
+            self.assert_status(r, 200, m)
+            self.assertNotEqual(r.body, b"b")
+        self.assertEqual(b.hits, before)
+        b.health_status = 204             # not in expected_statuses: [200]
+        time.sleep(1 * SLOW)
+        self.assertNotIn(f"backend {b.addr} is up", m.error_log())
+        b.health_status = 200
+        up = f"upstream origin backend {b.addr} is up (2 checks passed)"
+        self.assertIsNotNone(self.wait_log_at(m, up, 10 * SLOW), m.diagnostics())
+        seen = {request(m.port, "GET", f"/y{i}").body for i in range(9)}
+        self.assertEqual(seen, {b"a", b"b", b"c"})
+
+    def test_checks_send_path_and_host(self):
+        got = []
+
+        class Recorder(_Handler):
+            def do_GET(self):
+                got.append((self.path, self.headers.get("Host"), self.headers.get("User-Agent")))
+                super().do_GET()
+
+        o = NamedOrigin("r")
+        o.server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        o.server.origin, o.server.daemon_threads = o, True
+        o.port = o.server.server_address[1]
+        threading.Thread(target=o.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.addCleanup(o.stop)
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [o.addr], "health_check":
+                                  {"type": "http", "path": "/health?deep=1", "host": "app.example",
+                                   "interval": 0.1}}})
+        m = self.start_moxy(conf)
+        self.assertTrue(wait_for(lambda: len(got) >= 2, 5 * SLOW), m.diagnostics())
+        self.assertEqual(got[0], ("/health?deep=1", "app.example", "moxy-health-check"))
+
+
+class TcpCheck(HealthCheckBase):
+    def test_stopped_origin_leaves_and_rejoins_without_client_errors(self):
+        check = {"type": "tcp", "interval": 0.3, "rise": 2, "fall": 1, "timeout": 0.5 * SLOW}
+        stats = self.stop_and_restart(check, "tcp")
+        print(f"    tcp check: {stats}")
+
+    def test_backend_dead_at_start_is_down_after_fall_checks(self):
+        a = self.start_named("a")
+        dead = free_port()
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [a.addr, f"127.0.0.1:{dead}"], "connect_timeout": 1,
+                                  "health_check": {"type": "tcp", "interval": 0.2, "fall": 2}}})
+        m = self.start_moxy(conf)
+        down = f"upstream origin backend 127.0.0.1:{dead} is down (tcp check: connection refused, 2 fails)"
+        self.assertIsNotNone(self.wait_log_at(m, down, 10 * SLOW), m.diagnostics())
+        n = m.log_size()
+        for i in range(10):
+            self.assert_status(request(m.port, "GET", f"/z{i}"), 200, m)
+        # No request even tried the dead backend: no connect error was logged.
+        self.assertNotIn(f"127.0.0.1:{dead}", m.error_log()[n:])
+
+
+class Shutdown(HealthCheckBase):
+    def test_stop_is_prompt_with_checks_in_flight(self):
+        # A backend that accepts and never answers keeps a check in flight.
+        import socket
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        a = self.start_named("a")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [a.addr, f"127.0.0.1:{silent.getsockname()[1]}"],
+                                  "health_check": {"type": "http", "interval": 0.1, "timeout": 30}}})
+        m = self.start_moxy(conf)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        m.signal(2)                                  # SIGINT: fast stop
+        self.assertEqual(m.wait_exit(10 * SLOW), 0, m.diagnostics())
+        self.assertLess(time.monotonic() - t0, 3 * SLOW)
+
+
+def _unshare_works():
+    if not shutil.which("unshare"):
+        return False
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class NamespacedMoxy(Moxy):
+    """moxy in its own mount namespace where /etc/hosts is <hosts> (bind-mounted)."""
+
+    def __init__(self, conf, hosts):
+        self.hosts = hosts
+        super().__init__(conf, start=False)
+
+    def start(self, timeout=5 * SLOW):
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        err = open(self.stderr_path, "ab")
+        out = open(self.path("stdout.log"), "ab")
+        self._files += [err, out]
+        self.proc = subprocess.Popen(["unshare", "-rm", "sh", "-c", script, self.hosts, moxy_bin(),
+                                      "-c", self.config_path], stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=err, cwd=REPO, env=moxy_env())
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port, 0.2):
+            if self.proc.poll() is not None:
+                raise MoxyError(f"moxy exited with {self.proc.returncode}\n{self.diagnostics()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise MoxyError(f"moxy did not listen\n{self.diagnostics()}")
+            time.sleep(0.05)
+        return self
+
+
+@unittest.skipUnless(_unshare_works(), "needs unshare -rm (user and mount namespaces)")
+class DnsDiscovery(HealthCheckBase):
+    def write_hosts(self, *ips):
+        # In place (same inode): the bind mount shows the file, not the name.
+        with open(self.hosts, "w") as f:
+            f.write("127.0.0.1 localhost\n" + "".join(f"{ip} app.test\n" for ip in ips))
+
+    def test_a_changed_name_moves_traffic_without_a_restart(self):
+        port = free_port()
+        x = self.start_named("x", "127.0.0.2", port)
+        y = self.start_named("y", "127.0.0.3", port)
+        tmp = tempfile.mkdtemp(prefix="moxy-dns-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.hosts = os.path.join(tmp, "hosts")
+        self.write_hosts("127.0.0.2")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [f"app.test:{port}"], "resolve_interval": 0.3,
+                                  "connect_timeout": 1, "read_timeout": 5}})
+        m = NamespacedMoxy(conf, self.hosts)
+        self.addCleanup(m.cleanup)
+        self._test_moxies.append(m)
+        m.start()
+
+        def bodies(n):
+            return [request(m.port, "GET", f"/d{i}").body.decode() for i in range(n)]
+
+        self.assertEqual(set(bodies(6)), {"x"}, m.diagnostics())
+        self.write_hosts("127.0.0.3")
+        moved = f"upstream origin: app.test:{port} resolves to 127.0.0.3:{port} (was 127.0.0.2:{port})"
+        self.assertIsNotNone(self.wait_log_at(m, moved, 10 * SLOW), m.diagnostics())
+        self.assertEqual(set(bodies(6)), {"y"}, m.diagnostics())
+
+        self.write_hosts("127.0.0.3", "127.0.0.2")     # one name, two addresses: both serve
+        both = f"resolves to 127.0.0.2:{port}, 127.0.0.3:{port} (was 127.0.0.3:{port})"
+        self.assertIsNotNone(self.wait_log_at(m, both, 10 * SLOW), m.diagnostics())
+        self.assertEqual(set(bodies(10)), {"x", "y"}, m.diagnostics())
+
+        self.write_hosts()                              # the name vanishes: the last answer stays
+        gone = "upstream origin: cannot resolve app.test"
+        self.assertIsNotNone(self.wait_log_at(m, gone, 10 * SLOW), m.diagnostics())
+        self.assertEqual(set(bodies(10)), {"x", "y"}, m.diagnostics())
+
+    def test_a_name_with_two_addresses_at_start_gives_two_backends(self):
+        port = free_port()
+        x = self.start_named("x", "127.0.0.2", port)
+        y = self.start_named("y", "127.0.0.3", port)
+        tmp = tempfile.mkdtemp(prefix="moxy-dns-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.hosts = os.path.join(tmp, "hosts")
+        self.write_hosts("127.0.0.2", "127.0.0.3")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [f"app.test:{port}"], "resolve_interval": 0,
+                                  "health_check": {"type": "tcp", "interval": 0.2}}})
+        m = NamespacedMoxy(conf, self.hosts)
+        self.addCleanup(m.cleanup)
+        self._test_moxies.append(m)
+        m.start()
+        seen = [request(m.port, "GET", f"/s{i}").body.decode() for i in range(10)]
+        self.assertEqual(set(seen), {"x", "y"}, m.diagnostics())
+        y.stop()
+        down = f"upstream origin backend app.test:{port} (127.0.0.3:{port}) is down"
+        self.assertIsNotNone(self.wait_log_at(m, down, 10 * SLOW), m.diagnostics())
+        self.assertEqual({request(m.port, "GET", f"/s{i}").body.decode() for i in range(6)}, {"x"})
+
+    def test_an_unresolvable_name_at_start_is_a_config_error(self):
+        tmp = tempfile.mkdtemp(prefix="moxy-dns-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.hosts = os.path.join(tmp, "hosts")
+        self.write_hosts()
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [f"app.test:{free_port()}"]}})
+        m = NamespacedMoxy(conf, self.hosts)
+        self.addCleanup(m.cleanup)
+        with self.assertRaises(MoxyError) as e:
+            m.start()
+        self.assertIn('cannot resolve "app.test"', str(e.exception))
