@@ -174,8 +174,8 @@ end)
 
 
 describe("absent until implemented", function()
-    it("has no balancer, http, tcp, thread, limit, metrics", function()
-        for _, name in ipairs { "balancer", "http", "tcp", "thread",
+    it("has no http, tcp, thread, limit, metrics", function()
+        for _, name in ipairs { "http", "tcp", "thread",
                                 "limit", "metrics" } do
             assert.is_nil(moxy[name], name)
         end

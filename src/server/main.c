@@ -15,6 +15,7 @@
 
 #include "core/alloc.h"
 #include "core/errors.h"
+#include "upstream/group.h"
 #include "core/log.h"
 #include "lua/shdict.h"
 #include "lua/vm.h"
@@ -73,6 +74,7 @@ usage(FILE *out)
 static int
 check_supported(const mx_conf_t *c, char *err, size_t errlen)
 {
+    mx_groups_init(c); /* first: scripts may call moxy.upstream(name) when they load */
     for (size_t i = 0; i < c->nservices; i++) {
         const mx_conf_service_t *svc = &c->services[i];
         for (size_t j = 0; j < svc->nlisteners; j++) {
@@ -341,6 +343,7 @@ main(int argc, char **argv)
     mx_conf_t *conf = server.conf;
     if (test) {
         printf("moxy: configuration file %s test is successful\n", path);
+        mx_groups_free();
         mx_shdict_free_all();
         mx_conf_free(conf);
         return 0;
@@ -444,6 +447,7 @@ main(int argc, char **argv)
     mx_free(server.fds);
     mx_log_close();
     mx_shdict_free_all();
+    mx_groups_free();
     mx_conf_free(conf);
     return 0;
 }
