@@ -417,3 +417,60 @@ class DnsDiscovery(HealthCheckBase):
         with self.assertRaises(MoxyError) as e:
             m.start()
         self.assertIn('cannot resolve "app.test"', str(e.exception))
+
+
+BACKENDS_LUA = """
+local moxy = require "moxy"
+local origin = moxy.upstream("origin")
+local app = {}
+
+function app.request_filter(s, ctx)
+    if s.req:path() == "/backends" then
+        local out = {}
+        for _, b in ipairs(origin:backends()) do
+            out[#out + 1] = { addr = b.addr, healthy = b.healthy }
+        end
+        return s:respond(200, out)
+    end
+end
+
+function app.upstream_peer(s, ctx)
+    return origin:select()
+end
+
+return app
+"""
+
+
+class LuaVisibility(HealthCheckBase):
+    def test_backends_shows_the_checkers_verdict(self):
+        a, b = self.start_named("a"), self.start_named("b")
+        tmp = tempfile.mkdtemp(prefix="moxy-hc-lua-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = os.path.join(tmp, "backends.lua")
+        with open(path, "w") as f:
+            f.write(BACKENDS_LUA)
+        conf = config([{"name": "web", "listeners": [f"127.0.0.1:{free_port()}"], "script": path}],
+                      {"origin": {"backends": [a.addr, b.addr], "health_check":
+                                  {"type": "http", "path": "/health", "interval": 0.2, "fall": 1,
+                                   "rise": 1}}},
+                      threads=3)
+        m = self.start_moxy(conf)
+
+        def verdicts():
+            # Fresh connections land on different workers: all must agree.
+            seen = set()
+            for _ in range(9):
+                r = request(m.port, "GET", "/backends")
+                self.assert_status(r, 200, m)
+                seen.add(tuple((x["addr"], x["healthy"]) for x in json.loads(r.body)))
+            self.assertEqual(len(seen), 1, f"workers disagree: {seen}")
+            return dict(seen.pop())
+
+        self.assertEqual(verdicts(), {a.addr: True, b.addr: True})
+        b.stop()
+        self.assertIsNotNone(self.wait_log_at(m, f"backend {b.addr} is down", 10 * SLOW), m.diagnostics())
+        self.assertEqual(verdicts(), {a.addr: True, b.addr: False})
+        b.start()
+        self.assertIsNotNone(self.wait_log_at(m, f"backend {b.addr} is up", 10 * SLOW), m.diagnostics())
+        self.assertEqual(verdicts(), {a.addr: True, b.addr: True})
