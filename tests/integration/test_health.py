@@ -383,6 +383,35 @@ class DnsDiscovery(HealthCheckBase):
         self.assertIsNotNone(self.wait_log_at(m, gone, 10 * SLOW), m.diagnostics())
         self.assertEqual(set(bodies(10)), {"x", "y"}, m.diagnostics())
 
+    def test_ketama_keys_stay_put_when_a_name_moves(self):
+        port = free_port()
+        a = self.start_named("a")
+        x = self.start_named("x", "127.0.0.2", port)
+        y = self.start_named("y", "127.0.0.3", port)
+        tmp = tempfile.mkdtemp(prefix="moxy-dns-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.hosts = os.path.join(tmp, "hosts")
+        self.write_hosts("127.0.0.2")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [a.addr, f"app.test:{port}"], "algorithm": "ketama",
+                                  "resolve_interval": 0.3}})
+        m = NamespacedMoxy(conf, self.hosts)
+        self.addCleanup(m.cleanup)
+        self._test_moxies.append(m)
+        m.start()
+
+        def placement():
+            return [request(m.port, "GET", f"/k{i}").body.decode() for i in range(40)]
+
+        before = placement()
+        self.assertEqual(set(before), {"a", "x"}, "ketama did not use both backends")
+        self.write_hosts("127.0.0.3")
+        moved = f"app.test:{port} resolves to 127.0.0.3:{port}"
+        self.assertIsNotNone(self.wait_log_at(m, moved, 10 * SLOW), m.diagnostics())
+        after = placement()
+        # Keys of the static backend did not move; the name's keys followed it to y.
+        self.assertEqual(after, ["y" if b == "x" else b for b in before])
+
     def test_a_name_with_two_addresses_at_start_gives_two_backends(self):
         port = free_port()
         x = self.start_named("x", "127.0.0.2", port)
@@ -390,9 +419,10 @@ class DnsDiscovery(HealthCheckBase):
         tmp = tempfile.mkdtemp(prefix="moxy-dns-")
         self.addCleanup(shutil.rmtree, tmp, True)
         self.hosts = os.path.join(tmp, "hosts")
+        z = self.start_named("z", "127.0.0.4", port)
         self.write_hosts("127.0.0.2", "127.0.0.3")
         conf = config([service("web", free_port())],
-                      {"origin": {"backends": [f"app.test:{port}"], "resolve_interval": 0,
+                      {"origin": {"backends": [f"app.test:{port}"], "resolve_interval": 0.3,
                                   "health_check": {"type": "tcp", "interval": 0.2}}})
         m = NamespacedMoxy(conf, self.hosts)
         self.addCleanup(m.cleanup)
@@ -404,6 +434,17 @@ class DnsDiscovery(HealthCheckBase):
         down = f"upstream origin backend app.test:{port} (127.0.0.3:{port}) is down"
         self.assertIsNotNone(self.wait_log_at(m, down, 10 * SLOW), m.diagnostics())
         self.assertEqual({request(m.port, "GET", f"/s{i}").body.decode() for i in range(6)}, {"x"})
+        # A third address joins: the two kept backends keep their state (y stays down).
+        self.write_hosts("127.0.0.2", "127.0.0.3", "127.0.0.4")
+        added = f"resolves to 127.0.0.2:{port}, 127.0.0.3:{port}, 127.0.0.4:{port}"
+        self.assertIsNotNone(self.wait_log_at(m, added, 10 * SLOW), m.diagnostics())
+        n = m.log_size()
+        self.assertEqual({request(m.port, "GET", f"/s{i}").body.decode() for i in range(12)},
+                         {"x", "z"}, m.diagnostics())
+        time.sleep(1.0)                  # five check intervals: a reset y would go down again
+        log = m.error_log()
+        self.assertEqual(log.count(f"(127.0.0.3:{port}) is down"), 1, m.diagnostics())
+        self.assertNotIn(f"127.0.0.3:{port}", log[n:], "a request tried the down backend")
 
     def test_an_unresolvable_name_at_start_is_a_config_error(self):
         tmp = tempfile.mkdtemp(prefix="moxy-dns-")
