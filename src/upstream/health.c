@@ -861,11 +861,14 @@ mx_health_start(const mx_conf_t *conf)
         if (hg->discover)
             uv_timer_start(&hg->resolve_timer, on_resolve_tick, ms(hg->resolve_interval),
                            ms(hg->resolve_interval));
-        mx_log_info("upstream %s:%s%s", hg->name,
-                    hg->check ? (strcmp(hg->h->type, "http") == 0 ? " http health checks"
-                                                                  : " tcp health checks")
-                              : "",
-                    hg->discover ? " DNS re-resolution" : "");
+        char what[160] = "", *p = what;
+        if (hg->check)
+            p += snprintf(p, sizeof(what), "%s health checks every %gs (rise %d, fall %d)",
+                          hg->h->type, hg->h->interval, hg->h->rise, hg->h->fall);
+        if (hg->discover)
+            snprintf(p, sizeof(what) - (size_t)(p - what), "%sDNS names re-resolved every %gs",
+                     hg->check ? ", " : "", hg->resolve_interval);
+        mx_log_info("upstream %s: %s", hg->name, what);
     }
     if ((rc = uv_thread_create(&svc.thread, service_main, NULL)) < 0) {
         uv_close((uv_handle_t *)&svc.stop, NULL);
