@@ -703,3 +703,86 @@ Test(health_service, does_nothing_without_checks_or_names)
     mx_groups_free();
     mx_conf_free(c);
 }
+
+
+Test(health_service, restarts_with_a_new_config)
+{
+    int live = listen_on(0), dead = listen_on(0);
+    char yaml[1024], a[64], b[64], backends[160];
+    snprintf(a, sizeof(a), "127.0.0.1:%d", port_of(live));
+    snprintf(b, sizeof(b), "127.0.0.1:%d", port_of(dead));
+    close(dead);
+    /* Round 0: a live and a dead backend; round 1, as a reload would: a new
+     * config without the dead one. stop() then start() again. */
+    for (int round = 0; round < 2; round++) {
+        if (round == 0)
+            snprintf(backends, sizeof(backends), "[\"%s\", \"%s\"]", a, b);
+        else
+            snprintf(backends, sizeof(backends), "[\"%s\"]", a);
+        snprintf(yaml, sizeof(yaml),
+                 "version: 1\n"
+                 "upstreams:\n"
+                 "  u:\n"
+                 "    backends: %s\n"
+                 "    health_check: {type: tcp, interval: 0.05, fall: 1}\n"
+                 "services: [{listeners: [127.0.0.1:8080], upstream: u}]\n",
+                 backends);
+        mx_conf_t *c = NULL;
+        cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)),
+                     MX_OK, "%s", err);
+        mx_groups_init(c);
+        cr_assert_eq(mx_health_start(c), MX_OK);
+        if (round == 0)
+            cr_assert(wait_healthy(b, 0), "the dead backend was not marked down");
+        else
+            usleep(200000);
+        cr_assert_eq(healthy_of(a), 1, "round %d", round);
+        cr_assert_eq(healthy_of(b), round == 0 ? 0 : -1, "round %d", round);
+        mx_health_stop();
+        mx_groups_free();
+        mx_conf_free(c);
+    }
+    close(live);
+}
+
+
+static void
+on_srv_conn_pipe(uv_stream_t *srv, int status)
+{
+    cr_assert_eq(status, 0);
+    uv_pipe_t *c = mx_alloc(sizeof(*c));
+    uv_pipe_init(srv->loop, c, 0);
+    cr_assert_eq(uv_accept(srv, (uv_stream_t *)c), 0);
+    uv_read_start((uv_stream_t *)c, on_srv_alloc, on_srv_read);
+}
+
+
+Test(health_probe, unix_socket_backends_are_checked)
+{
+    char dir[] = "/tmp/moxy-hc-XXXXXX", path[64], text[80], e[128];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/s", dir);
+    uv_pipe_t srv;
+    uv_pipe_init(&fx.loop, &srv, 0);
+    cr_assert_eq(uv_pipe_bind(&srv, path), 0);
+    cr_assert_eq(uv_listen((uv_stream_t *)&srv, 8, on_srv_conn_pipe), 0);
+    fx.reply = "HTTP/1.1 200 OK\r\n\r\n";
+    snprintf(text, sizeof(text), "unix:%s", path);
+    mx_addr_t a;
+    cr_assert_eq(mx_addr_parse(text, &a, e, sizeof(e)), 0, "%s", e);
+
+    mx_conf_health_t h = hconf("http");
+    h.path = "/ping";
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK, "%s", mx_strerror(fx.rc));
+    cr_assert(strncmp(fx.got, "GET /ping HTTP/1.1\r\n", 20) == 0, "%s", fx.got);
+
+    fx.calls = 0;
+    h = hconf("tcp");
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK);
+    uv_close((uv_handle_t *)&srv, NULL);
+    uv_run(&fx.loop, UV_RUN_NOWAIT);
+    unlink(path);
+    rmdir(dir);
+}
