@@ -292,3 +292,41 @@ return app
         for i in range(3):
             self.assertEqual(request(m.port, "GET", "/").status, 502)
         self.assertIn("has no usable backend, trying", m.error_log())
+
+
+class LuaBalancer(MoxyTestCase):
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "balancer.lua")
+
+    def start(self, backends, **kw):
+        cfg = {"backends": backends, **kw}
+        conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
+                      {"origin": {"backends": backends, "algorithm": kw.get("algorithm", "round_robin"),
+                                  "hash_key": kw.get("hash_key", "uri"), "max_retries": 1,
+                                  "connect_timeout": 1, "read_timeout": 5}})
+        return self.start_moxy(conf)
+
+    def test_ketama_selection_from_lua_goes_where_select_says(self):
+        o = [self.start_origin() for _ in range(3)]
+        by_addr = {x.addr: x for x in o}
+        m = self.start([x.addr for x in o], algorithm="ketama", hash_key="arg:k")
+        for k in range(15):
+            which = request(m.port, "GET", f"/which?k={k}")
+            self.assert_status(which, 200, m)
+            target = by_addr[which.body.decode()]
+            for path in ("/", "/group"):
+                before = target.request_count
+                self.assert_status(request(m.port, "GET", f"{path}?k={k}"), 200, m)
+                self.assertEqual(target.request_count, before + 1, f"{path}?k={k}")
+
+    def test_lua_balancer_fails_over_and_reports_backends(self):
+        live = self.start_origin()
+        dead = free_port()
+        m = self.start([f"127.0.0.1:{dead}", live.addr])
+        for i in range(6):
+            self.assert_status(request(m.port, "GET", f"/echo?i={i}"), 200, m)
+        self.assertEqual(live.request_count, 6)
+        listing = request(m.port, "GET", "/backends").json()
+        self.assertEqual([b["addr"] for b in listing], [f"127.0.0.1:{dead}", live.addr])
+        self.assertEqual([b["inflight"] for b in listing], [0, 0])
+        self.assertEqual([b["usable"] for b in listing], [False, True], "dead one cools off")
+        self.assertEqual([b["healthy"] for b in listing], [True, True], "no active check said so")
