@@ -1,7 +1,7 @@
 -- moxy.lb: the Lua twin of src/lb/lb.c, for the fake engine (moxy.test). Same inputs, same
 -- picks: round robin and least_conn from a cursor starting at 0, nginx's smooth weighted
 -- round robin, FNV-1a 32 over weighted slots, the nginx-compatible ketama ring. Random is
--- random in both. spec/unit/lb_twin_spec.lua checks it against the C algorithms through
+-- random in both. spec/integration/balancer_spec.lua checks it against the C algorithms through
 -- the live engine; keep the two in step.
 local bit = require "bit"
 

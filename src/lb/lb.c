@@ -235,11 +235,10 @@ slot_node(const mx_lb_t *lb, uint64_t slot)
 static ssize_t
 walk(const mx_lb_t *lb, size_t start, const mx_lb_ops_t *ops)
 {
-    for (size_t k = 0; k < lb->n; k++) {
-        size_t i = (start + k) % lb->n;
+    size_t i = start % lb->n;
+    for (size_t k = 0; k < lb->n; k++, i = i + 1 == lb->n ? 0 : i + 1)
         if (usable(ops, i))
             return (ssize_t)i;
-    }
     return -1;
 }
 
@@ -367,8 +366,8 @@ select_least_conn(mx_lb_t *lb, const mx_lb_ops_t *ops)
     uint64_t c = atomic_fetch_add_explicit(&lb->cursor, 1, memory_order_relaxed);
     ssize_t best = -1;
     int64_t best_load = 0;
-    for (size_t k = 0; k < lb->n; k++) {
-        size_t i = (size_t)((c + k) % lb->n);
+    size_t i = (size_t)(c % lb->n);
+    for (size_t k = 0; k < lb->n; k++, i = i + 1 == lb->n ? 0 : i + 1) {
         if (!usable(ops, i))
             continue;
         int64_t load = ops && ops->load ? ops->load(ops->arg, i) : 0;

@@ -322,9 +322,9 @@ mx_group_replace(mx_group_t *g, const char *const *names, const mx_addr_t *addrs
         for (size_t j = 0; j < old->n; j++) {
             mx_backend_t *o = old->b[j];
             if (strcmp(o->name, names[i]) == 0 && o->addr.salen == addrs[i].salen &&
-                memcmp(&o->addr.sa, &addrs[i].sa, addrs[i].salen) == 0 &&
-                o->weight == weights[i]) {
+                memcmp(&o->addr.sa, &addrs[i].sa, addrs[i].salen) == 0) {
                 atomic_fetch_add(&o->refs, 1);
+                o->weight = weights[i]; /* selectors copy weights: old ones keep theirs */
                 b[i] = o;
                 break;
             }

@@ -1,0 +1,35 @@
+-- moxy.balancer.new{} over the origins the test passes in config (init(config)):
+-- /which?k=K answers the backend pool:select(K) names; /backends lists the pool;
+-- /group proxies through the YAML group "origin" (its hash_key picks); anything else
+-- proxies through the pool, keyed by hash_key.
+local moxy = require "moxy"
+
+local pool
+local app = {}
+
+
+function app.init(config)
+    pool = moxy.balancer.new { backends = config.backends, algorithm = config.algorithm,
+                               hash_key = config.hash_key }
+end
+
+
+function app.request_filter(s, ctx)
+    local path = s.req:path()
+    if path == "/which" then
+        return s:respond(200, tostring(pool:select(s.req:arg("k"))))
+    elseif path == "/backends" then
+        return s:respond(200, pool:backends())
+    end
+end
+
+
+function app.upstream_peer(s, ctx)
+    if s.req:path() == "/group" then
+        return moxy.upstream("origin"):select()
+    end
+    return pool:select()
+end
+
+
+return app
