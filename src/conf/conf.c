@@ -73,6 +73,8 @@ static int on_backends(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_type(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_statuses(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_method(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_headers(ld_t *ld, yaml_node_t *v, void *base);
 static int on_hash_key(ld_t *ld, yaml_node_t *v, void *base);
 static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
@@ -128,6 +130,8 @@ static const keydef_t health_keys[] = {
     {"timeout",  K_DUR, H_(timeout), 0.001, 3600},
     {"port",     K_INT, H_(port), 1, 65535},
     {"expected_statuses", K_FN, .fn = on_health_statuses},
+    {"method",   K_FN,  .fn = on_health_method},
+    {"headers",  K_FN,  .fn = on_health_headers},
     {.name = NULL},
 };
 
@@ -558,6 +562,7 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     u->health.timeout = 1;
     for (int st = 200; st < 400; st++)
         u->health.expect[st / 64] |= 1ull << (st % 64);
+    strcpy(u->health.method, "GET");
     u->max_retries = 1;
     u->max_fails = 1;
     u->fail_timeout = 10;
@@ -757,6 +762,62 @@ on_health_statuses(ld_t *ld, yaml_node_t *v, void *base)
         size_t mark = push(ld, NULL, i);
         if (get_status_item(ld, node(ld, v->data.sequence.items.start[i]), h->expect) != MX_OK)
             return MX_ECONF;
+        pop(ld, mark);
+    }
+    return MX_OK;
+}
+
+
+static int
+on_health_method(ld_t *ld, yaml_node_t *v, void *base)
+{
+    static const char *const methods[] = {"GET", "HEAD", NULL};
+    mx_conf_health_t *h = base;
+    int i;
+
+    if (get_enum(ld, v, methods, &i) != MX_OK)
+        return MX_ECONF;
+    snprintf(h->method, sizeof(h->method), "%s", methods[i]);
+    return MX_OK;
+}
+
+
+/* headers: a mapping of extra request headers for an http check, kept as
+ * ready-made lines. Names are tokens, values one line; what the check sets
+ * itself (Host: use host:, framing, Connection) is refused. */
+static int
+on_health_headers(ld_t *ld, yaml_node_t *v, void *base)
+{
+    static const char *const own[] = {"host", "connection", "content-length",
+                                      "transfer-encoding", NULL};
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    mx_conf_health_t *h = base;
+    size_t off = 0;
+
+    if (v->type != YAML_MAPPING_NODE)
+        return type_error(ld, v, "a mapping of header names to values");
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(ld, p->key), *val = node(ld, p->value);
+        const char *name, *value;
+        if (get_str(ld, k, &name) != MX_OK)
+            return MX_ECONF;
+        size_t mark = push(ld, name, 0);
+        if (strspn(name, tchar) != strlen(name))
+            return fail(ld, k, "not a valid header name");
+        for (int i = 0; own[i] != NULL; i++)
+            if (strcasecmp(name, own[i]) == 0)
+                return fail(ld, k, "set by the check itself%s",
+                            i == 0 ? " (use health_check.host)" : "");
+        if (val->type != YAML_SCALAR_NODE)
+            return type_error(ld, val, "a header value");
+        value = scalar(val);
+        if (strpbrk(value, "\r\n") != NULL)
+            return fail(ld, val, "a header value must be one line");
+        int n = snprintf(h->headers + off, sizeof(h->headers) - off, "%s: %s\r\n", name, value);
+        if (n < 0 || (size_t)n >= sizeof(h->headers) - off)
+            return fail(ld, val, "headers longer than %zu bytes in all", sizeof(h->headers) - 1);
+        off += (size_t)n;
         pop(ld, mark);
     }
     return MX_OK;

@@ -54,6 +54,8 @@ typedef struct {
     double timeout; /* default 1 */
     int port;       /* check this port instead of the backend's; 0 (default): the backend's */
     uint64_t expect[10]; /* http: bit s set when status s passes (100..599); default 200..399 */
+    char method[8];       /* http: "GET" (default) or "HEAD" */
+    char headers[1024];   /* http: extra request header lines "Name: value\r\n", "" for none */
 } mx_conf_health_t;
 
 struct mx_conf_upstream_s {

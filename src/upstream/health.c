@@ -1,6 +1,7 @@
 /* Active health checks: the rise/fall state machine, one probe (TCP connect or
  * HTTP status) on a uv loop, and the address-set helpers of DNS discovery.
  * The service that runs them on its own thread is at the end of the file. */
+#define _GNU_SOURCE /* strcasestr */
 #include "upstream/health.h"
 
 #include <arpa/inet.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/alloc.h"
 #include "core/errors.h"
@@ -175,13 +177,20 @@ mx_health_probe_start(uv_loop_t *loop, const mx_conf_health_t *h, const mx_addr_
     p->connect.data = p;
     p->write.data = p;
     if (p->http) {
-        const char *fmt = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moxy-health-check\r\n"
-                          "Accept: */*\r\nConnection: close\r\n\r\n";
+        const char *fmt = "%s %s HTTP/1.1\r\nHost: %s\r\n%sAccept: */*\r\n%s"
+                          "Connection: close\r\n\r\n";
         const char *path = h->path ? h->path : "/";
+        const char *method = h->method[0] ? h->method : "GET";
+        const char *ua = "User-Agent: moxy-health-check\r\n";
+        /* The configured headers may name their own User-Agent. */
+        if (strncasecmp(h->headers, "user-agent:", 11) == 0 ||
+            strcasestr(h->headers, "\nuser-agent:") != NULL)
+            ua = "";
         host = h->host ? h->host : host;
-        size_t n = strlen(fmt) + strlen(path) + strlen(host) + 1;
+        size_t n = strlen(fmt) + strlen(method) + strlen(path) + strlen(host) + strlen(ua) +
+                   strlen(h->headers) + 1;
         p->req = mx_alloc(n);
-        p->reqlen = (size_t)snprintf(p->req, n, fmt, path, host);
+        p->reqlen = (size_t)snprintf(p->req, n, fmt, method, path, host, ua, h->headers);
     }
     uv_timer_init(loop, &p->timer);
     if (addr->kind == MX_ADDR_UNIX) {

@@ -241,13 +241,16 @@ class HttpCheck(HealthCheckBase):
         seen = {request(m.port, "GET", f"/y{i}").body for i in range(9)}
         self.assertEqual(seen, {b"a", b"b", b"c"})
 
-    def test_checks_send_path_and_host(self):
+    def test_checks_send_method_path_host_and_headers(self):
         got = []
 
         class Recorder(_Handler):
             def do_GET(self):
-                got.append((self.path, self.headers.get("Host"), self.headers.get("User-Agent")))
+                got.append((self.command, self.path, self.headers.get("Host"),
+                            self.headers.get("User-Agent"), self.headers.get("X-Check")))
                 super().do_GET()
+
+            do_HEAD = do_GET
 
         o = NamedOrigin("r")
         o.server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
@@ -258,10 +261,13 @@ class HttpCheck(HealthCheckBase):
         conf = config([service("web", free_port())],
                       {"origin": {"backends": [o.addr], "health_check":
                                   {"type": "http", "path": "/health?deep=1", "host": "app.example",
+                                   "method": "HEAD", "headers": {"X-Check": "from moxy"},
                                    "interval": 0.1}}})
         m = self.start_moxy(conf)
         self.assertTrue(wait_for(lambda: len(got) >= 2, 5 * SLOW), m.diagnostics())
-        self.assertEqual(got[0], ("/health?deep=1", "app.example", "moxy-health-check"))
+        self.assertEqual(got[0], ("HEAD", "/health?deep=1", "app.example", "moxy-health-check",
+                                  "from moxy"))
+        self.assertNotIn("is down", m.error_log())
 
 
 class TcpCheck(HealthCheckBase):

@@ -185,6 +185,12 @@ Test(health_conf, expected_statuses_list_class_and_range)
     }
     mx_conf_free(c);
 
+    c = load("{type: http, headers: {X-A: \"1\", x-b: two words}}");
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_str_eq(c->upstreams[0].health.headers, "X-A: 1\r\nx-b: two words\r\n");
+    cr_assert_str_eq(c->upstreams[0].health.method, "GET");
+    mx_conf_free(c);
+
     c = load("{type: http, expected_statuses: 200}");
     cr_assert_not_null(c, "%s", err);
     cr_assert(mx_health_status_expected(&c->upstreams[0].health, 200));
@@ -207,6 +213,16 @@ Test(health_conf, bad_expected_statuses_are_refused_with_their_key)
         {"{expected_statuses: []}",
          "upstreams.u.health_check.expected_statuses: at least one status is required"},
         {"{port: 0}", "upstreams.u.health_check.port: 0 is out of range (1..65535)"},
+        {"{method: POST}", "upstreams.u.health_check.method: unknown value \"POST\" (expected "
+                           "one of: GET, HEAD)"},
+        {"{headers: {Host: x}}",
+         "upstreams.u.health_check.headers.Host: set by the check itself (use health_check.host)"},
+        {"{headers: {Connection: keep-alive}}",
+         "upstreams.u.health_check.headers.Connection: set by the check itself"},
+        {"{headers: {\"a b\": x}}", "upstreams.u.health_check.headers.a b: not a valid header name"},
+        {"{headers: {X-A: \"1\\r\\nX-B: 2\"}}",
+         "upstreams.u.health_check.headers.X-A: a header value must be one line"},
+        {"{headers: [X-A]}", "upstreams.u.health_check.headers: expected a mapping of header names"},
     };
     for (size_t i = 0; i < mx_countof(cases); i++) {
         cr_assert_null(load(cases[i].health), "accepted %s", cases[i].health);
@@ -407,6 +423,22 @@ Test(health_probe, http_sends_path_and_host_and_passes_on_an_expected_status)
     cr_assert(strncmp(fx.got, "GET /healthz?full=1 HTTP/1.1\r\n", 30) == 0, "%s", fx.got);
     cr_assert_not_null(strstr(fx.got, "\r\nHost: backend.test:80\r\n"), "%s", fx.got);
     cr_assert_not_null(strstr(fx.got, "\r\nConnection: close\r\n"), "%s", fx.got);
+}
+
+
+Test(health_probe, http_method_and_extra_headers)
+{
+    mx_conf_health_t h = hconf("http");
+    h.path = "/h";
+    strcpy(h.method, "HEAD");
+    strcpy(h.headers, "X-Token: abc\r\nUser-Agent: probe/1\r\n");
+    mx_addr_t a = serve("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK);
+    cr_assert(strncmp(fx.got, "HEAD /h HTTP/1.1\r\n", 18) == 0, "%s", fx.got);
+    cr_assert_not_null(strstr(fx.got, "\r\nX-Token: abc\r\n"), "%s", fx.got);
+    cr_assert_not_null(strstr(fx.got, "\r\nUser-Agent: probe/1\r\n"), "%s", fx.got);
+    cr_assert_null(strstr(fx.got, "moxy-health-check"), "two User-Agents: %s", fx.got);
 }
 
 
