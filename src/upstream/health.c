@@ -485,7 +485,7 @@ target_free(target_t *t)
 
 typedef struct {
     hgroup_t *hg;
-    target_t **found; /* per current backend, new targets first NULL */
+    target_t **found; /* targets made for backends new to the checker */
     size_t n, cap;
 } sync_t;
 
