@@ -159,6 +159,9 @@ function lb_mt:select(key, usable, load)
     key = key or ""
     if type(key) ~= "string" then key = tostring(key) end
     local alg = self.algorithm
+    if key == "" and (alg == "fnv" or alg == "ketama") then
+        alg = "weighted"                        -- an empty key is not hashed (as nginx)
+    end
     if alg == "weighted" then
         local best, total = nil, 0
         for i = 1, n do

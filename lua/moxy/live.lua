@@ -170,6 +170,19 @@ local function header_set(sp, resp, mode, name, value, what)
 end
 
 
+-- set (mode 0) or add (1) a string value: true when C took it, false when it refused
+-- (bad phase, name or value), leaving session.lua to say why. Never raises.
+function _M.req_try_header(sp, mode, n, v)
+    return C.moxy_header_set(sp, 0, mode, n, #n, v, #v) == OK
+end
+function _M.resp_try_header(sp, mode, n, v)
+    return C.moxy_header_set(sp, 1, mode, n, #n, v, #v) == OK
+end
+function _M.trailer_try_header(sp, mode, n, v)
+    return C.moxy_header_set(sp, 2, mode, n, #n, v, #v) == OK
+end
+
+
 function _M.req_header(sp, name) return header(sp, 0, name, "s.req:header()") end
 function _M.req_header_count(sp) return header_count(sp, 0, "s.req:headers()") end
 function _M.req_header_at(sp, i) return header_at(sp, 0, i) end

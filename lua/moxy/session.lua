@@ -259,6 +259,7 @@ local function header_methods(prefix, label, write_phases)
     local f_set = prefix .. "_set_header"
     local f_add = prefix .. "_add_header"
     local f_remove = prefix .. "_remove_header"
+    local f_try = prefix .. "_try_header"
     local m = {}
 
     -- First value of header <name> (any case), or nil. Phases: all.
@@ -308,8 +309,15 @@ local function header_methods(prefix, label, write_phases)
     -- Replaces every field <name> with <value> (string, number, list of them; nil or an
     -- empty list removes). Phases: see REQ_WRITE / RESP_WRITE.
     function m.set_header(self, name, value)
-        check_token(1, "set_header", name)
         local b, sp = self.b, self.sp
+        -- The common case goes straight to a backend that checks everything itself (the
+        -- live one, in C): the Lua checks below run only to explain a refusal.
+        local try = b[f_try]
+        if try and type(name) == "string" and type(value) == "string"
+           and try(sp, 0, name, value) then
+            return
+        end
+        check_token(1, "set_header", name)
         check_phase(b, sp, write_phases, label .. ":set_header()")
         if value == nil then
             return b[f_remove](sp, name)
@@ -333,6 +341,11 @@ local function header_methods(prefix, label, write_phases)
 
     -- Appends a field <name>: <value>. Phases: see REQ_WRITE / RESP_WRITE.
     function m.add_header(self, name, value)
+        local try = self.b[f_try]
+        if try and type(name) == "string" and type(value) == "string"
+           and try(self.sp, 1, name, value) then
+            return
+        end
         check_token(1, "add_header", name)
         value = check_value(2, "add_header", value)
         local b, sp = self.b, self.sp

@@ -16,6 +16,12 @@ t.each_engine("moxy.balancer picks the same backends in both engines", SCRIPT, f
             assert.equal(6, n, alg .. " spreads keys over every backend")
         end
     end
+    for _, alg in ipairs { "fnv", "ketama" } do
+        local res = run { uri = "/?alg=" .. alg .. "&n=26&empty=1" }
+        local count = {}
+        for addr in res.body:gmatch("[^,]+") do count[addr] = (count[addr] or 0) + 1 end
+        assert.equal(10, count["192.168.1.20:443"], alg .. ": an empty key goes by weight")
+    end
     for _, alg in ipairs { "round_robin", "weighted", "least_conn" } do
         local res = run { uri = "/?alg=" .. alg .. "&n=28" }
         assert.equal(200, res.status)

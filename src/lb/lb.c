@@ -157,8 +157,8 @@ mx_lb_new(mx_lb_algorithm_t algorithm, const mx_lb_node_t *nodes, size_t n)
         lb->cum[i] = lb->total;
     }
     pthread_mutex_init(&lb->lock, NULL);
-    if (algorithm == MX_LB_WEIGHTED)
-        lb->current = mx_calloc(n ? n : 1, sizeof(int64_t));
+    /* weighted, and the hashing ones for an empty key */
+    lb->current = mx_calloc(n ? n : 1, sizeof(int64_t));
     if (algorithm == MX_LB_KETAMA)
         build_ketama(lb, nodes);
     return lb;
@@ -387,6 +387,10 @@ mx_lb_select(mx_lb_t *lb, const char *key, size_t len, const mx_lb_ops_t *ops)
         return -1;
     if (key == NULL)
         key = "", len = 0;
+    /* An empty key is not hashed (it would send every such request to one backend):
+     * weighted round robin instead, as nginx's hash and hash consistent do. */
+    if (len == 0 && (lb->algorithm == MX_LB_FNV || lb->algorithm == MX_LB_KETAMA))
+        return select_weighted(lb, ops);
     switch (lb->algorithm) {
     case MX_LB_WEIGHTED:
         return select_weighted(lb, ops);

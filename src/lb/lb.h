@@ -14,6 +14,8 @@
  *   least_conn   fewest in-flight requests relative to weight (conns_a * w_b < conns_b *
  *                w_a, as nginx); ties broken round robin
  *
+ * fnv and ketama do not hash an empty key: such requests go weighted round robin (nginx).
+ *
  * Thread-safe: select() may run on several threads at once (weighted takes a mutex). */
 #ifndef MX_LB_LB_H
 #define MX_LB_LB_H

@@ -7,7 +7,10 @@ import os
 import shutil
 import signal
 import subprocess
+import socket
 import tempfile
+import threading
+import time
 import unittest
 
 from harness import (SLOW, Client, MoxyTestCase, Origin, config, free_port, parse_head,
@@ -330,3 +333,55 @@ class LuaBalancer(MoxyTestCase):
         self.assertEqual([b["inflight"] for b in listing], [0, 0])
         self.assertEqual([b["usable"] for b in listing], [False, True], "dead one cools off")
         self.assertEqual([b["healthy"] for b in listing], [True, True], "no active check said so")
+
+
+class PortOrigin(Origin):
+    """An Origin on a given port (to restart one where it was)."""
+
+    def __init__(self, port):
+        super().__init__()
+        self.want_port = port
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.want_port))
+        self.port = self.want_port
+        self.sock.listen(256)
+        self.sock.settimeout(0.2)
+        t = threading.Thread(target=self._accept_loop, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+
+class OriginStopsAndReturns(MoxyTestCase):
+    def test_no_5xx_while_one_of_three_is_down_and_it_returns(self):
+        o = [self.start_origin() for _ in range(3)]
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [x.addr for x in o], "max_retries": 2,
+                                  "connect_timeout": 1, "read_timeout": 5,
+                                  "passive_health": {"max_fails": 1, "fail_timeout": 1}}},
+                      threads=2)
+        m = self.start_moxy(conf)
+        statuses = []
+
+        def burst(n):
+            for i in range(n):
+                statuses.append(request(m.port, "GET", f"/echo?i={len(statuses)}").status)
+
+        burst(30)
+        port = o[1].port
+        o[1].stop()
+        burst(60)
+        self.assertEqual(set(statuses), {200}, "no client saw an error while one was down")
+        back = PortOrigin(port)
+        self.addCleanup(back.stop)
+        back.start()
+        deadline = time.monotonic() + 10 * SLOW
+        while back.request_count == 0 and time.monotonic() < deadline:
+            burst(3)
+            time.sleep(0.1)
+        self.assertGreater(back.request_count, 0, "the restarted origin got traffic again")
+        self.assertEqual(set(statuses), {200})
+        self.assertIn(f"upstream origin backend 127.0.0.1:{port} is down for 1s", m.error_log())

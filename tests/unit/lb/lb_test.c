@@ -323,3 +323,16 @@ Test(lb_least_conn, relative_to_weight)
     cr_assert_eq(mx_lb_select(lb, NULL, 0, &ops), 0);
     mx_lb_free(lb);
 }
+
+
+Test(lb_hash, empty_key_goes_weighted_round_robin)
+{
+    int w[] = {5, 1, 1};
+    static const int want[] = {0, 0, 1, 0, 2, 0, 0};
+    for (int alg = MX_LB_FNV; alg <= MX_LB_KETAMA; alg++) {
+        mx_lb_t *lb = make((mx_lb_algorithm_t)alg, 3, w);
+        for (int i = 0; i < 14; i++)
+            cr_assert_eq(mx_lb_select(lb, i % 2 ? "" : NULL, 0, &ops), want[i % 7]);
+        mx_lb_free(lb);
+    }
+}
