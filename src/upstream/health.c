@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -405,6 +406,8 @@ mx_health_addrs_same(const mx_addr_t *a, size_t na, const mx_addr_t *b, size_t n
  * lock keeps it alive. */
 
 typedef struct hgroup_s hgroup_t;
+typedef struct hsvc_s hsvc_t;
+typedef struct lookup_s lookup_t;
 
 /* One backend as the checker knows it. */
 typedef struct {
@@ -427,11 +430,28 @@ typedef struct {
     int weight;
     mx_addr_t *addrs; /* sorted; one (the configured one) for a static address */
     size_t naddrs;
-    uv_getaddrinfo_t req;
-    bool busy; /* a lookup is in flight */
+    lookup_t *lookup; /* in flight, or NULL */
 } member_t;
 
+/* One getaddrinfo() on a detached thread of its own. libuv's threadpool
+ * (uv_getaddrinfo) would do, but it joins its threads when the process
+ * exits, so a resolver that never answers would hold even a fast shutdown
+ * for its whole timeout; a detached thread is simply dropped at exit. The
+ * resolver thread owns the lookup until it hands it to <owner>'s queue;
+ * an owner that stops first clears <owner>, and the thread frees it. */
+struct lookup_s {
+    hsvc_t *owner; /* under lookups_lock; NULL once the owner stopped */
+    member_t *m;   /* the owner's, valid while owner is set */
+    char *host;
+    int rc;        /* getaddrinfo's EAI_* (0: ok) */
+    struct addrinfo *res;
+    lookup_t *next; /* in owner->answers */
+};
+
+static pthread_mutex_t lookups_lock = PTHREAD_MUTEX_INITIALIZER;
+
 struct hgroup_s {
+    hsvc_t *s;
     mx_group_t *g;
     const char *name;          /* the group's */
     const mx_conf_health_t *h; /* in the config given to start */
@@ -448,19 +468,23 @@ struct hgroup_s {
     bool changed; /* an answer differed from the last: replace once all are in */
 };
 
-static struct {
+/* One running service (start to stop). */
+struct hsvc_s {
     uv_thread_t thread;
     uv_loop_t loop;
     uv_async_t stop;
     hgroup_t *groups;
     size_t ngroups;
-    bool started;
-    bool stopping;
-} svc;
+    bool stopping; /* service thread: on_stop ran */
+    uv_async_t answer; /* a resolver thread queued an answer */
+    lookup_t *answers; /* under lookups_lock */
+};
+
+static hsvc_t *svc; /* the running service; NULL when stopped (main thread) */
 
 static void on_check_tick(uv_timer_t *t);
 static void on_resolve_tick(uv_timer_t *t);
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+static void on_answer(uv_async_t *a);
 static void on_probe_result(void *arg, int rc, int status);
 static void on_stop(uv_async_t *a);
 static void service_main(void *arg);
@@ -573,7 +597,7 @@ start_probe(target_t *t)
     mx_health_probe_t *p;
     const char *host = t->addr.kind == MX_ADDR_UNIX ? "localhost" : t->name;
 
-    int rc = mx_health_probe_start(&svc.loop, hg->h, &t->addr, host, on_probe_result, t, &p);
+    int rc = mx_health_probe_start(&hg->s->loop, hg->h, &t->addr, host, on_probe_result, t, &p);
     if (rc < 0) {
         on_probe_result(t, rc, 0); /* a check that could not start failed */
         return;
@@ -603,7 +627,7 @@ on_probe_result(void *arg, int rc, int status)
     char buf[64], addr[sizeof(t->addr.text) + 8] = "";
 
     t->probe = NULL;
-    if (svc.stopping)
+    if (hg->s->stopping)
         return;
     bool passed = rc == MX_OK;
     if (!mx_health_feed(&t->st, passed, h->rise, h->fall)) {
@@ -675,19 +699,19 @@ addrs_text(const mx_addr_t *a, size_t n, char *buf, size_t len)
 }
 
 
-/* Takes the answer <res> (or the failure <status>) for member <m>. Returns
- * true when its address set changed. A failed or empty lookup keeps the
- * last known addresses: a resolver hiccup must not empty a group. */
+/* Takes the answer <res> (or the getaddrinfo() failure <rc>) for member <m>.
+ * Returns true when its address set changed. A failed or empty lookup keeps
+ * the last known addresses: a resolver hiccup must not empty a group. */
 static bool
-member_answer(member_t *m, int status, const struct addrinfo *res)
+member_answer(member_t *m, int rc, const struct addrinfo *res)
 {
     mx_addr_t *v = NULL;
-    size_t n = status == 0 ? mx_health_addrs_from_ai(res, m->port, &v) : 0;
+    size_t n = rc == 0 ? mx_health_addrs_from_ai(res, m->port, &v) : 0;
     char was[512], now[512];
 
     if (n == 0) {
         mx_log_warn("upstream %s: cannot resolve %s (%s): keeping its %zu address%s",
-                    m->hg->name, m->host, status ? uv_strerror(status) : "no IPv4/IPv6 address",
+                    m->hg->name, m->host, rc ? gai_strerror(rc) : "no IPv4/IPv6 address",
                     m->naddrs, m->naddrs == 1 ? "" : "es");
         mx_free(v);
         return false;
@@ -707,44 +731,109 @@ member_answer(member_t *m, int status, const struct addrinfo *res)
 
 
 static void
-on_resolve_tick(uv_timer_t *timer)
+lookup_free(lookup_t *l)
 {
-    hgroup_t *hg = timer->data;
+    if (l->res != NULL)
+        freeaddrinfo(l->res);
+    mx_free(l->host);
+    mx_free(l);
+}
+
+
+static void *
+lookup_main(void *arg)
+{
+    lookup_t *l = arg;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 
-    for (size_t i = 0; i < hg->nmembers; i++) {
-        member_t *m = &hg->members[i];
-        if (m->host == NULL || m->busy)
-            continue;
-        m->req.data = m;
-        int rc = uv_getaddrinfo(&svc.loop, &m->req, on_resolved, m->host, NULL, &hints);
-        if (rc < 0) {
-            mx_log_warn("upstream %s: cannot resolve %s (%s)", hg->name, m->host, uv_strerror(rc));
-            continue;
-        }
-        m->busy = true;
-        hg->lookups++;
+    l->rc = getaddrinfo(l->host, NULL, &hints, &l->res);
+    if (l->rc != 0)
+        l->res = NULL;
+    pthread_mutex_lock(&lookups_lock);
+    hsvc_t *s = l->owner;
+    if (s != NULL) {
+        l->next = s->answers;
+        s->answers = l;
+        uv_async_send(&s->answer); /* before on_stop can close it: it takes the lock first */
     }
+    pthread_mutex_unlock(&lookups_lock);
+    if (s == NULL)
+        lookup_free(l);
+    return NULL;
 }
 
 
 static void
-on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+on_resolve_tick(uv_timer_t *timer)
 {
-    member_t *m = req->data;
+    hgroup_t *hg = timer->data;
+    pthread_attr_t attr;
+    pthread_t th;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (size_t i = 0; i < hg->nmembers; i++) {
+        member_t *m = &hg->members[i];
+        if (m->host == NULL || m->lookup != NULL)
+            continue;
+        lookup_t *l = mx_calloc(1, sizeof(*l));
+        l->owner = hg->s;
+        l->m = m;
+        l->host = mx_strdup(m->host);
+        m->lookup = l;
+        hg->lookups++;
+        int rc = pthread_create(&th, &attr, lookup_main, l);
+        if (rc != 0) {
+            mx_log_warn("upstream %s: cannot resolve %s (no thread: %s)", hg->name, m->host,
+                        strerror(rc));
+            m->lookup = NULL;
+            hg->lookups--;
+            lookup_free(l);
+        }
+    }
+    pthread_attr_destroy(&attr);
+}
+
+
+/* Takes one answer; once every lookup of the group is in, a changed set of
+ * addresses goes to the group. */
+static void
+lookup_done(lookup_t *l)
+{
+    member_t *m = l->m;
     hgroup_t *hg = m->hg;
 
-    m->busy = false;
+    m->lookup = NULL;
     hg->lookups--;
-    if (!svc.stopping && status != UV_EAI_CANCELED && member_answer(m, status, res))
+    if (member_answer(m, l->rc, l->res))
         hg->changed = true;
-    uv_freeaddrinfo(res);
-    if (hg->lookups > 0 || !hg->changed || svc.stopping)
+    lookup_free(l);
+    if (hg->lookups > 0 || !hg->changed)
         return;
     hg->changed = false;
     apply_members(hg);
     if (hg->check)
         sync_targets(hg);
+}
+
+
+static void
+on_answer(uv_async_t *a)
+{
+    hsvc_t *s = a->data;
+
+    pthread_mutex_lock(&lookups_lock);
+    lookup_t *l = s->answers;
+    s->answers = NULL;
+    pthread_mutex_unlock(&lookups_lock);
+    while (l != NULL) {
+        lookup_t *next = l->next;
+        if (s->stopping)
+            lookup_free(l);
+        else
+            lookup_done(l);
+        l = next;
+    }
 }
 
 
@@ -786,17 +875,19 @@ init_members(hgroup_t *hg, const mx_conf_upstream_t *u)
                 hg->changed = true;
             freeaddrinfo(res);
         }
+        /* (A failure here is rare: the config loader resolved it a moment ago.) */
         if (u->resolve_interval > 0)
             hg->discover = true;
     }
 }
 
 
+/* Frees <s> and what it owns (not the groups: they are the workers'). */
 static void
-free_groups(void)
+svc_free(hsvc_t *s)
 {
-    for (size_t i = 0; i < svc.ngroups; i++) {
-        hgroup_t *hg = &svc.groups[i];
+    for (size_t i = 0; i < s->ngroups; i++) {
+        hgroup_t *hg = &s->groups[i];
         for (size_t j = 0; j < hg->ntargets; j++)
             target_free(hg->targets[j]);
         mx_free(hg->targets);
@@ -807,28 +898,31 @@ free_groups(void)
         }
         mx_free(hg->members);
     }
-    mx_free(svc.groups);
-    svc.groups = NULL;
-    svc.ngroups = 0;
+    mx_free(s->groups);
+    for (lookup_t *l = s->answers, *next; l != NULL; l = next) {
+        next = l->next;
+        lookup_free(l);
+    }
+    mx_free(s);
 }
 
 
 int
 mx_health_start(const mx_conf_t *conf)
 {
-    bool any = false;
     int rc;
 
-    if (svc.started)
+    if (svc != NULL)
         return MX_OK;
-    memset(&svc, 0, sizeof(svc));
-    svc.groups = mx_calloc(conf->nupstreams + 1, sizeof(hgroup_t));
+    hsvc_t *s = mx_calloc(1, sizeof(*s));
+    s->groups = mx_calloc(conf->nupstreams + 1, sizeof(hgroup_t));
     for (size_t i = 0; i < conf->nupstreams; i++) {
         const mx_conf_upstream_t *u = &conf->upstreams[i];
         mx_group_t *g = mx_group_by_name(u->name, strlen(u->name));
         if (g == NULL)
             continue;
-        hgroup_t *hg = &svc.groups[svc.ngroups];
+        hgroup_t *hg = &s->groups[s->ngroups++];
+        hg->s = s;
         hg->g = g;
         hg->name = u->name;
         hg->h = &u->health;
@@ -839,7 +933,7 @@ mx_health_start(const mx_conf_t *conf)
             hg->changed = false;
             apply_members(hg);
         }
-        if (!hg->check && !hg->discover) {
+        if (!hg->check && !hg->discover) { /* nothing to run for this group */
             for (size_t j = 0; j < hg->nmembers; j++) {
                 mx_free(hg->members[j].name);
                 mx_free(hg->members[j].host);
@@ -847,22 +941,25 @@ mx_health_start(const mx_conf_t *conf)
             }
             mx_free(hg->members);
             memset(hg, 0, sizeof(*hg));
-            continue;
+            s->ngroups--;
         }
-        svc.ngroups++;
-        any = true;
     }
-    if (!any) {
-        free_groups();
+    if (s->ngroups == 0) {
+        svc_free(s);
         return MX_OK;
     }
-    if ((rc = uv_loop_init(&svc.loop)) < 0)
-        goto fail;
-    uv_async_init(&svc.loop, &svc.stop, on_stop);
-    for (size_t i = 0; i < svc.ngroups; i++) {
-        hgroup_t *hg = &svc.groups[i];
-        uv_timer_init(&svc.loop, &hg->check_timer);
-        uv_timer_init(&svc.loop, &hg->resolve_timer);
+    if ((rc = uv_loop_init(&s->loop)) < 0) {
+        svc_free(s);
+        return rc;
+    }
+    uv_async_init(&s->loop, &s->stop, on_stop);
+    s->stop.data = s;
+    uv_async_init(&s->loop, &s->answer, on_answer);
+    s->answer.data = s;
+    for (size_t i = 0; i < s->ngroups; i++) {
+        hgroup_t *hg = &s->groups[i];
+        uv_timer_init(&s->loop, &hg->check_timer);
+        uv_timer_init(&s->loop, &hg->resolve_timer);
         hg->check_timer.data = hg;
         hg->resolve_timer.data = hg;
         if (hg->check) /* the first round at once: a dead backend is known within `fall` checks */
@@ -879,57 +976,64 @@ mx_health_start(const mx_conf_t *conf)
                      hg->check ? ", " : "", hg->resolve_interval);
         mx_log_info("upstream %s: %s", hg->name, what);
     }
-    if ((rc = uv_thread_create(&svc.thread, service_main, NULL)) < 0) {
-        uv_close((uv_handle_t *)&svc.stop, NULL);
-        for (size_t i = 0; i < svc.ngroups; i++) {
-            uv_close((uv_handle_t *)&svc.groups[i].check_timer, NULL);
-            uv_close((uv_handle_t *)&svc.groups[i].resolve_timer, NULL);
+    if ((rc = uv_thread_create(&s->thread, service_main, s)) < 0) {
+        uv_close((uv_handle_t *)&s->stop, NULL);
+        uv_close((uv_handle_t *)&s->answer, NULL);
+        for (size_t i = 0; i < s->ngroups; i++) {
+            uv_close((uv_handle_t *)&s->groups[i].check_timer, NULL);
+            uv_close((uv_handle_t *)&s->groups[i].resolve_timer, NULL);
         }
-        uv_run(&svc.loop, UV_RUN_DEFAULT);
-        uv_loop_close(&svc.loop);
-        goto fail;
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        svc_free(s);
+        return rc;
     }
-    svc.started = true;
+    svc = s;
     return MX_OK;
-
-fail:
-    free_groups();
-    return rc;
 }
 
 
 static void
 service_main(void *arg)
 {
-    (void)arg;
-    uv_run(&svc.loop, UV_RUN_DEFAULT);
-    int rc = uv_loop_close(&svc.loop);
+    hsvc_t *s = arg;
+
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&s->loop);
     if (rc != 0)
         mx_log_error("health checks: loop closed with handles open (%s)", uv_err_name(rc));
 }
 
 
 /* On the service thread: cancels what is in flight and closes every handle,
- * so that uv_run() returns once the close callbacks (and a DNS lookup that
- * had already started) are done. */
+ * so that uv_run() returns once the close callbacks are done. A DNS lookup
+ * still running is let go: its thread frees it when getaddrinfo() returns. */
 static void
 on_stop(uv_async_t *a)
 {
-    svc.stopping = true;
-    for (size_t i = 0; i < svc.ngroups; i++) {
-        hgroup_t *hg = &svc.groups[i];
+    hsvc_t *s = a->data;
+
+    s->stopping = true;
+    for (size_t i = 0; i < s->ngroups; i++) {
+        hgroup_t *hg = &s->groups[i];
         for (size_t j = 0; j < hg->ntargets; j++) {
             if (hg->targets[j]->probe != NULL) {
                 mx_health_probe_cancel(hg->targets[j]->probe);
                 hg->targets[j]->probe = NULL;
             }
         }
-        for (size_t j = 0; j < hg->nmembers; j++)
-            if (hg->members[j].busy)
-                uv_cancel((uv_req_t *)&hg->members[j].req);
+        pthread_mutex_lock(&lookups_lock);
+        for (size_t j = 0; j < hg->nmembers; j++) {
+            if (hg->members[j].lookup != NULL) {
+                hg->members[j].lookup->owner = NULL;
+                hg->members[j].lookup = NULL;
+            }
+        }
+        pthread_mutex_unlock(&lookups_lock);
         uv_close((uv_handle_t *)&hg->check_timer, NULL);
         uv_close((uv_handle_t *)&hg->resolve_timer, NULL);
     }
+    uv_close((uv_handle_t *)&s->answer, NULL);
     uv_close((uv_handle_t *)a, NULL);
 }
 
@@ -937,10 +1041,12 @@ on_stop(uv_async_t *a)
 void
 mx_health_stop(void)
 {
-    if (!svc.started)
+    hsvc_t *s = svc;
+
+    if (s == NULL)
         return;
-    uv_async_send(&svc.stop);
-    uv_thread_join(&svc.thread);
-    free_groups();
-    svc.started = false;
+    svc = NULL;
+    uv_async_send(&s->stop);
+    uv_thread_join(&s->thread);
+    svc_free(s);
 }

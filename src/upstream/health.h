@@ -97,8 +97,10 @@ bool mx_health_addrs_same(const mx_addr_t *a, size_t na, const mx_addr_t *b, siz
  * may stop and start again with a new config. */
 int mx_health_start(const mx_conf_t *conf);
 
-/* Stops the thread: probes in flight are closed, a DNS lookup in flight is
- * waited for. Safe to call when not started. */
+/* Stops the thread and frees its state: probes in flight are closed; a DNS
+ * lookup in flight is let go (its own thread frees it whenever getaddrinfo()
+ * returns, so a resolver that never answers does not hold the stop). Safe
+ * to call when not started. */
 void mx_health_stop(void);
 
 #endif

@@ -324,12 +324,14 @@ def _unshare_works():
 class NamespacedMoxy(Moxy):
     """moxy in its own mount namespace where /etc/hosts is <hosts> (bind-mounted)."""
 
-    def __init__(self, conf, hosts):
-        self.hosts = hosts
+    def __init__(self, conf, hosts, resolv=None):
+        self.hosts, self.resolv = hosts, resolv
         super().__init__(conf, start=False)
 
     def start(self, timeout=5 * SLOW):
         script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        if self.resolv:
+            script = f'mount --bind "{self.resolv}" /etc/resolv.conf && ' + script
         err = open(self.stderr_path, "ab")
         out = open(self.path("stdout.log"), "ab")
         self._files += [err, out]
@@ -521,3 +523,45 @@ class LuaVisibility(HealthCheckBase):
         b.start()
         self.assertIsNotNone(self.wait_log_at(m, f"backend {b.addr} is up", 10 * SLOW), m.diagnostics())
         self.assertEqual(verdicts(), {a.addr: True, b.addr: True})
+
+
+@unittest.skipUnless(_unshare_works(), "needs unshare -rm (user and mount namespaces)")
+class DnsStop(HealthCheckBase):
+    def test_fast_stop_does_not_wait_for_a_resolver_that_never_answers(self):
+        import socket
+        # A name server that takes queries and never answers, on a loopback
+        # address of its own (port 53 needs root: skip without it).
+        ns_ip = f"127.83.{os.getpid() % 250}.{1 + threading.get_ident() % 250}"
+        ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            ns.bind((ns_ip, 53))
+        except OSError as e:
+            ns.close()
+            self.skipTest(f"cannot bind {ns_ip}:53 ({e})")
+        self.addCleanup(ns.close)
+        a = self.start_named("a")
+        tmp = tempfile.mkdtemp(prefix="moxy-dns-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.hosts = os.path.join(tmp, "hosts")
+        resolv = os.path.join(tmp, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write(f"nameserver {ns_ip}\noptions timeout:30 attempts:1\n")
+        with open(self.hosts, "w") as f:
+            f.write(f"127.0.0.1 localhost\n127.0.0.1 slow.test\n")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [f"slow.test:{a.port}"], "resolve_interval": 0.2}})
+        m = NamespacedMoxy(conf, self.hosts, resolv)
+        self.addCleanup(m.cleanup)
+        self._test_moxies.append(m)
+        m.start()
+        self.assertEqual(request(m.port, "GET", "/").body, b"a")
+        with open(self.hosts, "w") as f:      # the name now goes to the silent server
+            f.write("127.0.0.1 localhost\n")
+        ns.settimeout(5 * SLOW)
+        ns.recvfrom(512)                      # a lookup is in flight
+        t0 = time.monotonic()
+        m.signal(2)                           # SIGINT: fast stop
+        self.assertEqual(m.wait_exit(10 * SLOW), 0, m.diagnostics())
+        took = time.monotonic() - t0
+        self.assertLess(took, 3 * SLOW, m.diagnostics())
+        print(f"    fast stop with a DNS lookup hanging: {took:.2f}s")
