@@ -126,8 +126,8 @@ struct mx_health_probe_s {
     uv_timer_t timer;
     uv_connect_t connect;
     uv_write_t write;
-    int closes;  /* handles whose close callback is still due */
-    bool done;   /* the callback ran (or was cancelled): ignore late events */
+    int closes; /* handles whose close callback is still due */
+    bool done;  /* the callback ran (or was cancelled): ignore late events */
     bool http;
     const mx_conf_health_t *conf;
     mx_health_probe_cb cb;
@@ -424,8 +424,8 @@ typedef struct {
  * addresses it resolved to last. */
 typedef struct {
     hgroup_t *hg;
-    char *name;  /* "app.internal:8080", the backends' name in the group */
-    char *host;  /* "app.internal"; NULL for a static address */
+    char *name; /* "app.internal:8080", the backends' name in the group */
+    char *host; /* "app.internal"; NULL for a static address */
     int port;
     int weight;
     mx_addr_t *addrs; /* sorted; one (the configured one) for a static address */
@@ -443,7 +443,7 @@ struct lookup_s {
     hsvc_t *owner; /* under lookups_lock; NULL once the owner stopped */
     member_t *m;   /* the owner's, valid while owner is set */
     char *host;
-    int rc;        /* getaddrinfo's EAI_* (0: ok) */
+    int rc; /* getaddrinfo's EAI_* (0: ok) */
     struct addrinfo *res;
     lookup_t *next; /* in owner->answers */
 };
@@ -456,15 +456,15 @@ struct hgroup_s {
     const char *name;          /* the group's */
     const mx_conf_health_t *h; /* in the config given to start */
     double resolve_interval;
-    bool check;       /* health_check: given */
-    bool discover;    /* a member is a DNS name and resolve_interval > 0 */
+    bool check;    /* health_check: given */
+    bool discover; /* a member is a DNS name and resolve_interval > 0 */
     uv_timer_t check_timer;
     uv_timer_t resolve_timer;
     target_t **targets;
     size_t ntargets;
     member_t *members;
     size_t nmembers;
-    int lookups; /* in flight */
+    int lookups;  /* in flight */
     bool changed; /* an answer differed from the last: replace once all are in */
 };
 
@@ -475,7 +475,7 @@ struct hsvc_s {
     uv_async_t stop;
     hgroup_t *groups;
     size_t ngroups;
-    bool stopping; /* service thread: on_stop ran */
+    bool stopping;     /* service thread: on_stop ran */
     uv_async_t answer; /* a resolver thread queued an answer */
     lookup_t *answers; /* under lookups_lock */
 };
@@ -632,8 +632,8 @@ on_probe_result(void *arg, int rc, int status)
     bool passed = rc == MX_OK;
     if (!mx_health_feed(&t->st, passed, h->rise, h->fall)) {
         if (!passed)
-            mx_log_debug("upstream %s backend %s: %s check failed (%s)", hg->name, t->name,
-                         h->type, mx_health_cause(rc, status, buf, sizeof(buf)));
+            mx_log_debug("upstream %s backend %s: %s check failed (%s)", hg->name, t->name, h->type,
+                         mx_health_cause(rc, status, buf, sizeof(buf)));
         return;
     }
     mx_group_foreach(hg->g, store_verdict, t);
@@ -643,9 +643,9 @@ on_probe_result(void *arg, int rc, int status)
         mx_log_info("upstream %s backend %s%s is up (%d check%s passed)", hg->name, t->name, addr,
                     h->rise, h->rise == 1 ? "" : "s");
     else
-        mx_log_warn("upstream %s backend %s%s is down (%s check: %s, %d fail%s)", hg->name,
-                    t->name, addr, h->type, mx_health_cause(rc, status, buf, sizeof(buf)),
-                    t->st.fails, t->st.fails == 1 ? "" : "s");
+        mx_log_warn("upstream %s backend %s%s is down (%s check: %s, %d fail%s)", hg->name, t->name,
+                    addr, h->type, mx_health_cause(rc, status, buf, sizeof(buf)), t->st.fails,
+                    t->st.fails == 1 ? "" : "s");
 }
 
 
@@ -710,9 +710,9 @@ member_answer(member_t *m, int rc, const struct addrinfo *res)
     char was[512], now[512];
 
     if (n == 0) {
-        mx_log_warn("upstream %s: cannot resolve %s (%s): keeping its %zu address%s",
-                    m->hg->name, m->host, rc ? gai_strerror(rc) : "no IPv4/IPv6 address",
-                    m->naddrs, m->naddrs == 1 ? "" : "es");
+        mx_log_warn("upstream %s: cannot resolve %s (%s): keeping its %zu address%s", m->hg->name,
+                    m->host, rc ? gai_strerror(rc) : "no IPv4/IPv6 address", m->naddrs,
+                    m->naddrs == 1 ? "" : "es");
         mx_free(v);
         return false;
     }

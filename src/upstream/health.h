@@ -24,8 +24,8 @@
 
 /* The verdict on one backend and the run of results that argue against it. */
 typedef struct {
-    bool up;  /* the verdict: starts up (as nginx and Pingora do) */
-    int run;  /* consecutive results against the verdict: fails while up, passes while down */
+    bool up;   /* the verdict: starts up (as nginx and Pingora do) */
+    int run;   /* consecutive results against the verdict: fails while up, passes while down */
     int fails; /* consecutive failed checks, whatever the verdict (for the log) */
 } mx_health_state_t;
 

@@ -115,7 +115,7 @@ Test(health_status_line, parses_and_refuses)
     for (size_t n = 0; n < strlen(ok) - 1; n++)
         cr_assert_eq(mx_health_parse_status(ok, n, &st), MX_AGAIN, "at %zu bytes", n);
 
-    static const char *bad[] = {"HTTP/2 200 OK\r\n",  "HTTP/1.1 20 OK\r\n",  "HTTP/1.1 2000\r\n",
+    static const char *bad[] = {"HTTP/2 200 OK\r\n",   "HTTP/1.1 20 OK\r\n",  "HTTP/1.1 2000\r\n",
                                 "http/1.1 200 OK\r\n", "SSH-2.0-OpenSSH\r\n", "HTTP/1.1 099 X\r\n",
                                 "HTTP/1.1  200 OK\r\n"};
     for (size_t i = 0; i < mx_countof(bad); i++)
@@ -219,10 +219,12 @@ Test(health_conf, bad_expected_statuses_are_refused_with_their_key)
          "upstreams.u.health_check.headers.Host: set by the check itself (use health_check.host)"},
         {"{headers: {Connection: keep-alive}}",
          "upstreams.u.health_check.headers.Connection: set by the check itself"},
-        {"{headers: {\"a b\": x}}", "upstreams.u.health_check.headers.a b: not a valid header name"},
+        {"{headers: {\"a b\": x}}",
+         "upstreams.u.health_check.headers.a b: not a valid header name"},
         {"{headers: {X-A: \"1\\r\\nX-B: 2\"}}",
          "upstreams.u.health_check.headers.X-A: a header value must be one line"},
-        {"{headers: [X-A]}", "upstreams.u.health_check.headers: expected a mapping of header names"},
+        {"{headers: [X-A]}",
+         "upstreams.u.health_check.headers: expected a mapping of header names"},
     };
     for (size_t i = 0; i < mx_countof(cases); i++) {
         cr_assert_null(load(cases[i].health), "accepted %s", cases[i].health);
@@ -656,7 +658,8 @@ listen_on(int port)
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001),
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_addr.s_addr = htonl(0x7f000001),
                               .sin_port = htons((uint16_t)port)};
     cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "bind %d", port);
     cr_assert_eq(listen(fd, 64), 0);
@@ -760,8 +763,8 @@ Test(health_service, restarts_with_a_new_config)
                  "services: [{listeners: [127.0.0.1:8080], upstream: u}]\n",
                  backends);
         mx_conf_t *c = NULL;
-        cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)),
-                     MX_OK, "%s", err);
+        cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)), MX_OK,
+                     "%s", err);
         mx_groups_init(c);
         cr_assert_eq(mx_health_start(c), MX_OK);
         if (round == 0)
