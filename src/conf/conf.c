@@ -788,8 +788,8 @@ on_health_method(ld_t *ld, yaml_node_t *v, void *base)
 static int
 on_health_headers(ld_t *ld, yaml_node_t *v, void *base)
 {
-    static const char *const own[] = {"host", "connection", "content-length",
-                                      "transfer-encoding", NULL};
+    static const char *const own[] = {"host", "connection", "content-length", "transfer-encoding",
+                                      NULL};
     static const char tchar[] = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     mx_conf_health_t *h = base;
