@@ -75,6 +75,7 @@ static int on_health_type(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_statuses(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_method(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_headers(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_body(ld_t *ld, yaml_node_t *v, void *base);
 static int on_hash_key(ld_t *ld, yaml_node_t *v, void *base);
 static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
@@ -132,6 +133,7 @@ static const keydef_t health_keys[] = {
     {"expected_statuses", K_FN, .fn = on_health_statuses},
     {"method",   K_FN,  .fn = on_health_method},
     {"headers",  K_FN,  .fn = on_health_headers},
+    {"expected_body", K_FN, .fn = on_health_body},
     {.name = NULL},
 };
 
@@ -660,6 +662,8 @@ on_health(ld_t *ld, yaml_node_t *v, void *base)
     h->enabled = true;
     if (walk_map(ld, v, health_keys, h) != MX_OK)
         return MX_ECONF;
+    if (h->expect_body[0] != '\0' && strcmp(h->method, "HEAD") == 0)
+        return fail(ld, v, "expected_body needs a body to look in: not with method HEAD");
     if (h->path == NULL && strcmp(h->type, "http") == 0)
         h->path = mx_strdup("/");
     return MX_OK;
@@ -820,6 +824,21 @@ on_health_headers(ld_t *ld, yaml_node_t *v, void *base)
         off += (size_t)n;
         pop(ld, mark);
     }
+    return MX_OK;
+}
+
+
+static int
+on_health_body(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_health_t *h = base;
+    const char *s;
+
+    if (get_str(ld, v, &s) != MX_OK)
+        return MX_ECONF;
+    if (strlen(s) >= sizeof(h->expect_body))
+        return fail(ld, v, "longer than %zu bytes", sizeof(h->expect_body) - 1);
+    snprintf(h->expect_body, sizeof(h->expect_body), "%s", s);
     return MX_OK;
 }
 

@@ -56,6 +56,7 @@ typedef struct {
     uint64_t expect[10]; /* http: bit s set when status s passes (100..599); default 200..399 */
     char method[8];       /* http: "GET" (default) or "HEAD" */
     char headers[1024];   /* http: extra request header lines "Name: value\r\n", "" for none */
+    char expect_body[128]; /* http: text the response body must contain; "" not checked */
 } mx_conf_health_t;
 
 struct mx_conf_upstream_s {

@@ -100,6 +100,9 @@ mx_health_cause(int rc, int status, char *buf, size_t len)
     case MX_DECLINED:
         snprintf(buf, len, "status %d", status);
         return buf;
+    case MX_HEALTH_BODY_MISMATCH:
+        snprintf(buf, len, "status %d without the expected body", status);
+        return buf;
     case UV_ETIMEDOUT:
         return "timed out";
     case MX_EBADRESP:
@@ -134,8 +137,10 @@ struct mx_health_probe_s {
     void *arg;
     char *req; /* the HTTP request, while being written */
     size_t reqlen;
+    int status; /* the status once read and expected, while the body is searched */
     size_t len; /* bytes of head[] read */
-    char head[PROBE_HEAD_MAX];
+    size_t cap; /* size of head[]: PROBE_HEAD_MAX, or MX_HEALTH_BODY_MAX for a body check */
+    char head[];
 };
 
 
@@ -165,10 +170,12 @@ int
 mx_health_probe_start(uv_loop_t *loop, const mx_conf_health_t *h, const mx_addr_t *addr,
                       const char *host, mx_health_probe_cb cb, void *arg, mx_health_probe_t **out)
 {
-    mx_health_probe_t *p = mx_calloc(1, sizeof(*p));
+    size_t cap = h->expect_body[0] ? MX_HEALTH_BODY_MAX : PROBE_HEAD_MAX;
+    mx_health_probe_t *p = mx_calloc(1, sizeof(*p) + cap);
     struct sockaddr_storage sa;
     int rc;
 
+    p->cap = cap;
     p->conf = h;
     p->cb = cb;
     p->arg = arg;
@@ -268,7 +275,19 @@ on_probe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     mx_health_probe_t *p = h->data;
 
     (void)hint;
-    *buf = uv_buf_init(p->head + p->len, (unsigned)(sizeof(p->head) - p->len));
+    *buf = uv_buf_init(p->head + p->len, (unsigned)(p->cap - p->len));
+}
+
+
+/* True when the body read so far (after the head's blank line) holds expected_body. */
+static bool
+probe_body_found(const mx_health_probe_t *p)
+{
+    const char *end = memmem(p->head, p->len, "\r\n\r\n", 4);
+    if (end == NULL)
+        return false;
+    const char *body = end + 4, *want = p->conf->expect_body;
+    return memmem(body, p->len - (size_t)(body - p->head), want, strlen(want)) != NULL;
 }
 
 
@@ -282,16 +301,29 @@ on_probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (p->done || n == 0)
         return;
     if (n < 0) {
-        probe_finish(p, n == UV_EOF ? MX_EUPCLOSED : (int)n, 0);
+        if (p->status != 0) /* the whole response came without the text */
+            probe_finish(p, MX_HEALTH_BODY_MISMATCH, p->status);
+        else
+            probe_finish(p, n == UV_EOF ? MX_EUPCLOSED : (int)n, 0);
         return;
     }
     p->len += (size_t)n;
-    int rc = mx_health_parse_status(p->head, p->len, &status);
-    if (rc == MX_AGAIN)
-        return;
-    if (rc == MX_OK && !mx_health_status_expected(p->conf, status))
-        rc = MX_DECLINED;
-    probe_finish(p, rc, status);
+    if (p->status == 0) {
+        int rc = mx_health_parse_status(p->head, p->len, &status);
+        if (rc == MX_AGAIN)
+            return;
+        if (rc == MX_OK && !mx_health_status_expected(p->conf, status))
+            rc = MX_DECLINED;
+        if (rc != MX_OK || p->conf->expect_body[0] == '\0') {
+            probe_finish(p, rc, status);
+            return;
+        }
+        p->status = status;
+    }
+    if (probe_body_found(p))
+        probe_finish(p, MX_OK, p->status);
+    else if (p->len == p->cap)
+        probe_finish(p, MX_HEALTH_BODY_MISMATCH, p->status);
 }
 
 

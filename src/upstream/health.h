@@ -51,9 +51,15 @@ bool mx_health_status_expected(const mx_conf_health_t *h, int status);
 
 typedef struct mx_health_probe_s mx_health_probe_t;
 
+/* A probe result that is not an error code: the status was expected but the
+ * body did not contain expected_body (within MX_HEALTH_BODY_MAX bytes). */
+#define MX_HEALTH_BODY_MISMATCH 12
+#define MX_HEALTH_BODY_MAX      16384 /* response bytes searched for expected_body */
+
 /* Called once per probe, never after mx_health_probe_cancel(). <rc> is MX_OK
- * (passed), MX_DECLINED (an HTTP status not expected; <status> says which) or
- * a negative cause: UV_ECONNREFUSED..., UV_ETIMEDOUT, MX_EBADRESP, MX_EUPCLOSED. */
+ * (passed), MX_DECLINED (an HTTP status not expected; <status> says which),
+ * MX_HEALTH_BODY_MISMATCH, or a negative cause: UV_ECONNREFUSED...,
+ * UV_ETIMEDOUT, MX_EBADRESP, MX_EUPCLOSED. */
 typedef void (*mx_health_probe_cb)(void *arg, int rc, int status);
 
 /* Starts one check of <h>'s type against <addr> (its port replaced by

@@ -241,6 +241,19 @@ class HttpCheck(HealthCheckBase):
         seen = {request(m.port, "GET", f"/y{i}").body for i in range(9)}
         self.assertEqual(seen, {b"a", b"b", b"c"})
 
+    def test_expected_body_takes_out_a_backend_whose_check_lacks_it(self):
+        a, b = self.start_named("ready"), self.start_named("warming-up")
+        conf = config([service("web", free_port())],
+                      {"origin": {"backends": [a.addr, b.addr], "health_check":
+                                  {"type": "http", "path": "/health", "interval": 0.2, "fall": 1,
+                                   "expected_body": "ready"}}})
+        m = self.start_moxy(conf)
+        down = (f"upstream origin backend {b.addr} is down (http check: status 200 without the "
+                f"expected body, 1 fail)")
+        self.assertIsNotNone(self.wait_log_at(m, down, 10 * SLOW), m.diagnostics())
+        self.assertEqual({request(m.port, "GET", f"/b{i}").body for i in range(6)}, {b"ready"})
+        self.assertNotIn(f"backend {a.addr} is down", m.error_log())
+
     def test_checks_send_method_path_host_and_headers(self):
         got = []
 

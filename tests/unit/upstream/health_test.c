@@ -191,6 +191,11 @@ Test(health_conf, expected_statuses_list_class_and_range)
     cr_assert_str_eq(c->upstreams[0].health.method, "GET");
     mx_conf_free(c);
 
+    c = load("{type: http, expected_body: '\"ok\": true'}");
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_str_eq(c->upstreams[0].health.expect_body, "\"ok\": true");
+    mx_conf_free(c);
+
     c = load("{type: http, expected_statuses: 200}");
     cr_assert_not_null(c, "%s", err);
     cr_assert(mx_health_status_expected(&c->upstreams[0].health, 200));
@@ -223,6 +228,8 @@ Test(health_conf, bad_expected_statuses_are_refused_with_their_key)
          "upstreams.u.health_check.headers.a b: not a valid header name"},
         {"{headers: {X-A: \"1\\r\\nX-B: 2\"}}",
          "upstreams.u.health_check.headers.X-A: a header value must be one line"},
+        {"{method: HEAD, expected_body: ok}",
+         "upstreams.u.health_check: expected_body needs a body to look in: not with method HEAD"},
         {"{headers: [X-A]}",
          "upstreams.u.health_check.headers: expected a mapping of header names"},
     };
@@ -441,6 +448,54 @@ Test(health_probe, http_method_and_extra_headers)
     cr_assert_not_null(strstr(fx.got, "\r\nX-Token: abc\r\n"), "%s", fx.got);
     cr_assert_not_null(strstr(fx.got, "\r\nUser-Agent: probe/1\r\n"), "%s", fx.got);
     cr_assert_null(strstr(fx.got, "moxy-health-check"), "two User-Agents: %s", fx.got);
+}
+
+
+Test(health_probe, http_expected_body_is_searched_in_the_body)
+{
+    char why[64];
+    mx_conf_health_t h = hconf("http");
+    h.path = "/";
+    strcpy(h.expect_body, "\"status\":\"ok\"");
+    mx_addr_t a = serve("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                        "{\"db\":\"up\",\"status\":\"ok\"}");
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK);
+
+    /* In a header is not in the body. */
+    fx.calls = 0, fx.gotlen = 0;
+    fx.reply = "HTTP/1.1 200 OK\r\nX-Note: \"status\":\"ok\"\r\n\r\n{\"status\":\"degraded\"}";
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_HEALTH_BODY_MISMATCH);
+    cr_assert_str_eq(mx_health_cause(fx.rc, fx.status, why, sizeof(why)),
+                     "status 200 without the expected body");
+
+    /* The status is checked first. */
+    fx.calls = 0, fx.gotlen = 0;
+    fx.reply = "HTTP/1.1 503 No\r\n\r\n{\"status\":\"ok\"}";
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_DECLINED);
+    cr_assert_eq(fx.status, 503);
+}
+
+
+Test(health_probe, http_expected_body_is_looked_for_in_the_first_16k_only)
+{
+    static char reply[40000];
+    mx_conf_health_t h = hconf("http");
+    h.path = "/";
+    strcpy(h.expect_body, "NEEDLE");
+    int n = snprintf(reply, sizeof(reply), "HTTP/1.1 200 OK\r\n\r\n");
+    memset(reply + n, 'x', 20000);
+    memcpy(reply + n + 20000, "NEEDLE", 7);
+    mx_addr_t a = serve(reply);
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_HEALTH_BODY_MISMATCH);
+
+    memcpy(reply + n + 100, "NEEDLE", 6); /* early enough now */
+    fx.calls = 0, fx.gotlen = 0;
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK);
 }
 
 
