@@ -391,6 +391,11 @@ mx_group_report(mx_group_t *g, mx_backend_t *b, bool ok)
     if (ok) {
         if (atomic_load_explicit(&b->fails, memory_order_relaxed) != 0)
             atomic_store(&b->fails, 0);
+        /* Picked while cooling off (every backend was down) and it answered: it is up. */
+        if (atomic_load_explicit(&b->down_until_ms, memory_order_relaxed) != 0 &&
+            atomic_exchange(&b->down_until_ms, 0) > mx_group_now_ms())
+            mx_log_info("upstream %s backend %s is up again (a request succeeded)",
+                        g->conf.name, b->name);
         return false;
     }
     int max = g->conf.max_fails;
