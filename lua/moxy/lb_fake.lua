@@ -11,7 +11,7 @@ local type = type
 
 
 local _M = {}
-local ALG_NAME, HASH_NAME = lb.ALGORITHMS, lb.HASH_KEYS
+local ALG_NAME = lb.ALGORITHMS
 
 
 local function new_group(algorithm, names, weights)
