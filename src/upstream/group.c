@@ -52,6 +52,18 @@ mx_backend_usable(const mx_backend_t *b, uint64_t now_ms)
 }
 
 
+bool
+mx_backend_set_healthy(mx_backend_t *b, bool up)
+{
+    int was = atomic_exchange(&b->healthy, up ? 1 : 0);
+    if (up) {
+        atomic_store(&b->down_until_ms, 0);
+        atomic_store(&b->fails, 0);
+    }
+    return was != 0;
+}
+
+
 /* "host:port" as written in the config (addr.host keeps it), brackets for IPv6. */
 static void
 addr_name(const mx_addr_t *a, char *buf, size_t len)

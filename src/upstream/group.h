@@ -29,6 +29,11 @@ typedef struct mx_backend_s {
 /* true when the backend may be selected now (healthy and not cooling off). */
 bool mx_backend_usable(const mx_backend_t *b, uint64_t now_ms);
 
+/* Sets the active health verdict. Marking a backend up also ends a passive-health cool-off
+ * and clears its failure count (a passed check is fresher news than the failures that
+ * started it). Returns the previous verdict. Any thread. */
+bool mx_backend_set_healthy(mx_backend_t *b, bool up);
+
 /* Monotonic milliseconds (the clock down_until_ms is measured on). */
 uint64_t mx_group_now_ms(void);
 
