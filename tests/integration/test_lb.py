@@ -321,6 +321,33 @@ class LuaBalancer(MoxyTestCase):
                 self.assert_status(request(m.port, "GET", f"{path}?k={k}"), 200, m)
                 self.assertEqual(target.request_count, before + 1, f"{path}?k={k}")
 
+    def test_least_conn_inflight_counts_across_workers(self):
+        o = [self.start_origin() for _ in range(2)]
+        cfg = {"backends": [x.addr for x in o], "algorithm": "least_conn"}
+        conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
+                      {"origin": {**cfg, "read_timeout": 10}}, threads=2)
+        m = self.start_moxy(conf)
+        results = []
+
+        def slow():
+            results.append(request(m.port, "GET", "/slow?ms=2500&via=group",
+                                   timeout=15 * SLOW).status)
+
+        threads = [threading.Thread(target=slow) for _ in range(12)]
+        for t in threads:
+            t.start()
+        self.assertTrue(wait_for(lambda: sum(x.request_count for x in o) == 12, 5 * SLOW),
+                        "all 12 reached the origins")
+        listing = request(m.port, "GET", "/group-backends").json()
+        inflight = [b["inflight"] for b in listing]
+        self.assertEqual(sum(inflight), 12, listing)
+        self.assertLessEqual(abs(inflight[0] - inflight[1]), 2, f"least_conn split {inflight}")
+        for t in threads:
+            t.join(20 * SLOW)
+        self.assertEqual(results, [200] * 12)
+        listing = request(m.port, "GET", "/group-backends").json()
+        self.assertEqual([b["inflight"] for b in listing], [0, 0], "every claim was released")
+
     def test_lua_balancer_fails_over_and_reports_backends(self):
         live = self.start_origin()
         dead = free_port()
