@@ -308,6 +308,22 @@ class LuaBalancer(MoxyTestCase):
                                   "connect_timeout": 1, "read_timeout": 5}})
         return self.start_moxy(conf)
 
+    def test_lua_balancer_max_retries_and_passive_health_options(self):
+        live = self.start_origin()
+        dead = free_port()
+        m = self.start([f"127.0.0.1:{dead}", live.addr], max_retries=0,
+                       passive_health={"max_fails": 0})
+        codes = [request(m.port, "GET", f"/echo?i={i}").status for i in range(6)]
+        self.assertEqual(sorted(codes), [200, 200, 200, 502, 502, 502], "no failover, no cool-off")
+        bad = FailingOrigin()
+        self.addCleanup(bad.stop)
+        bad.start()
+        m = self.start([bad.addr, live.addr],
+                       passive_health={"max_fails": 1, "fail_timeout": 30, "on_5xx": True})
+        codes = [request(m.port, "GET", f"/echo?i={i}").status for i in range(10)]
+        self.assertEqual(codes.count(500), 1, codes)
+        self.assertIn(f"upstream (balancer) backend {bad.addr} is down for 30s", m.error_log())
+
     def test_ketama_selection_from_lua_goes_where_select_says(self):
         o = [self.start_origin() for _ in range(3)]
         by_addr = {x.addr: x for x in o}
