@@ -135,11 +135,18 @@ end
 
 
 local OPTS = { backends = "table", algorithm = "string", hash_key = "string",
-               health_check = "table" }
+               health_check = "table", max_retries = "number", passive_health = "table" }
+local PASSIVE = { max_fails = "number", fail_timeout = "number", on_5xx = "boolean" }
+
+
+local function int_in(v, lo, hi)
+    return v % 1 == 0 and v >= lo and v <= hi
+end
 
 
 -- moxy.balancer.new{ backends = { "127.0.0.1:8081", "127.0.0.1:8082 weight=2" },
--- algorithm = "round_robin", hash_key = "uri" }. Backends are numeric "ip:port",
+-- algorithm = "round_robin", hash_key = "uri", max_retries = 1,
+-- passive_health = { max_fails = 1, fail_timeout = 10, on_5xx = false } }. Backends are numeric "ip:port",
 -- "[v6]:port" or "unix:/path", optionally followed by " weight=N" (1..1000), or tables
 -- { addr =, weight = }. Phases: all (and load time).
 function _M.new(opts)
@@ -200,8 +207,25 @@ function _M.new(opts)
         end
         names[i], weights[i] = addr, weight
     end
+    local o = { max_retries = opts.max_retries or 1, max_fails = 1, fail_timeout = 10,
+                on_5xx = false }
+    if not int_in(o.max_retries, 0, 16) then
+        error("moxy.balancer.new: max_retries must be an integer 0..16", 2)
+    end
+    for k, v in pairs(opts.passive_health or {}) do
+        if PASSIVE[k] == nil or type(v) ~= PASSIVE[k] then
+            error(format("moxy.balancer.new: passive_health.%s: unknown key or not a %s",
+                         tostring(k), tostring(PASSIVE[k] or "known key")), 2)
+        end
+        o[k] = v
+    end
+    if not int_in(o.max_fails, 0, 1000) or not (o.fail_timeout >= 0.001
+                                                and o.fail_timeout <= 86400) then
+        error("moxy.balancer.new: passive_health: max_fails must be an integer 0..1000,"
+              .. " fail_timeout 0.001..86400 seconds", 2)
+    end
     local handle, err = engine().group_new(ALG_ID[algorithm], HASH_ID[kind], name, names,
-                                           weights)
+                                           weights, o)
     if not handle then
         error("moxy.balancer.new: " .. err, 2)
     end

@@ -11,7 +11,7 @@ local type = type
 
 
 local _M = {}
-local ALG_NAME, HASH_NAME = lb.ALGORITHMS, lb.HASH_KEYS
+local ALG_NAME = lb.ALGORITHMS
 
 
 local function new_group(algorithm, names, weights)
@@ -83,7 +83,7 @@ function _M.group_upstream(name)
 end
 
 
--- As mx_group_select(): usable backends first, else any (as nginx when all are down).
+-- As mx_group_select(): usable backends first, else any of them (all down: try one).
 function _M.group_select(g, key)
     local bs = g.backends
     local i = g.lb:select(key, function(k) return bs[k].healthy and not bs[k].down end,

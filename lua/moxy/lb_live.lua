@@ -13,7 +13,7 @@ local tonumber = tonumber
 ffi.cdef[[
 void *moxy_upstream_group(const char *name, size_t len);
 void *moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                        const int *weights, int n, char *err, size_t errlen);
+                        const int *weights, int n, const double *opts, char *err, size_t errlen);
 void moxy_balancer_free(void *g);
 int moxy_group_info(void *g, int *out);
 int moxy_group_select(void *g, const char *key, size_t len, int *index, double *gen, char *buf,
@@ -43,8 +43,9 @@ function _M.group_upstream(name)
 end
 
 
--- A C group for moxy.balancer.new{}; nil, reason on a bad backend.
-function _M.group_new(algorithm, hash_kind, hash_name, names, weights)
+-- A C group for moxy.balancer.new{}; nil, reason on a bad backend. <o>: max_retries,
+-- max_fails, fail_timeout, on_5xx.
+function _M.group_new(algorithm, hash_kind, hash_name, names, weights, o)
     local n = #names
     local cnames = ffi.new("const char *[?]", n)
     local cweights = ffi.new("int[?]", n)
@@ -52,7 +53,10 @@ function _M.group_new(algorithm, hash_kind, hash_name, names, weights)
         cnames[i - 1] = names[i]
         cweights[i - 1] = weights[i]
     end
-    local g = C.moxy_balancer_new(algorithm, hash_kind, hash_name, cnames, cweights, n, buf, 512)
+    local copts = ffi.new("double[4]", o.max_retries, o.max_fails, o.fail_timeout,
+                          o.on_5xx and 1 or 0)
+    local g = C.moxy_balancer_new(algorithm, hash_kind, hash_name, cnames, cweights, n, copts,
+                                  buf, 512)
     if g == nil then
         return nil, ffi_str(buf)
     end

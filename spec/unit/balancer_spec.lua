@@ -19,6 +19,10 @@ describe("moxy.balancer.new", function()
             { { backends = B3, hash_key = "query" }, "unknown hash_key \"query\"" },
             { { backends = B3, timeout = 1 }, "unknown option timeout" },
             { { backends = B3, health_check = { type = "tcp" } }, "not supported yet" },
+            { { backends = B3, max_retries = 17 }, "max_retries must be an integer 0..16" },
+            { { backends = B3, passive_health = { max_fails = -1 } }, "max_fails must be" },
+            { { backends = B3, passive_health = { on_5xx = 1 } }, "passive_health.on_5xx" },
+            { { backends = B3, passive_health = { fails = 1 } }, "passive_health.fails" },
         }
         for _, c in ipairs(cases) do
             local ok, err = pcall(moxy.balancer.new, c[1])

@@ -33,22 +33,9 @@ struct mx_lb_s {
 };
 
 
-static const uint32_t *crc_table(void);
-
-
-uint32_t
-mx_lb_crc32(uint32_t crc, const void *p, size_t n)
-{
-    const uint32_t *t = crc_table();
-    const unsigned char *b = p;
-    crc = ~crc;
-    while (n--)
-        crc = t[(crc ^ *b++) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
-
-
-static uint32_t crc_tab[256];
+/* zlib's crc32, four bytes at a time ("slicing by 4": tab[k][b] is the crc of byte b
+ * followed by k zero bytes). Tables built once. */
+static uint32_t crc_tab[4][256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 
@@ -59,16 +46,30 @@ crc_init(void)
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
             c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-        crc_tab[i] = c;
+        crc_tab[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int k = 1; k < 4; k++)
+            crc_tab[k][i] = crc_tab[0][crc_tab[k - 1][i] & 0xff] ^ (crc_tab[k - 1][i] >> 8);
 }
 
 
-static const uint32_t *
-crc_table(void)
+uint32_t
+mx_lb_crc32(uint32_t crc, const void *p, size_t n)
 {
+    const unsigned char *b = p;
     pthread_once(&crc_once, crc_init);
-    return crc_tab;
+    crc = ~crc;
+    while (n >= 4) {
+        crc ^= (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+        crc = crc_tab[3][crc & 0xff] ^ crc_tab[2][(crc >> 8) & 0xff] ^
+              crc_tab[1][(crc >> 16) & 0xff] ^ crc_tab[0][crc >> 24];
+        b += 4;
+        n -= 4;
+    }
+    while (n--)
+        crc = crc_tab[0][(crc ^ *b++) & 0xff] ^ (crc >> 8);
+    return ~crc;
 }
 
 

@@ -136,6 +136,8 @@ mx_session_lb_release(mx_session_t *s)
 {
     if (s->backend != NULL) {
         atomic_fetch_sub(&s->backend->inflight, 1);
+        if (s->peer == &s->backend->addr)
+            s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
     }
     mx_group_view_release(s->view);
@@ -209,12 +211,14 @@ request_hash_key(mx_session_t *s, const mx_conf_upstream_t *u)
 static int
 pick_backend(mx_session_t *s)
 {
-    mx_group_view_release(s->view);
-    s->view = mx_group_view(s->group);
     if (s->backend != NULL) {
         atomic_fetch_sub(&s->backend->inflight, 1);
+        if (s->peer == &s->backend->addr)
+            s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
     }
+    mx_group_view_release(s->view);
+    s->view = mx_group_view(s->group);
     ssize_t i = -1;
     bool forced = false;
     if (s->pick_index >= 0 && mx_group_view_gen(s->view) == s->pick_gen) {

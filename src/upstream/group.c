@@ -52,6 +52,18 @@ mx_backend_usable(const mx_backend_t *b, uint64_t now_ms)
 }
 
 
+bool
+mx_backend_set_healthy(mx_backend_t *b, bool up)
+{
+    int was = atomic_exchange(&b->healthy, up ? 1 : 0);
+    if (up) {
+        atomic_store(&b->down_until_ms, 0);
+        atomic_store(&b->fails, 0);
+    }
+    return was != 0;
+}
+
+
 /* "host:port" as written in the config (addr.host keeps it), brackets for IPv6. */
 static void
 addr_name(const mx_addr_t *a, char *buf, size_t len)
@@ -391,6 +403,11 @@ mx_group_report(mx_group_t *g, mx_backend_t *b, bool ok)
     if (ok) {
         if (atomic_load_explicit(&b->fails, memory_order_relaxed) != 0)
             atomic_store(&b->fails, 0);
+        /* Picked while cooling off (every backend was down) and it answered: it is up. */
+        if (atomic_load_explicit(&b->down_until_ms, memory_order_relaxed) != 0 &&
+            atomic_exchange(&b->down_until_ms, 0) > mx_group_now_ms())
+            mx_log_info("upstream %s backend %s is up again (a request succeeded)",
+                        g->conf.name, b->name);
         return false;
     }
     int max = g->conf.max_fails;

@@ -29,6 +29,11 @@ typedef struct mx_backend_s {
 /* true when the backend may be selected now (healthy and not cooling off). */
 bool mx_backend_usable(const mx_backend_t *b, uint64_t now_ms);
 
+/* Sets the active health verdict. Marking a backend up also ends a passive-health cool-off
+ * and clears its failure count (a passed check is fresher news than the failures that
+ * started it). Returns the previous verdict. Any thread. */
+bool mx_backend_set_healthy(mx_backend_t *b, bool up);
+
 /* Monotonic milliseconds (the clock down_until_ms is measured on). */
 uint64_t mx_group_now_ms(void);
 
@@ -78,8 +83,9 @@ uint64_t mx_group_view_gen(const mx_group_view_t *v);
 /* Picks a backend of <v> with the group's algorithm for <key> (the hashing ones use it;
  * NULL/0 hashes the empty string). Skips backends that are not usable and the <nexcl>
  * backends in <excl> (those a request already tried). When no backend is usable it
- * falls back to the algorithm's choice among those not excluded, ignoring health (as
- * nginx does when every server is down; the caller logs it: *forced set to true).
+ * falls back to the algorithm's choice among those not excluded, ignoring health (modern
+ * nginx answers 502 "no live upstreams" there; a try beats a certain error, and health
+ * may be stale). The caller logs it: *forced is set to true.
  * Returns the index in <v>, or -1 when every backend is excluded. */
 ssize_t mx_group_select(mx_group_view_t *v, const char *key, size_t keylen,
                         mx_backend_t *const *excl, size_t nexcl, bool *forced);

@@ -15,7 +15,7 @@
 
 void *moxy_upstream_group(const char *name, size_t len);
 void *moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                        const int *weights, int n, char *err, size_t errlen);
+                        const int *weights, int n, const double *opts, char *err, size_t errlen);
 void moxy_balancer_free(void *g);
 int moxy_group_info(void *g, int *out);
 int moxy_group_select(void *g, const char *key, size_t len, int *index, double *gen, char *buf,
@@ -50,12 +50,19 @@ numeric(const char *text)
 
 /* A group over <n> backends "host:port" / "unix:/path" (<names>) with <weights>, for
  * moxy.balancer.new{}. <algorithm> is an mx_lb_algorithm_t, <hash_key> an
- * mx_hash_key_kind_t (<hash_name> for header:/arg:/cookie:, else NULL). Returns the
- * group (free with moxy_balancer_free), or NULL with the reason in <err>. */
+ * mx_hash_key_kind_t (<hash_name> for header:/arg:/cookie:, else NULL); <opts> are
+ * max_retries, max_fails, fail_timeout (seconds), on_5xx (0/1). Returns the group (free
+ * with moxy_balancer_free), or NULL with the reason in <err>. */
 void *
 moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                  const int *weights, int n, char *err, size_t errlen)
+                  const int *weights, int n, const double *opts, char *err, size_t errlen)
 {
+    if (!(opts[0] >= 0 && opts[0] <= 16) || !(opts[1] >= 0 && opts[1] <= 1000) ||
+        !(opts[2] >= 0.001 && opts[2] <= 86400)) {
+        snprintf(err, errlen, "max_retries must be 0..16, max_fails 0..1000, fail_timeout "
+                 "0.001..86400");
+        return NULL;
+    }
     if (algorithm < MX_LB_ROUND_ROBIN || algorithm > MX_LB_LEAST_CONN || n < 1 || n > 100000 ||
         hash_key < MX_HASH_KEY_URI || hash_key > MX_HASH_KEY_COOKIE) {
         snprintf(err, errlen, "invalid arguments");
@@ -86,9 +93,10 @@ moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char
         .algorithm = (mx_lb_algorithm_t)algorithm,
         .hash_key = (mx_hash_key_kind_t)hash_key,
         .hash_key_name = (char *)hash_name,
-        .max_retries = 1,
-        .max_fails = 1,
-        .fail_timeout = 10,
+        .max_retries = (int)opts[0],
+        .max_fails = (int)opts[1],
+        .fail_timeout = opts[2],
+        .fail_on_5xx = opts[3] != 0,
         .connect_timeout = 2,
         .read_timeout = 30,
         .write_timeout = 30,

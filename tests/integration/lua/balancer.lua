@@ -1,6 +1,7 @@
 -- moxy.balancer.new{} over the origins the test passes in config (init(config)):
--- /which?k=K answers the backend pool:select(K) names; /backends lists the pool;
--- /group proxies through the YAML group "origin" (its hash_key picks); anything else
+-- /which?k=K answers the backend pool:select(K) names; /backends lists the pool,
+-- /group-backends the YAML group "origin";
+-- /group and ?via=group proxy through the YAML group "origin" (its hash_key picks); the rest
 -- proxies through the pool, keyed by hash_key.
 local moxy = require "moxy"
 
@@ -10,7 +11,8 @@ local app = {}
 
 function app.init(config)
     pool = moxy.balancer.new { backends = config.backends, algorithm = config.algorithm,
-                               hash_key = config.hash_key }
+                               hash_key = config.hash_key, max_retries = config.max_retries,
+                               passive_health = config.passive_health }
 end
 
 
@@ -20,12 +22,14 @@ function app.request_filter(s, ctx)
         return s:respond(200, tostring(pool:select(s.req:arg("k"))))
     elseif path == "/backends" then
         return s:respond(200, pool:backends())
+    elseif path == "/group-backends" then
+        return s:respond(200, moxy.upstream("origin"):backends())
     end
 end
 
 
 function app.upstream_peer(s, ctx)
-    if s.req:path() == "/group" then
+    if s.req:path() == "/group" or s.req:arg("via") == "group" then
         return moxy.upstream("origin"):select()
     end
     return pool:select()

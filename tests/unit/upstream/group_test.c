@@ -179,3 +179,32 @@ Test(group, bad_hash_key_is_a_config_error)
                   NULL,
               "%s", err);
 }
+
+
+Test(group, a_success_ends_the_cool_off)
+{
+    mx_group_t *g = make(MX_LB_ROUND_ROBIN, 1, 30);
+    mx_group_view_t *v = mx_group_view(g);
+    mx_backend_t *b = mx_group_view_backend(v, 1);
+    cr_assert(mx_group_report(g, b, false));
+    cr_assert(!mx_backend_usable(b, mx_group_now_ms()));
+    mx_group_report(g, b, true); /* it was tried anyway (all down) and answered */
+    cr_assert(mx_backend_usable(b, mx_group_now_ms()));
+    mx_group_view_release(v);
+    mx_group_unref(g);
+}
+
+
+Test(group, an_active_up_verdict_ends_the_passive_cool_off)
+{
+    mx_group_t *g = make(MX_LB_ROUND_ROBIN, 1, 30);
+    mx_group_view_t *v = mx_group_view(g);
+    mx_backend_t *b = mx_group_view_backend(v, 0);
+    cr_assert(mx_group_report(g, b, false));
+    cr_assert(mx_backend_set_healthy(b, false), "was up");
+    cr_assert(!mx_backend_usable(b, mx_group_now_ms()));
+    cr_assert(!mx_backend_set_healthy(b, true), "was down");
+    cr_assert(mx_backend_usable(b, mx_group_now_ms()), "checks passed: no cool-off left");
+    mx_group_view_release(v);
+    mx_group_unref(g);
+}
