@@ -603,22 +603,17 @@ sync_targets(hgroup_t *hg)
 
 /* Under the group's lock: stores the target's verdict in its backend if that
  * backend is still in the group. Coming up also ends a passive-health
- * cool-off: `rise` checks in a row just proved the backend reachable, and the
- * connect failures that started the cool-off were those of its outage (else
- * a restarted backend would wait out fail_timeout after being seen up; HAProxy
- * too lets a passing check clear what observed errors marked). */
+ * cool-off (mx_backend_set_healthy): `rise` checks in a row just proved the
+ * backend reachable, and the failures that started the cool-off were those of
+ * its outage; else a restarted backend would wait out fail_timeout after
+ * being seen up. */
 static void
 store_verdict(mx_backend_t *b, void *arg)
 {
     target_t *t = arg;
 
-    if (b != t->b || strcmp(b->name, t->name) != 0)
-        return;
-    if (t->st.up) {
-        atomic_store(&b->down_until_ms, 0);
-        atomic_store(&b->fails, 0);
-    }
-    atomic_store(&b->healthy, t->st.up ? 1 : 0);
+    if (b == t->b && strcmp(b->name, t->name) == 0)
+        mx_backend_set_healthy(b, t->st.up);
 }
 
 
