@@ -488,9 +488,12 @@ struct hgroup_s {
     const char *name;          /* the group's */
     const mx_conf_health_t *h; /* in the config given to start */
     double resolve_interval;
-    bool check;    /* health_check: given */
-    bool discover; /* a member is a DNS name and resolve_interval > 0 */
-    uv_timer_t check_timer;
+    bool check;             /* health_check: given */
+    bool discover;          /* a member is a DNS name and resolve_interval > 0 */
+    uv_timer_t check_timer; /* every `tick` ms: the next `batch` targets are checked */
+    uint64_t tick;
+    size_t batch;
+    size_t cursor; /* next target to check; a new round (and a sync) at 0 */
     uv_timer_t resolve_timer;
     target_t **targets;
     size_t ntargets;
@@ -575,6 +578,27 @@ sync_one(mx_backend_t *b, void *arg)
 }
 
 
+/* Spreads a round of checks over the interval (HAProxy's spread-checks), so
+ * that a large group does not open all its check connections at one moment:
+ * every `tick` ms the next `batch` targets are checked, each target once per
+ * interval. Ticks are at least 10 ms apart. */
+static void
+pace(hgroup_t *hg)
+{
+    uint64_t interval = ms(hg->h->interval), n = hg->ntargets ? hg->ntargets : 1;
+    uint64_t tick = interval / n < 10 ? 10 : interval / n;
+    if (tick > interval)
+        tick = interval ? interval : 1;
+    hg->batch = (size_t)((n * tick + interval - 1) / (interval ? interval : 1));
+    if (hg->batch == 0)
+        hg->batch = 1;
+    if (tick != hg->tick) {
+        hg->tick = tick;
+        uv_timer_set_repeat(&hg->check_timer, tick);
+    }
+}
+
+
 /* Makes hg->targets match the group's current backends: a backend kept by
  * mx_group_replace() keeps its target (and state); a new one starts with the
  * verdict its `healthy` holds; a removed one's check is cancelled. */
@@ -598,6 +622,7 @@ sync_targets(hgroup_t *hg)
         hg->targets[k++] = s.found[i];
     hg->ntargets = k;
     mx_free(s.found);
+    pace(hg);
 }
 
 
@@ -638,10 +663,15 @@ on_check_tick(uv_timer_t *timer)
 {
     hgroup_t *hg = timer->data;
 
-    sync_targets(hg);
-    for (size_t i = 0; i < hg->ntargets; i++)
-        if (hg->targets[i]->probe == NULL) /* a check slower than the interval is not doubled */
-            start_probe(hg->targets[i]);
+    if (hg->cursor == 0)
+        sync_targets(hg);
+    for (size_t k = 0; k < hg->batch && hg->cursor < hg->ntargets; k++, hg->cursor++) {
+        target_t *t = hg->targets[hg->cursor];
+        if (t->probe == NULL) /* a check slower than the interval is not doubled */
+            start_probe(t);
+    }
+    if (hg->cursor >= hg->ntargets)
+        hg->cursor = 0;
 }
 
 
@@ -989,8 +1019,10 @@ mx_health_start(const mx_conf_t *conf)
         uv_timer_init(&s->loop, &hg->resolve_timer);
         hg->check_timer.data = hg;
         hg->resolve_timer.data = hg;
-        if (hg->check) /* the first round at once: a dead backend is known within `fall` checks */
+        if (hg->check) { /* the first round starts at once, spread over one interval */
             uv_timer_start(&hg->check_timer, on_check_tick, 0, ms(hg->h->interval));
+            sync_targets(hg); /* sets the pace (main thread: the loop does not run yet) */
+        }
         if (hg->discover)
             uv_timer_start(&hg->resolve_timer, on_resolve_tick, ms(hg->resolve_interval),
                            ms(hg->resolve_interval));

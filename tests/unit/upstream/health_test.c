@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -875,4 +876,68 @@ Test(health_probe, unix_socket_backends_are_checked)
     uv_run(&fx.loop, UV_RUN_NOWAIT);
     unlink(path);
     rmdir(dir);
+}
+
+
+/* Whether a connection waits in <fd>'s accept queue (taken off it if so). */
+static bool
+accepted(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) != 1)
+        return false;
+    int c = accept(fd, NULL, NULL);
+    if (c >= 0)
+        close(c);
+    return c >= 0;
+}
+
+
+Test(health_service, a_round_of_checks_is_spread_over_the_interval)
+{
+    int fds[4];
+    char yaml[1024], list[256] = "";
+    for (int i = 0; i < 4; i++) {
+        fds[i] = listen_on(0);
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof(list) - n, "%s\"127.0.0.1:%d\"", i ? ", " : "", port_of(fds[i]));
+    }
+    /* 4 backends, interval 2 s: one check every 500 ms. */
+    snprintf(yaml, sizeof(yaml),
+             "version: 1\n"
+             "upstreams:\n"
+             "  u:\n"
+             "    backends: [%s]\n"
+             "    health_check: {type: tcp, interval: 2}\n"
+             "services: [{listeners: [127.0.0.1:8080], upstream: u}]\n",
+             list);
+    mx_conf_t *c = NULL;
+    cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)), MX_OK,
+                 "%s", err);
+    mx_groups_init(c);
+    cr_assert_eq(mx_health_start(c), MX_OK);
+
+    bool seen[4] = {false};
+    int first = -1, nseen = 0;
+    for (int ms = 0; ms < 10000 && first < 0; ms += 5, usleep(5000))
+        for (int i = 0; i < 4; i++)
+            if (accepted(fds[i]))
+                seen[i] = true, first = i, nseen++;
+    cr_assert_geq(first, 0, "no check arrived");
+    usleep(100000); /* well before the next one is due */
+    for (int i = 0; i < 4; i++)
+        if (!seen[i] && accepted(fds[i]))
+            seen[i] = true, nseen++;
+    cr_assert_eq(nseen, 1, "%d backends checked within 100 ms: the round is not spread", nseen);
+    for (int ms = 0; ms < 10000 && nseen < 4; ms += 10, usleep(10000))
+        for (int i = 0; i < 4; i++)
+            if (!seen[i] && accepted(fds[i]))
+                seen[i] = true, nseen++;
+    cr_assert_eq(nseen, 4, "a backend was never checked");
+
+    mx_health_stop();
+    mx_groups_free();
+    mx_conf_free(c);
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
 }
