@@ -385,6 +385,18 @@ class LuaBalancer(MoxyTestCase):
         listing = request(m.port, "GET", "/group-backends").json()
         self.assertEqual([b["inflight"] for b in listing], [0, 0], "every claim was released")
 
+    def test_hash_key_uri_hashes_the_uri_the_script_left(self):
+        o = [self.start_origin() for _ in range(3)]
+        m = self.start([x.addr for x in o], algorithm="ketama", hash_key="uri")
+        home = None
+        for i in range(12):
+            before = [x.request_count for x in o]
+            self.assert_status(request(m.port, "GET", f"/page{i}?norm=1"), 200, m)
+            got = [x.request_count - b for x, b in zip(o, before)].index(1)
+            home = got if home is None else home
+            self.assertEqual(got, home, "every uri became /normalized: one backend")
+        self.assertEqual(o[home].targets()[-1], "/normalized")
+
     def test_lua_balancer_fails_over_and_reports_backends(self):
         live = self.start_origin()
         dead = free_port()
