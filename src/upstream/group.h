@@ -41,7 +41,8 @@ typedef struct mx_group_s mx_group_t;           /* opaque outside group.c */
 typedef struct mx_group_view_s mx_group_view_t; /* a refcounted backend-list snapshot */
 
 /* --- the YAML groups (registry) --- */
-/* Builds one group per conf->upstreams entry. Main thread, before workers start. */
+/* Builds one group per conf->upstreams entry. Main thread, once, before workers start
+ * (it frees the groups of an earlier call, which no worker may still be using). */
 void mx_groups_init(const mx_conf_t *conf);
 /* Frees them. Main thread, after workers stopped. */
 void mx_groups_free(void);
