@@ -49,7 +49,9 @@ void mx_groups_free(void);
 size_t mx_groups_count(void);
 mx_group_t *mx_group_at(size_t i);          /* i < count */
 mx_group_t *mx_group_by_name(const char *name, size_t len);
-const mx_conf_upstream_t *mx_group_conf(const mx_group_t *g); /* health_check settings etc. */
+/* The group's settings (health_check, timeouts...): a copy owned by the group; its backends
+ * are NULL (the current list is a view: mx_group_view_count/backend). */
+const mx_conf_upstream_t *mx_group_conf(const mx_group_t *g);
 const char *mx_group_name(const mx_group_t *g);
 
 /* Calls <fn> for each current backend (under the group's lock; do not block in fn). */
