@@ -59,8 +59,8 @@ function _M.parse_hash_key(spec)
 end
 
 
--- The key of request <s> for hash_key <kind>/<name>: the raw bytes as sent, as the C side
--- takes them (src/proxy/session.c request_hash_key()).
+-- The key of request <s> for hash_key <kind>/<name>: raw bytes of the request as the
+-- script left it, as the C side takes them (src/proxy/session.c request_hash_key()).
 function _M.request_key(s, kind, name)
     if kind == "path" then
         return s.req:path()

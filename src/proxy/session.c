@@ -169,15 +169,23 @@ find_pair(mx_str_t list, mx_str_t name, char sep)
 }
 
 
-/* The hash key of this request for <u>'s hash_key (conf/README.md): raw bytes as
- * sent (nginx's $request_uri, $arg_NAME, $cookie_NAME are not decoded either). */
+/* The hash key of this request for <u>'s hash_key (conf/README.md): raw bytes, not
+ * decoded (nginx's $request_uri, $arg_NAME, $cookie_NAME are not either), from the
+ * request as the script left it (lua/moxy/balancer.lua request_key() is the twin). */
 static mx_str_t
 request_hash_key(mx_session_t *s, const mx_conf_upstream_t *u)
 {
     mx_str_t name = {u->hash_key_name, u->hash_key_name ? strlen(u->hash_key_name) : 0};
+    /* The uri as s.req:uri() gives it (a script's set_uri counts), split at '?'. */
+    mx_str_t uri = s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE
+                       ? s->target.path_and_query
+                       : s->target_raw;
+    const char *qm = uri.data ? memchr(uri.data, '?', uri.len) : NULL;
+    mx_str_t path = {uri.data, qm ? (size_t)(qm - uri.data) : uri.len};
+    mx_str_t query = qm ? (mx_str_t){qm + 1, uri.len - path.len - 1} : (mx_str_t){"", 0};
     switch (u->hash_key) {
     case MX_HASH_KEY_PATH:
-        return s->target.path;
+        return path;
     case MX_HASH_KEY_CLIENT_IP:
         return s->c ? (mx_str_t){s->c->client_addr, strlen(s->c->client_addr)} : MX_STR("");
     case MX_HASH_KEY_HOST: {
@@ -189,7 +197,7 @@ request_hash_key(mx_session_t *s, const mx_conf_upstream_t *u)
         return h.data ? h : MX_STR("");
     }
     case MX_HASH_KEY_ARG:
-        return find_pair(s->target.query, name, '&');
+        return find_pair(query, name, '&');
     case MX_HASH_KEY_COOKIE:
         for (ssize_t i = mx_headers_find(&s->req_headers, MX_STR("cookie"), 0); i >= 0;
              i = mx_headers_find(&s->req_headers, MX_STR("cookie"), (size_t)i + 1)) {
@@ -200,7 +208,7 @@ request_hash_key(mx_session_t *s, const mx_conf_upstream_t *u)
         return MX_STR("");
     case MX_HASH_KEY_URI:
     default:
-        return s->target_raw;
+        return uri;
     }
 }
 

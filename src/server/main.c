@@ -74,7 +74,6 @@ usage(FILE *out)
 static int
 check_supported(const mx_conf_t *c, char *err, size_t errlen)
 {
-    mx_groups_init(c); /* first: scripts may call moxy.upstream(name) when they load */
     for (size_t i = 0; i < c->nservices; i++) {
         const mx_conf_service_t *svc = &c->services[i];
         for (size_t j = 0; j < svc->nlisteners; j++) {
@@ -333,8 +332,13 @@ main(int argc, char **argv)
 
     char err[1024];
     server.phase = MX_PHASE_SETUP;
-    if (mx_conf_load(path, &server.conf, err, sizeof(err)) != MX_OK ||
-        check_supported(server.conf, err, sizeof(err)) != MX_OK) {
+    int load_rc = mx_conf_load(path, &server.conf, err, sizeof(err));
+    if (load_rc == MX_OK) {
+        /* Upstream groups before the scripts load: they may call moxy.upstream(name). */
+        mx_groups_init(server.conf);
+        load_rc = check_supported(server.conf, err, sizeof(err));
+    }
+    if (load_rc != MX_OK) {
         fprintf(stderr, "moxy: %s\n", err);
         if (test)
             fprintf(stderr, "moxy: configuration file %s test failed\n", path);

@@ -41,14 +41,17 @@ typedef struct mx_group_s mx_group_t;           /* opaque outside group.c */
 typedef struct mx_group_view_s mx_group_view_t; /* a refcounted backend-list snapshot */
 
 /* --- the YAML groups (registry) --- */
-/* Builds one group per conf->upstreams entry. Main thread, before workers start. */
+/* Builds one group per conf->upstreams entry. Main thread, once, before workers start
+ * (it frees the groups of an earlier call, which no worker may still be using). */
 void mx_groups_init(const mx_conf_t *conf);
 /* Frees them. Main thread, after workers stopped. */
 void mx_groups_free(void);
 size_t mx_groups_count(void);
 mx_group_t *mx_group_at(size_t i);          /* i < count */
 mx_group_t *mx_group_by_name(const char *name, size_t len);
-const mx_conf_upstream_t *mx_group_conf(const mx_group_t *g); /* health_check settings etc. */
+/* The group's settings (health_check, timeouts...): a copy owned by the group; its backends
+ * are NULL (the current list is a view: mx_group_view_count/backend). */
+const mx_conf_upstream_t *mx_group_conf(const mx_group_t *g);
 const char *mx_group_name(const mx_group_t *g);
 
 /* Calls <fn> for each current backend (under the group's lock; do not block in fn). */

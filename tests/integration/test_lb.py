@@ -1,6 +1,7 @@
 """Load balancing through the real binary: ketama picks the same backend as nginx's
-`hash $arg_k consistent` for the same servers (nginx itself runs beside moxy), weighted
-round robin is exact per cycle, hash_key keeps a user on one backend, least_conn avoids a
+`hash $arg_k consistent` for the same servers (nginx itself runs beside moxy), even past a
+down one, and `weighted` gives nginx's round-robin sequence; weighted round robin is exact
+per cycle across workers, hash_key keeps a user on one backend, least_conn avoids a
 busy backend, passive health takes a failing backend out, failover retries another
 backend, and fail_to_connect can change that decision."""
 import os
@@ -33,7 +34,7 @@ class Nginx:
     answering with its port; server <down> (an index) is marked `down` and nothing listens
     on its port. Stopped by PID."""
 
-    def __init__(self, weights, down=None):
+    def __init__(self, weights, down=None, balance="hash $arg_k consistent;"):
         self.dir = tempfile.mkdtemp(prefix="moxy-nginx-")
         os.chmod(self.dir, 0o755)
         self.ports = [free_port() for _ in weights]
@@ -60,7 +61,7 @@ http {{
     scgi_temp_path {d}/scgi;
     keepalive_requests 1000000;
     upstream ring {{
-        hash $arg_k consistent;
+        {balance}
 {servers}
     }}
     server {{ listen 127.0.0.1:{self.port}; location / {{ proxy_pass http://ring; }} }}
@@ -95,7 +96,7 @@ http {{
 
 
 @unittest.skipUnless(shutil.which("nginx"), "nginx not installed (bash scripts/deps.sh)")
-class KetamaAgainstNginx(MoxyTestCase):
+class AgainstNginx(MoxyTestCase):
     def compare(self, weights, keys, down=None):
         ngx = Nginx(weights, down)
         self.addCleanup(ngx.stop)
@@ -125,6 +126,19 @@ class KetamaAgainstNginx(MoxyTestCase):
 
     def test_same_backend_as_nginx_with_weights(self):
         self.compare([1, 3, 2, 5], [f"k{i}" for i in range(1000)])
+
+    def test_weighted_gives_nginx_round_robin_sequence(self):
+        weights = [5, 1, 3, 2]
+        ngx = Nginx(weights, balance="")
+        self.addCleanup(ngx.stop)
+        backends = [f"127.0.0.1:{p} weight={w}" for p, w in zip(ngx.ports, weights)]
+        conf = config([service("web", free_port(), upstream_name="ring")],
+                      {"ring": {"backends": backends, "algorithm": "weighted", "read_timeout": 5}})
+        m = self.start_moxy(conf)
+        with Client(ngx.port) as cn, Client(m.port) as cm:
+            a = [cn.request("GET", f"/{i}").body for i in range(33)]
+            b = [cm.request("GET", f"/{i}").body for i in range(33)]
+        self.assertEqual(a, b, "moxy's weighted sequence is nginx's round robin's")
 
     def test_same_walk_as_nginx_past_a_down_backend(self):
         # nginx skips the `down` server's points; moxy fails to connect to it once (the
@@ -370,6 +384,18 @@ class LuaBalancer(MoxyTestCase):
         self.assertEqual(results, [200] * 12)
         listing = request(m.port, "GET", "/group-backends").json()
         self.assertEqual([b["inflight"] for b in listing], [0, 0], "every claim was released")
+
+    def test_hash_key_uri_hashes_the_uri_the_script_left(self):
+        o = [self.start_origin() for _ in range(3)]
+        m = self.start([x.addr for x in o], algorithm="ketama", hash_key="uri")
+        home = None
+        for i in range(12):
+            before = [x.request_count for x in o]
+            self.assert_status(request(m.port, "GET", f"/page{i}?norm=1"), 200, m)
+            got = [x.request_count - b for x, b in zip(o, before)].index(1)
+            home = got if home is None else home
+            self.assertEqual(got, home, "every uri became /normalized: one backend")
+        self.assertEqual(o[home].targets()[-1], "/normalized")
 
     def test_lua_balancer_fails_over_and_reports_backends(self):
         live = self.start_origin()

@@ -17,6 +17,9 @@ end
 
 
 function app.request_filter(s, ctx)
+    if s.req:arg("norm") then
+        s.req:set_uri("/normalized")          -- hash_key uri hashes what the script left
+    end
     local path = s.req:path()
     if path == "/which" then
         return s:respond(200, tostring(pool:select(s.req:arg("k"))))
