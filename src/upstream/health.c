@@ -1,7 +1,7 @@
 /* Active health checks: the rise/fall state machine, one probe (TCP connect or
  * HTTP status) on a uv loop, and the address-set helpers of DNS discovery.
  * The service that runs them on its own thread is at the end of the file. */
-#define _GNU_SOURCE /* strcasestr */
+#define _GNU_SOURCE /* strcasestr, memmem */
 #include "upstream/health.h"
 
 #include <arpa/inet.h>
