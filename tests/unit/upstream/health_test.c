@@ -944,3 +944,32 @@ Test(health_service, a_round_of_checks_is_spread_over_the_interval)
     for (int i = 0; i < 4; i++)
         close(fds[i]);
 }
+
+
+Test(health_probe, ipv6_backends_and_port_override)
+{
+    char text[64], e[128];
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int len = sizeof(sin6);
+
+    uv_tcp_init(&fx.loop, &fx.server);
+    if (uv_tcp_bind(&fx.server, (struct sockaddr *)&sin6, 0) != 0)
+        cr_skip_test("no IPv6 loopback here");
+    cr_assert_eq(uv_listen((uv_stream_t *)&fx.server, 16, on_srv_conn), 0);
+    uv_tcp_getsockname(&fx.server, (struct sockaddr *)&sin6, &len);
+    fx.reply = "HTTP/1.1 200 OK\r\n\r\n";
+    mx_addr_t a;
+    snprintf(text, sizeof(text), "[::1]:%d", ntohs(sin6.sin6_port));
+    cr_assert_eq(mx_addr_parse(text, &a, e, sizeof(e)), 0, "%s", e);
+    mx_conf_health_t h = hconf("http");
+    h.path = "/";
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK, "%s", mx_strerror(fx.rc));
+
+    /* The configured port of a backend elsewhere, the check's port here. */
+    cr_assert_eq(mx_addr_parse("[::1]:1", &a, e, sizeof(e)), 0, "%s", e);
+    h.port = ntohs(sin6.sin6_port);
+    fx.calls = 0, fx.gotlen = 0;
+    check(&h, &a);
+    cr_assert_eq(fx.rc, MX_OK, "%s", mx_strerror(fx.rc));
+}
