@@ -1,5 +1,6 @@
 /* The load-balancing algorithms (lb.h). lua/moxy/lb.lua is their Lua twin for the fake
- * engine: a change here changes it there (spec/unit/balancer_spec.lua compares them). */
+ * engine: a change here changes it there (spec/integration/balancer_spec.lua compares them
+ * through t.each_engine). */
 #include "lb/lb.h"
 
 #include <pthread.h>
@@ -26,8 +27,8 @@ struct mx_lb_s {
     uint64_t total;   /* sum of weights */
     uint64_t *cum;    /* cum[i] = weight[0] + ... + weight[i] */
     _Atomic uint64_t cursor; /* round_robin, least_conn ties */
-    pthread_mutex_t lock;    /* weighted: current weights */
-    int64_t *current;        /* weighted: nginx's current_weight */
+    pthread_mutex_t lock;    /* guards current */
+    int64_t *current;        /* nginx's current_weight: weighted, and empty hash keys */
     point_t *points;         /* ketama ring, sorted by hash */
     size_t npoints;
 };
@@ -127,7 +128,7 @@ build_ketama(mx_lb_t *lb, const mx_lb_node_t *nodes)
         base = mx_lb_crc32(base, "", 1);
         base = mx_lb_crc32(base, port ? port : "", plen);
         uint32_t prev = 0;
-        for (int j = 0; j < nodes[i].weight * KETAMA_POINTS; j++) {
+        for (int j = 0; j < lb->weight[i] * KETAMA_POINTS; j++) {
             unsigned char le[4] = {prev & 0xff, (prev >> 8) & 0xff, (prev >> 16) & 0xff,
                                    prev >> 24};
             uint32_t h = mx_lb_crc32(base, le, 4);
