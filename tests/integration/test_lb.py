@@ -367,7 +367,7 @@ class LuaBalancer(MoxyTestCase):
         o = [self.start_origin() for _ in range(2)]
         cfg = {"backends": [x.addr for x in o], "algorithm": "least_conn"}
         conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
-                      {"origin": {**cfg, "read_timeout": 10}}, threads=2)
+                      {"origin": {**cfg, "read_timeout": 60}}, threads=2)
         m = self.start_moxy(conf)
         results = []
 
