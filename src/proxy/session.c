@@ -642,19 +642,22 @@ after_retry_peer(mx_session_t *s, int rc)
 }
 
 
-/* Lets fail_to_connect decide: true when it asked for (and got) a retry. */
-static bool
+/* Lets fail_to_connect decide, starting from the default <dflt>. Returns 1 when it
+ * retried (upstream_peer runs again), 0 when it declined, -1 when there is no handler
+ * or it failed: then the default stands, as without the handler. */
+static int
 lua_retry(mx_session_t *s, int err, bool dflt)
 {
     /* A script's own retries (beyond the group's failover) stop after 3. */
     if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || (!dflt && s->tries >= 3))
-        return false;
+        return -1;
     s->err = err;
     s->retry_requested = dflt;
-    if (mx_lua_run(s, MX_PH_FAIL_TO_CONNECT) != MX_OK || !s->retry_requested) {
+    int rc = mx_lua_run(s, MX_PH_FAIL_TO_CONNECT);
+    if (rc != MX_OK || !s->retry_requested) {
         s->retry_requested = 0;
         s->err = 0;
-        return false;
+        return rc != MX_OK ? -1 : 0;
     }
     log_upstream_error(s, err);
     mx_log_info("#%llu fail_to_connect asked for a retry (try %d)", (unsigned long long)s->id,
@@ -663,7 +666,7 @@ lua_retry(mx_session_t *s, int err, bool dflt)
     s->tries++;
     s->peer_set = 0;
     run_phase(s, MX_PH_UPSTREAM_PEER, after_retry_peer);
-    return true;
+    return 1;
 }
 
 
@@ -700,10 +703,12 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
         bool failover = connecting && !s->peer_set && s->group != NULL &&
                         s->tries < mx_group_conf(s->group)->max_retries &&
                         untried_backend_left(s);
-        if (connecting && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT)) {
-            if (lua_retry(s, err, failover))
+        if (connecting) {
+            int r = lua_retry(s, err, failover);
+            if (r == 1)
                 return;
-            failover = false; /* the script said no */
+            if (r == 0)
+                failover = false; /* the script said no */
         }
         if (failover) {
             log_upstream_error(s, err);

@@ -265,6 +265,8 @@ class PassiveHealthAndFailover(MoxyTestCase):
 function app.fail_to_connect(s, peer, err, ctx)
     if s.req:arg("failover") == "no" then
         return false
+    elseif s.req:arg("failover") == "boom" then
+        error("boom")
     end
 end
 return app
@@ -278,6 +280,9 @@ return app
         no = [request(m.port, "GET", f"/echo?i={i}&failover=no").status for i in range(4)]
         self.assertEqual(yes, [200] * 4, "nil keeps the default failover")
         self.assertEqual(sorted(no), [200, 200, 502, 502], "false refuses it")
+        boom = [request(m.port, "GET", f"/echo?i={i}&failover=boom").status for i in range(4)]
+        self.assertEqual(boom, [200] * 4, "a failing handler leaves the default")
+        self.assertIn("boom", m.error_log())
 
     def test_on_5xx_marks_a_backend_down(self):
         good = self.start_origin()
@@ -362,7 +367,7 @@ class LuaBalancer(MoxyTestCase):
         o = [self.start_origin() for _ in range(2)]
         cfg = {"backends": [x.addr for x in o], "algorithm": "least_conn"}
         conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
-                      {"origin": {**cfg, "read_timeout": 10}}, threads=2)
+                      {"origin": {**cfg, "read_timeout": 60}}, threads=2)
         m = self.start_moxy(conf)
         results = []
 
