@@ -2,7 +2,9 @@
 -- C loads each service's script with engine.load() and runs every request in a
 -- coroutine running engine.body, resumed with (phase, session, service) for the
 -- request's first phase and (phase) for the next. The body yields (true, ok, err)
--- when a phase is done; a handler that waits (moxy.sleep) yields nothing.
+-- when a phase is done; a handler that waits (moxy.sleep, moxy.tcp...) yields through
+-- moxy.sched, and C resumes it with the id of the wait that completed. Timer functions
+-- run in coroutines of their own (engine.timer_body), so they may wait too.
 local ffi = require "ffi"
 local bit = require "bit"
 local backend = require "moxy.backend"
@@ -12,6 +14,7 @@ local cjson = require "cjson.safe"
 backend.set(live)
 
 local session = require "moxy.session"
+local sched = require "moxy.sched"
 
 local bor, lshift = bit.bor, bit.lshift
 local getinfo = debug.getinfo
@@ -26,7 +29,6 @@ local unpack = unpack
 local xpcall = xpcall
 local yield = coroutine.yield
 local running = coroutine.running
-local co_sp = live.co_sp
 
 local PHASES = live.PHASES          -- ids shared with src/lua/vm.h
 local REQUEST_FILTER, UPSTREAM_PEER, UPSTREAM_REQUEST_FILTER = 1, 2, 3
@@ -70,8 +72,29 @@ function _M.shutdown()
 end
 
 
--- A moxy.timer fired (C, from the loop): runs fn(premature, ...); errors go to the log.
-function _M.timer_fire(id, premature)
+local function on_error(e)
+    return traceback(tostring(e), 2)
+end
+
+
+-- The handler of entry <e> returned (<ok>, <err>): its threads must end before the phase
+-- does; they are waited for, or killed when it failed.
+local function settle(e, ok, err)
+    if e.nalive > 0 then
+        if ok then
+            ok, err = xpcall(sched.join, on_error, e)
+        end
+        if not ok then
+            sched.kill_all(e)
+        end
+    end
+    return ok, err
+end
+
+
+-- A moxy.timer fired: C runs this in a new coroutine (a task of its own), so fn(premature,
+-- ...) may wait; errors go to the log.
+function _M.timer_body(id, premature)
     local t = live.timers[id]
     if t == nil then
         return
@@ -79,7 +102,13 @@ function _M.timer_fire(id, premature)
     if premature or not t.every then
         live.timers[id] = nil
     end
-    t.fn(premature, unpack(t.args, 1, t.n))
+    local e = sched.enter(running(), nil)
+    local ok, err = settle(e, xpcall(t.fn, on_error, premature, unpack(t.args, 1, t.n)))
+    sched.leave(e)
+    if not ok then
+        local msg = tostring(err)
+        live.log("err", "lua timer " .. (msg:match("^[^\n]*") or msg))
+    end
 end
 
 
@@ -212,13 +241,9 @@ local function run(app, phase, s, ctx)
 end
 
 
-local function on_error(e)
-    return traceback(tostring(e), 2)
-end
-
-
 -- The coroutine body: one request at a time, all its phases, then pooled again.
 function _M.body(phase, p, svc)
+    local e                         -- this coroutine's sched entry, renewed per request
     while true do
         local app = apps[svc]
         local sp = ffi.cast(session_ptr, p)
@@ -240,17 +265,17 @@ function _M.body(phase, p, svc)
             conn_ctxs[cid] = conn_ctx
         end
         local s = session.new(sp, ctx, conn_ctx)
-        co_sp[running()] = sp
+        e = e and sched.renew(e, sp) or sched.enter(running(), sp)
         while phase ~= RELEASE do
             local ok, err
             if ctx_err and phase ~= LOGGING then
                 ok, err = false, ctx_err
             else
-                ok, err = xpcall(run, on_error, app, phase, s, ctx)
+                ok, err = settle(e, xpcall(run, on_error, app, phase, s, ctx))
             end
             phase = yield(true, ok, err)
         end
-        co_sp[running()] = nil
+        e.sp = nil                  -- the entry stays with this pooled coroutine
         -- A session kept past its request must not reach freed C memory.
         s.b, s.req.b, s.resp.b = ENDED, ENDED, ENDED
         phase, p, svc = yield(true, true, nil)

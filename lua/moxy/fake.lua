@@ -1,12 +1,19 @@
 -- moxy.fake: the backend contract in plain Lua, for moxy.test. A session handle `sp` is a
 -- table made by fake.new_sp{...}; headers are lists of { name, value } in wire order.
 --
--- Time: fake.clock (a t.clock) drives now(). sleep(seconds) inside a t.run request
--- yields the request's coroutine to the runner, which advances the clock by <seconds>
--- and resumes it (so sleeping across a C boundary fails as it would live); outside a
--- run it advances the clock directly. Nothing ever waits for real time.
-local coroutine_running = coroutine.running
-local coroutine_yield = coroutine.yield
+-- Time: fake.clock (a t.clock) drives now(). The fake has a loop of its own, like the
+-- live worker's: a request run by t.run / t.phase, and each moxy.timer function, is an
+-- "entry" coroutine (moxy.sched); moxy.sleep and a fake moxy.http call with a delay
+-- register a wait due at some clock time, and the loop (run_until) moves the clock to the
+-- earliest wait or timer and resumes its entry. So parallel moxy.thread threads overlap in
+-- fake time as they would live, and nothing ever waits for real time. Outside any entry
+-- moxy.sleep advances the clock directly.
+local sched = require "moxy.sched"
+
+local co_create = coroutine.create
+local co_resume = coroutine.resume
+local co_status = coroutine.status
+local select = select
 local error = error
 local lower = string.lower
 local ipairs = ipairs
@@ -18,6 +25,7 @@ local setmetatable = setmetatable
 local sort = table.sort
 local tostring = tostring
 local type = type
+local traceback = debug.traceback
 
 
 local _M = {}
@@ -25,46 +33,167 @@ local _M = {}
 
 local LEVELS = { debug = true, info = true, notice = true, warn = true, err = true }
 
-_M.SLEEP = setmetatable({}, { __tostring = function() return "moxy.fake.SLEEP" end })
-
-
 -- clock ------------------------------------------------------------------------------------
 
 local Clock = {}
 local clock_mt = { __index = Clock }
 
 
--- Moves the clock forward by <seconds>, running the moxy.timer timers that fall due on
--- the way, in time order, each with the clock at its due time.
+-- Moves the clock forward by <seconds>, running what falls due on the way (moxy.timer
+-- functions, waits of entries), in time order, each with the clock at its due time.
 function Clock.advance(self, seconds)
     if type(seconds) ~= "number" or seconds < 0 then
         error("bad argument #1 to 'advance' (seconds >= 0 expected)", 2)
     end
     local target = self.now + seconds
-    while true do
-        local next_t
-        for t in pairs(_M.timers) do
-            if t.due <= target and (next_t == nil or t.due < next_t.due) then
-                next_t = t
-            end
-        end
-        if next_t == nil then
-            break
-        end
-        self.now = next_t.due
-        if next_t.every then
-            next_t.due = next_t.due + next_t.delay
-        else
-            _M.timers[next_t] = nil
-        end
-        local ok, err = pcall(next_t.fn, false, unpack(next_t.args, 1, next_t.n))
-        if not ok then
-            local sink = _M.sink
-            sink[#sink + 1] = "[err] lua timer " .. tostring(err)
-        end
-    end
+    _M.run_until(nil, target)
     self.now = target
     return self.now
+end
+
+
+-- the fake loop -------------------------------------------------------------------------------
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+
+local fe_of = setmetatable({}, { __mode = "kv" })   -- sched entry record -> fake entry
+
+
+-- Resumes fake entry <fe> and records how it stopped: waiting, finished or failed.
+local function fe_resume(fe, ...)
+    local r = pack(co_resume(fe.co, ...))
+    if not r[1] then
+        fe.done, fe.ok, fe.err = true, false, traceback(fe.co, r[2])
+    elseif co_status(fe.co) == "dead" then
+        fe.done, fe.ok, fe.res = true, true, r
+    elseif r[2] ~= sched.WAIT then
+        fe.done, fe.ok = true, false
+        fe.err = "a handler yielded " .. tostring(r[2])
+            .. " (only moxy's waiting calls may yield)"
+    elseif fe.nwaits == 0 then
+        fe.done, fe.ok = true, false
+        fe.err = "a handler waits on nothing that can end (moxy.thread.wait on threads that "
+            .. "wait on each other?)"
+    end
+    if fe.done then
+        sched.leave(fe.e)
+        if fe.on_done then
+            fe.on_done(fe)
+        end
+    end
+end
+
+
+-- Starts <fn>(...) as an entry of the fake loop (a request's or a timer's coroutine) and
+-- runs it until it first waits or ends. Returns the entry: .done, .ok, .res (pcall-like
+-- packed results), .err (with a traceback).
+function _M.start_entry(fn, on_done, ...)
+    local co = co_create(fn)
+    local fe = { co = co, nwaits = 0, on_done = on_done }
+    fe.e = sched.enter(co, nil)
+    fe_of[fe.e] = fe
+    fe_resume(fe, ...)
+    return fe
+end
+
+
+-- The earliest wait or timer due at or before <limit> (nil: any): "wait", id or "timer", t.
+local function earliest(limit)
+    local kind, x, due
+    for id, w in pairs(_M.waits) do
+        if due == nil or w.due < due or (w.due == due and kind == "wait" and id < x) then
+            kind, x, due = "wait", id, w.due
+        end
+    end
+    for t in pairs(_M.timers) do
+        if due == nil or t.due < due then
+            kind, x, due = "timer", t, t.due
+        end
+    end
+    if due == nil or (limit ~= nil and due > limit) then
+        return nil
+    end
+    return kind, x, due
+end
+
+
+local function timer_done(fe)
+    if not fe.ok then
+        local sink = _M.sink
+        sink[#sink + 1] = "[err] lua timer " .. (tostring(fe.err):match("^[^\n]*") or "")
+    end
+end
+
+
+-- The timer function in its entry: it may wait; its threads end with it.
+local function timer_body(t)
+    local e = sched.current()
+    local ok, err = pcall(t.fn, false, unpack(t.args, 1, t.n))
+    if ok and e.nalive > 0 then
+        ok, err = pcall(sched.join, e)
+    end
+    if not ok then
+        sched.kill_all(e)
+        error(err, 0)
+    end
+end
+
+
+-- Runs the loop until done() is true (nil: never) or nothing is due at or before <limit>
+-- (nil: no limit). Returns true when done() became true.
+function _M.run_until(done, limit)
+    local clock = _M.clock
+    while not (done and done()) do
+        local kind, x, due = earliest(limit)
+        if kind == nil then
+            return false
+        end
+        if due > clock.now then
+            clock.now = due
+        end
+        if kind == "wait" then
+            local w = _M.waits[x]
+            _M.waits[x] = nil
+            w.fe.nwaits = w.fe.nwaits - 1
+            fe_resume(w.fe, x)
+        else
+            if x.every then
+                x.due = x.due + x.delay
+            else
+                _M.timers[x] = nil
+            end
+            _M.start_entry(timer_body, timer_done, x)
+        end
+    end
+    return true
+end
+
+
+local function wait_cancel(id)
+    local w = _M.waits[id]
+    if w then
+        _M.waits[id] = nil
+        w.fe.nwaits = w.fe.nwaits - 1
+    end
+end
+
+
+-- Waits <seconds> of fake time in the running entry or thread (returns false outside any:
+-- the caller advances the clock itself).
+function _M.wait_for(seconds)
+    local e = sched.current()
+    local fe = e and fe_of[e]
+    if fe == nil then
+        return false
+    end
+    local id = sched.id()
+    _M.waits[id] = { due = _M.clock.now + seconds, fe = fe }
+    fe.nwaits = fe.nwaits + 1
+    sched.wait(id, wait_cancel, id)
+    return true
 end
 
 
@@ -78,8 +207,11 @@ end
 
 _M.clock = _M.new_clock()
 _M.timers = {}          -- pending moxy.timer handles (set of tables)
+_M.waits = {}           -- wait id -> { due = clock time, fe = fake entry }
+_M.http = nil           -- t.run's opts.http while it runs
+_M.tcp = nil            -- t.run's opts.tcp while it runs
+_M.tcp_pool = {}        -- moxy.tcp keepalive pool: key -> idle fake connections
 _M.upstreams = {}       -- YAML-like groups for moxy.upstream(): name -> { "host:port" | { address, weight } }
-_M.co = nil             -- the coroutine of the running t.run request, if any
 _M.logs = {}            -- log lines written outside a run (t.run collects into res.logs)
 _M.sink = _M.logs
 _M.worker = { id = 0, count = 1 }
@@ -277,12 +409,58 @@ function B.worker_count() return _M.worker.count end
 
 
 function B.sleep(seconds)
-    local co = coroutine_running()
-    if co and co == _M.co then
-        coroutine_yield(_M.SLEEP, seconds)
-    else
+    if not _M.wait_for(seconds) then
         _M.clock:advance(seconds)
     end
+end
+
+
+-- moxy.tcp() over moxy.tcp_fake: t.run's opts.tcp plays the servers.
+function B.tcp()
+    return require("moxy.tcp").new(require "moxy.tcp_fake")
+end
+
+
+-- moxy.http.request under t.run: opts.http(req) answers { status, headers, body, delay }
+-- or nil, err; <delay> seconds pass on the fake clock (a timeout past it: "timeout").
+function B.http_request(r)
+    local handler = _M.http
+    if handler == nil then
+        error("moxy.http.request() under moxy.test: pass t.run(app, s, { http = function(req) "
+              .. "return { status = 200, body = \"...\" } end })", 3)
+    end
+    local headers = {}
+    for i = 1, #r.headers do
+        local k = lower(r.headers[i][1])
+        headers[k] = headers[k] and headers[k] .. ", " .. r.headers[i][2] or r.headers[i][2]
+    end
+    local req = { method = r.method, url = r.url, scheme = r.scheme, host = r.host,
+                  port = r.port, path = r.path, headers = headers, body = r.body }
+    local calls = _M.http_calls
+    if calls then
+        calls[#calls + 1] = req
+    end
+    local res, err = handler(req)
+    if res == nil then
+        return nil, tostring(err or "connect")
+    end
+    if type(res) ~= "table" or type(res.status) ~= "number" then
+        error("t.run: opts.http must return { status = n, headers, body, delay } or nil, err", 0)
+    end
+    local delay = res.delay or 0
+    if delay > r.timeout then
+        B.sleep(r.timeout)
+        return nil, "timeout"
+    end
+    if delay > 0 then
+        B.sleep(delay)
+    end
+    local body = res.body or ""
+    if #body > r.max_body then
+        return nil, "too_large"
+    end
+    local list = _M.header_list(res.headers, "opts.http response")
+    return { status = res.status, header_list = list, body = body }
 end
 
 

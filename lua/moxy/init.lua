@@ -152,7 +152,8 @@ function _M.now()
 end
 
 
--- Yields the request's coroutine for <seconds>. Phases: all (inside a handler).
+-- Suspends the running request handler, timer function or thread for <seconds>.
+-- Phases: those that may wait (see docs/lua-api.md), timers, threads.
 function _M.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
         error("bad argument #1 to 'sleep' (seconds >= 0 expected, got "
@@ -222,9 +223,10 @@ end
 
 
 -- moxy.timer.at(delay, fn, ...) / moxy.timer.every(interval, fn, ...): fn(premature, ...)
--- runs in the worker after <delay> seconds (every <interval>), outside any request;
--- premature is true when the worker is stopping. Timer functions cannot wait (no
--- moxy.sleep) yet. Returns a handle with :cancel(). Phases: all, and init.
+-- runs in the worker after <delay> seconds (every <interval>), outside any request, in a
+-- coroutine of its own: it may wait (moxy.sleep, moxy.tcp, moxy.http, moxy.thread);
+-- premature is true when the worker is stopping. Returns a handle with :cancel().
+-- Phases: all, and init.
 _M.timer = {
     at = function(delay, fn, ...) return new_timer(false, delay, fn, ...) end,
     every = function(interval, fn, ...) return new_timer(true, interval, fn, ...) end,
@@ -248,6 +250,24 @@ _M.worker = {
         return engine().worker_count()
     end,
 }
+
+
+-- I/O ------------------------------------------------------------------------------------------
+
+-- moxy.tcp(): a yielding TCP / unix socket like ngx.socket.tcp (moxy.tcp; live engine only).
+function _M.tcp()
+    return engine().tcp()
+end
+
+
+-- moxy.http.request{...}: an HTTP/1.1 client (moxy.http).
+_M.http = require "moxy.http"
+
+-- moxy.thread.spawn(fn, ...) / wait(t, ...) / kill(t): light threads (moxy.sched).
+do
+    local sched = require "moxy.sched"
+    _M.thread = { spawn = sched.spawn, wait = sched.wait_threads, kill = sched.kill }
+end
 
 
 -- moxy.shared.dict(name): shared dicts (moxy.shared), required on first use.

@@ -11,9 +11,8 @@ local getinfo = debug.getinfo
 local pairs = pairs
 local tostring = tostring
 local type = type
-local yield = coroutine.yield
-local running = coroutine.running
 local setmetatable = setmetatable
+local sched = require "moxy.sched"
 
 
 ffi.cdef[[
@@ -54,7 +53,9 @@ double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
-int moxy_sleep(mx_session_t *s, double seconds);
+int moxy_wait_sleep(double id, double seconds);
+int moxy_wait_cancel(double id);
+int moxy_wait_check(void);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -269,7 +270,8 @@ function _M.worker_count() return C.moxy_worker_count() end
 -- A log line: inside a request it carries the request id, like moxy's own lines.
 function _M.log(level, msg)
     msg = tostring(msg)
-    local sp = _M.co_sp[running()]
+    local e = sched.current()
+    local sp = e and e.sp
     if sp ~= nil then
         msg = "#" .. tostring(C.moxy_session_num(sp, 0)) .. " " .. msg
     end
@@ -277,35 +279,37 @@ function _M.log(level, msg)
 end
 
 
--- The session each request coroutine serves, set by moxy.engine (for moxy.sleep).
-_M.co_sp = setmetatable({}, { __mode = "k" })
+local function sleep_cancel(id)
+    C.moxy_wait_cancel(id)
+end
 
 
--- Yields the request's coroutine until <seconds> passed (C resumes it).
+-- Suspends the running request, timer or thread until <seconds> passed (C wakes it).
 function _M.sleep(seconds)
-    local sp = _M.co_sp[running()]
-    if sp == nil then
-        error("moxy.sleep() can only be called inside a request phase", 3)
-    end
+    sched.check("moxy.sleep()")
     if type(seconds) ~= "number" then
         error("bad argument #1 to 'sleep' (number expected, got " .. type(seconds) .. ")", 3)
     end
-    local rc = C.moxy_sleep(sp, seconds)
+    local id = sched.id()
+    local rc = C.moxy_wait_sleep(id, seconds)
     if rc == AGAIN then
-        return yield()
+        return sched.wait(id, sleep_cancel, id)
     end
     raise(rc, "moxy.sleep()")
 end
 
 
--- The whole request body, waiting (yielding) until it arrived; nil, "too_large" past max.
+-- The whole request body, waiting until it arrived; nil, "too_large" past max.
 function _M.req_body(sp, max)
     while true do
         local rc = C.moxy_req_body(sp, max, str1)
         if rc == OK then
             return ffi_str(str1[0].data, str1[0].len)
         elseif rc == AGAIN then
-            yield()
+            if sched.body_waited() then
+                error("s.req:body() is already waited for by another thread", user_level())
+            end
+            sched.wait(sched.BODY)
         elseif rc == E_TOO_LARGE then
             return nil, "too_large"
         else
@@ -366,7 +370,7 @@ function _M.conn_id(sp)
 end
 
 
--- moxy.timer handles by id; engine.timer_fire runs them when C's timer fires.
+-- moxy.timer handles by id; engine.timer_body runs them when C's timer fires.
 local timers = {}
 local timer_seq = 0
 _M.timers = timers
@@ -429,5 +433,28 @@ function _M.set_upstream(sp, name)
 end
 
 
+-- moxy.tcp() and moxy.http.request(): sockets over src/lua/ffi/tcp.c, HTTP in Lua.
+function _M.tcp()
+    return require("moxy.tcp").new(require "moxy.tcp_live")
+end
+
+
+function _M.http_request(r)
+    local rc = C.moxy_wait_check()
+    if rc ~= OK then
+        raise(rc, "moxy.http.request()")
+    end
+    return require("moxy.http_client").request(r)
+end
+
+
+-- The text of the last FFI error (moxy_last_error).
+function _M.last_error()
+    local n = C.moxy_last_error(errbuf, 256)
+    return ffi_str(errbuf, n < 256 and n or 255)
+end
+
+
+_M.raise = raise
 _M.E_BAD_ARG = E_BAD_ARG
 return _M

@@ -4,11 +4,9 @@ local backend = require "moxy.backend"
 local fake = require "moxy.fake"
 local moxy = require "moxy"
 local session = require "moxy.session"
+local sched = require "moxy.sched"
 
 local concat = table.concat
-local co_create = coroutine.create
-local co_resume = coroutine.resume
-local co_status = coroutine.status
 local error = error
 local find = string.find
 local format = string.format
@@ -70,31 +68,57 @@ end
 _M.header_map = header_map
 
 
--- Runs <fn> in a coroutine playing the request's: moxy.sleep yields to this loop, which
--- advances <clock>. Returns pcall-like results; a handler yielding anything else is an error.
+-- Runs <fn> as an entry of the fake loop (a coroutine playing the request's): what it
+-- waits on (moxy.sleep, fake moxy.http delays) moves <clock>, and timers that fall due
+-- meanwhile run. Returns pcall-like results.
+local drive_fn
+
+
 local function drive(clock, fn, ...)
-    local co = co_create(fn)
-    local prev = fake.co
-    fake.co = co
-    local res = { co_resume(co, ...) }
-    while true do
-        if not res[1] then
-            fake.co = prev
-            return false, traceback(co, res[2])
-        end
-        if co_status(co) == "dead" then
-            break
-        end
-        if res[2] ~= fake.SLEEP then
-            fake.co = prev
-            return false, "a handler yielded " .. tostring(res[2])
-                .. " (only moxy.sleep and moxy's own calls may yield)"
-        end
-        clock:advance(res[3])
-        res = { co_resume(co) }
+    fake.clock = clock
+    local fe = fake.start_entry(drive_fn, nil, fn, ...)
+    if not fe.done and not fake.run_until(function() return fe.done end) then
+        return false, "the handler waits on something that never happens"
     end
-    fake.co = prev
-    return unpack(res, 1, table.maxn(res))
+    if not fe.ok then
+        return false, fe.err
+    end
+    return unpack(fe.res, 1, fe.res.n)
+end
+
+
+-- A handler returned (<ok>, <r>): as live, its moxy.thread threads end before the phase
+-- does (waited for; killed when it failed).
+local function settle(ok, r)
+    local e = sched.current()
+    if e and e.nalive > 0 then
+        if ok then
+            local jok, jerr = pcall(sched.join, e)
+            if not jok then
+                ok, r = false, jerr
+            end
+        end
+        if not ok then
+            sched.kill_all(e)
+        end
+    end
+    return ok, r
+end
+
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+
+-- The entry of drive(): <fn>(...), then (as live at a phase's end) its threads end too.
+drive_fn = function(fn, ...)
+    local r = pack(xpcall(fn, traceback, ...))
+    local ok, err = settle(r[1], r[2])
+    if not ok then
+        error(err, 0)
+    end
+    return unpack(r, 2, r.n)
 end
 
 
@@ -103,7 +127,9 @@ end
 function _M.clock(start)
     local c = fake.new_clock(start)
     fake.clock = c
-    fake.timers = {}            -- a new timeline: timers of an earlier clock are dropped
+    fake.timers = {}            -- a new timeline: timers, waits and pooled fake sockets of an
+    fake.waits = {}             -- earlier clock go
+    fake.tcp_pool = {}
     return c
 end
 
@@ -235,7 +261,7 @@ local function run_request(app, s, opts, res)
         if type(h) ~= "function" then
             ok, r = false, "app." .. phase .. " is a " .. type(h) .. ", not a function"
         else
-            ok, r = pcall(h, ...)
+            ok, r = settle(pcall(h, ...))
             if ok and check then
                 local bad = check(r)
                 if bad then
@@ -450,9 +476,13 @@ end
 
 -- Runs the phases of <app> for session <s> in the live order and returns
 -- { status, headers, body, source, upstream = { peer, request }, phases, logs, errors,
--- log_fields, aborted, err, ctx }. opts: upstream = fn(req) -> { status, headers, body |
--- { chunks } } or nil, "timeout" | "connect" (default: 200, empty); clock; config
--- (lua_error_policy = "fail_open" skips a failing phase).
+-- log_fields, aborted, err, ctx, http }. opts: upstream = fn(req) -> { status, headers,
+-- body | { chunks } } or nil, "timeout" | "connect" (default: 200, empty); http = fn(req)
+-- -> { status, headers, body, delay } or nil, err, answering moxy.http.request (req: method,
+-- url, scheme, host, port, path, headers (lower-case keys), body; res.http lists them);
+-- tcp = fn(host, port) -> serve(data) -> reply, closes (moxy.tcp's fake servers; see
+-- moxy.tcp_fake; res.tcp lists the connections); clock; config (lua_error_policy =
+-- "fail_open" skips a failing phase).
 function _M.run(app, s, opts)
     if type(app) ~= "table" then
         error("bad argument #1 to 'run' (app table expected, got " .. type(app) .. ")", 2)
@@ -468,16 +498,23 @@ function _M.run(app, s, opts)
     if opts.upstream ~= nil and type(opts.upstream) ~= "function" then
         error("t.run: opts.upstream must be a function", 2)
     end
+    if opts.http ~= nil and type(opts.http) ~= "function" then
+        error("t.run: opts.http must be a function", 2)
+    end
+    if opts.tcp ~= nil and type(opts.tcp) ~= "function" then
+        error("t.run: opts.tcp must be a function", 2)
+    end
     backend.set(fake.backend)
     local clock = opts.clock or fake.clock
     fake.clock = clock
     s.sp.ran = true
     s.sp.start_time = clock.now
-    local res = { phases = {}, logs = {}, errors = {} }
-    local prev_sink = fake.sink
-    fake.sink = res.logs
+    local res = { phases = {}, logs = {}, errors = {}, http = {}, tcp = {} }
+    local prev = { fake.sink, fake.http, fake.http_calls, fake.tcp, fake.tcp_calls }
+    fake.sink, fake.http, fake.http_calls = res.logs, opts.http, res.http
+    fake.tcp, fake.tcp_calls = opts.tcp, res.tcp
     local ok, e = drive(clock, run_request, app, s, opts, res)
-    fake.sink = prev_sink
+    fake.sink, fake.http, fake.http_calls, fake.tcp, fake.tcp_calls = unpack(prev, 1, 5)
     if not ok then
         error(e, 0)
     end

@@ -18,6 +18,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/task.h"
 #include "proxy/session.h"
 
 struct mx_vm_s {
@@ -26,7 +27,6 @@ struct mx_vm_s {
     mx_worker_t *w;
     int body_ref;
     int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
-    int timer_fire_ref; /* engine.timer_fire(id, premature) */
     int shutdown_ref;   /* engine.shutdown(): every script's shutdown() */
     mx_list_t timers;   /* vm_timer_t.node */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
@@ -172,8 +172,6 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
     }
     lua_getfield(L, -1, "conn_ctxs");
     vm->conn_ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, -1, "timer_fire");
-    vm->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "shutdown");
     vm->shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "body");
@@ -202,6 +200,13 @@ mx_vm_free(mx_vm_t *vm)
     mx_free(vm->masks);
     mx_free(vm->pool);
     mx_free(vm);
+}
+
+
+lua_State *
+mx_vm_lua(mx_vm_t *vm)
+{
+    return vm->L;
 }
 
 
@@ -250,7 +255,7 @@ after_resume(mx_session_t *s, lua_State *co, int st)
     }
     if (st == LUA_YIELD) {
         lua_settop(co, 0);
-        if (s->lua_wait != NULL || s->body_waiting)
+        if (mx_lua_task_waiting(s) || s->body_waiting)
             return MX_AGAIN;
         mx_log_error("#%llu lua %s yielded without waiting on anything", (unsigned long long)s->id,
                      mx_phase_name(phase));
@@ -265,6 +270,18 @@ after_resume(mx_session_t *s, lua_State *co, int st)
     s->lua_co = NULL;
     s->lua_phase = -1;
     return MX_ELUA;
+}
+
+
+/* lua_resume() with <s> as the session whose waits FFI calls arm (task.c). */
+static int
+resume(mx_session_t *s, lua_State *co, int nargs)
+{
+    mx_session_t *prev = mx_lua_cur_session;
+    mx_lua_cur_session = s;
+    int st = lua_resume(co, nargs);
+    mx_lua_cur_session = prev;
+    return st;
 }
 
 
@@ -298,7 +315,7 @@ mx_lua_run(mx_session_t *s, int phase)
         lua_pushnumber(co, (lua_Number)(uintptr_t)s);
         lua_pushinteger(co, (lua_Integer)s->svc_index);
     }
-    return after_resume(s, co, lua_resume(co, nargs));
+    return after_resume(s, co, resume(s, co, nargs));
 }
 
 
@@ -306,7 +323,18 @@ void
 mx_lua_resume(mx_session_t *s)
 {
     lua_State *co = s->lua_co;
-    int rc = after_resume(s, co, lua_resume(co, 0));
+    int rc = after_resume(s, co, resume(s, co, 0));
+    if (rc != MX_AGAIN)
+        mx_session_on_phase_done(s, rc);
+}
+
+
+void
+mx_lua_resume_id(mx_session_t *s, double id)
+{
+    lua_State *co = s->lua_co;
+    lua_pushnumber(co, id);
+    int rc = after_resume(s, co, resume(s, co, 1));
     if (rc != MX_AGAIN)
         mx_session_on_phase_done(s, rc);
 }
@@ -344,21 +372,6 @@ timer_close(vm_timer_t *t)
 }
 
 
-/* Runs engine.timer_fire(id, premature) on the main Lua state: timer
- * functions do not yield, so no coroutine is needed. */
-static void
-timer_call(mx_vm_t *vm, double id, bool premature)
-{
-    lua_State *L = vm->L;
-    char err[512];
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->timer_fire_ref);
-    lua_pushnumber(L, id);
-    lua_pushboolean(L, premature);
-    if (pcall(L, 2, 0, err, sizeof(err)) != MX_OK)
-        mx_log_error("lua timer %s", err);
-}
-
-
 static void
 on_timer(uv_timer_t *h)
 {
@@ -367,7 +380,7 @@ on_timer(uv_timer_t *h)
     double id = t->id;
     if (!t->every)
         timer_close(t);
-    timer_call(vm, id, false);
+    mx_lua_task_timer(vm, id, false); /* in a coroutine of its own: it may wait */
 }
 
 
@@ -430,66 +443,18 @@ mx_vm_timers_retire(mx_vm_t *vm)
         vm_timer_t *t = mx_container_of(vm->timers.next, vm_timer_t, node);
         double id = t->id;
         timer_close(t);
-        if (vm->timer_fire_ref != 0)
-            timer_call(vm, id, true);
+        if (vm->body_ref != 0) /* the VM loaded: engine.timer_body exists */
+            mx_lua_task_timer(vm, id, true);
     }
     run_shutdown(vm);
     vm->shutdown_ref = 0; /* once */
 }
 
 
-/* --- moxy.sleep --- */
-
-typedef struct {
-    uv_timer_t timer;
-    mx_session_t *s;
-} wait_t;
-
-
-static void
-on_wait_close(uv_handle_t *h)
-{
-    mx_free(mx_container_of((uv_timer_t *)h, wait_t, timer));
-}
-
-
-static void
-on_wait(uv_timer_t *t)
-{
-    wait_t *wt = mx_container_of(t, wait_t, timer);
-    mx_session_t *s = wt->s;
-    uv_close((uv_handle_t *)t, on_wait_close);
-    if (s == NULL)
-        return;
-    s->lua_wait = NULL;
-    mx_lua_resume(s);
-}
-
-
-int
-mx_lua_sleep(mx_session_t *s, double seconds)
-{
-    if (s->lua_wait != NULL)
-        return MX_EBADARG;
-    wait_t *wt = mx_alloc(sizeof(*wt));
-    wt->s = s;
-    uv_timer_init(&s->w->loop, &wt->timer);
-    uv_timer_start(&wt->timer, on_wait, seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0, 0);
-    s->lua_wait = wt;
-    return MX_AGAIN;
-}
-
-
 void
 mx_lua_release(mx_session_t *s)
 {
-    if (s->lua_wait != NULL) {
-        wait_t *wt = s->lua_wait;
-        wt->s = NULL;
-        uv_timer_stop(&wt->timer);
-        uv_close((uv_handle_t *)&wt->timer, on_wait_close);
-        s->lua_wait = NULL;
-    }
+    mx_lua_task_end_session(s); /* closes its sockets, stops its sleeps: nothing wakes it */
     if (s->lua_co == NULL)
         return;
     mx_vm_t *vm = s->w->vm;

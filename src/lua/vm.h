@@ -45,9 +45,8 @@ bool mx_vm_has(const mx_vm_t *vm, size_t svc, int phase);
 int mx_lua_run(mx_session_t *s, int phase);
 /* Resumes a yielded handler (its wait is over). */
 void mx_lua_resume(mx_session_t *s);
-/* Arms a timer that resumes <s>'s handler: returns MX_AGAIN (the Lua side
- * then yields), or MX_EBADARG if it already waits. */
-int mx_lua_sleep(mx_session_t *s, double seconds);
+/* Resumes a handler waiting on I/O with the wait id it waits for (task.c). */
+void mx_lua_resume_id(mx_session_t *s, double id);
 /* Downstream connection <id> closed: drop its s.conn_ctx. Call only when no
  * Lua code is running (a uv callback). */
 void mx_vm_conn_closed(mx_vm_t *vm, uint64_t id);
@@ -59,6 +58,8 @@ int mx_vm_timer_cancel(double id);
  * true, then all are closed; then each script's shutdown() runs, once. */
 void mx_vm_timers_retire(mx_vm_t *vm);
 const mx_conf_t *mx_vm_conf(const mx_vm_t *vm);
+/* The VM's main Lua state (task.c makes timer coroutines on it). */
+struct lua_State *mx_vm_lua(mx_vm_t *vm);
 /* The VM whose scripts run on this thread (set while loading and by the worker). */
 extern __thread mx_vm_t *mx_current_vm;
 /* The session ends: cancel waits, recycle its coroutine. */

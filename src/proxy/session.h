@@ -174,7 +174,7 @@ struct mx_session_s {
     void *lua_co;    /* its lua_State */
     int lua_phase;   /* the phase running or yielded, -1 when none */
     void (*lua_next)(mx_session_t *s, int rc); /* continues the state machine */
-    void *lua_wait;  /* a pending moxy.sleep timer */
+    void *lua_wait;  /* its task (lua/task.c): armed waits, sockets; NULL if none */
     int local_status; /* s:respond() status, 0 when not responded */
     int fail_status;  /* fail_to_proxy's choice, 0 for the default */
     mx_str_t body_chunk; /* the chunk response_body_filter is looking at */

@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 #include "proxy/session.h"
 
@@ -134,8 +135,8 @@ mx_worker_join(mx_worker_t *w)
 static void
 maybe_exit(mx_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || w->async_closed)
-        return;
+    if (!w->draining || w->nconns > 0 || w->async_closed || mx_lua_tasks_running(w->vm))
+        return; /* a timer function still waiting keeps the worker (until forced) */
     mx_pool_close_idle(w->pool);
     w->async_closed = 1;
     uv_close((uv_handle_t *)&w->async, NULL);
@@ -159,9 +160,11 @@ on_async(uv_async_t *a)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);
+        mx_lua_tcp_pool_close(); /* idle moxy.tcp connections would keep the loop alive */
         mx_vm_timers_retire(w->vm); /* premature = true, then closed */
     }
     if (w->force_stop) {
+        mx_lua_tasks_cancel(w->vm); /* timer functions still waiting: stop them */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);

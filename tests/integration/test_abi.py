@@ -33,7 +33,10 @@ class Abi(unittest.TestCase):
             self.assertEqual(proto, c[name], f"{name}: Lua and C disagree")
 
     def test_session_abi(self):
-        self.check(["src/lua/ffi/api.c"], ["lua/moxy/live.lua"])
+        self.check(["src/lua/ffi/api.c", "src/lua/task.c"], ["lua/moxy/live.lua"])
+
+    def test_tcp_abi(self):
+        self.check(["src/lua/ffi/tcp.c"], ["lua/moxy/tcp_live.lua"])
 
     def test_shared_dict_abi(self):
         self.check(["src/lua/ffi/shdict_api.c"], ["lua/moxy/shared.lua"])

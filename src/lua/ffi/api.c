@@ -11,6 +11,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "http/headers.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 #include "net/addr.h"
 #include "proxy/session.h"
@@ -69,7 +70,6 @@ double moxy_conn_id(mx_session_t *s);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
-int moxy_sleep(mx_session_t *s, double seconds);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
@@ -658,13 +658,20 @@ moxy_now(void)
 
 
 int
-moxy_sleep(mx_session_t *s, double seconds)
+mx_lua_ffi_fail(int rc, const char *fmt, ...)
 {
-    if (allowed(s, WAIT) != MX_OK)
-        return MX_EBADPHASE;
-    if (!(seconds >= 0) || seconds > 86400.0)
-        return fail(MX_EBADARG, "seconds must be 0..86400");
-    return mx_lua_sleep(s, seconds);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+
+int
+mx_lua_ffi_check_wait(const mx_session_t *s)
+{
+    return allowed(s, WAIT);
 }
 
 
