@@ -31,7 +31,7 @@ LLHTTP_OBJS := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llht
 TEST_SRCS  := $(shell find tests/unit -name '*_test.c' 2>/dev/null | sort)
 TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test test-asan unit integration bench clean format
+.PHONY: all deps run test test-asan unit integration bench bench-lb clean format
 all: $(BUILD)/moxy
 
 deps: $(DEPS_STAMP)
@@ -73,8 +73,15 @@ test: $(DEPS_STAMP)
 test-asan: $(DEPS_STAMP)
 	bash scripts/test.sh --asan-only
 
-bench: $(BUILD)/moxy
+bench: $(BUILD)/moxy $(BUILD)/lb_bench
 	bash scripts/bench.sh $(BUILD)/moxy
+
+# select() cost per load-balancing algorithm (tests/bench/lb_bench.c); bench.sh runs it too.
+$(BUILD)/lb_bench: tests/bench/lb_bench.c $(LIB_OBJS) $(LLHTTP_OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+bench-lb: $(BUILD)/lb_bench
+	$(BUILD)/lb_bench
 
 format:
 	clang-format -i $(SRCS) $(TEST_SRCS)

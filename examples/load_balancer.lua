@@ -1,5 +1,6 @@
 -- load_balancer: round robin in Lua over two origins, with one retry on the other origin
--- when connecting to the chosen one fails.
+-- when connecting to the chosen one fails. (It shows the phases at work; moxy.balancer.new{}
+-- does the same in C, with health and failover built in: see examples/sticky.lua.)
 -- Run: build/moxy -c examples/load_balancer.yaml (origins on 127.0.0.1:9001 and :9002)
 --
 -- The counter is module state: each worker thread has its own Lua VM, so with

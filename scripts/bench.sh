@@ -74,3 +74,8 @@ python3 "$ROOT/scripts/bench/bench.py" --moxy "$MOXY" --root "$ROOT" --tmp "$TMP
   --out "$ROOT/build/bench" &
 PY=$!
 wait "$PY"
+
+# Load balancing: select() cost per algorithm, a C microbenchmark (make bench-lb alone).
+if [ -x "$ROOT/build/lb_bench" ]; then
+  "$ROOT/build/lb_bench" | tee -a "$ROOT/build/bench/results.md"
+fi

@@ -162,6 +162,9 @@ local function set_peer(sp, peer, handler)
         return live.set_peer(sp, peer)
     end
     if t == "table" then
+        if peer.group then
+            return live.set_group_peer(sp, peer)
+        end
         if peer.upstream then
             return live.set_upstream(sp, peer.upstream)
         end
@@ -228,8 +231,9 @@ local function run(app, phase, s, ctx)
         end
     elseif phase == FAIL_TO_CONNECT or phase == ERROR_WHILE_PROXY then
         local err = setmetatable({ message = live.error(s.sp), sp = s.sp }, err_mt)
-        if handler(s, live.peer(s.sp), err, ctx) == true then
-            live.set_retry(s.sp, true)
+        local r = handler(s, live.peer(s.sp), err, ctx)
+        if r == true or r == false then         -- nil keeps the default (failover or not)
+            live.set_retry(s.sp, r)
         end
     elseif phase == FAIL_TO_PROXY then
         local status = handler(s, live.error(s.sp), ctx)

@@ -439,18 +439,8 @@ function B.id(sp) return sp.id end
 function B.start_time(sp) return sp.start_time end
 function B.phase(sp) return sp.phase end
 function B.now() return _M.clock.now end
-function B.upstream_backends(name)
-    local g = _M.upstreams[name]
-    if g == nil then return nil end
-    local list = {}
-    for i, b in ipairs(g) do
-        if type(b) == "table" then
-            list[i] = { addr = b.address, weight = b.weight or 1 }
-        else
-            list[i] = { addr = b, weight = 1 }
-        end
-    end
-    return list
+for k, v in pairs(require "moxy.lb_fake") do
+    B[k] = v                -- load balancing: group_upstream, group_new, group_select...
 end
 function B.timer_start(t)
     t.due = _M.clock.now + t.delay

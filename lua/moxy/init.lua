@@ -108,39 +108,17 @@ function _M.peer(opts)
 end
 
 
+-- YAML upstream groups and moxy.balancer (lua/moxy/balancer.lua) ---------------------------
+
+local balancer = require "moxy.balancer"
+_M.balancer = { new = balancer.new }
+_M.upstream = balancer.upstream
+local group_peer_mt = balancer.PEER_MT
+
+
 -- Turns what upstream_peer returned into a peer: a moxy.peer{} table, "host:port",
--- "[v6]:port" or "unix:/path". Returns nil, reason otherwise. Engines only.
--- YAML upstream groups ----------------------------------------------------------------------
-
-local group_peer_mt = { __tostring = function(p) return "upstream:" .. p.upstream end }
-local group_mt = { __index = {
-    -- A peer from the group for this request (round robin today; <key> is for the hashing
-    -- algorithms, which come with the load-balancing work). Phases: upstream_peer.
-    select = function(self, key)
-        return setmetatable({ upstream = self.name, key = key }, group_peer_mt)
-    end,
-    -- The group's backends: list of { addr = "host:port", weight = n }. Phases: all.
-    backends = function(self)
-        return engine().upstream_backends(self.name)
-    end,
-} }
-
-
--- The upstream group <name> declared under upstreams: in the YAML config.
-function _M.upstream(name)
-    if type(name) ~= "string" then
-        error("bad argument #1 to 'upstream' (string expected, got " .. type(name) .. ")", 2)
-    end
-    if engine().upstream_backends(name) == nil then
-        error("no upstream group \"" .. name .. "\" (declare it under upstreams: in the config)", 2)
-    end
-    return setmetatable({ name = name }, group_mt)
-end
-
-
-_M._GROUP_PEER_MT = group_peer_mt
-
-
+-- "[v6]:port" or "unix:/path", or a balancer's selection. Returns nil, reason otherwise.
+-- Engines only.
 function _M._to_peer(v)
     local tv = type(v)
     if tv == "table" and (getmetatable(v) == peer_mt or getmetatable(v) == group_peer_mt) then

@@ -47,7 +47,6 @@ int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, moxy_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
-int moxy_upstream_backend(const char *name, size_t len, int i, moxy_str_t *addr, int *weight);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
 double moxy_conn_id(mx_session_t *s);
@@ -500,21 +499,9 @@ function _M.timer_cancel(t)
 end
 
 
-local weight1 = ffi.new("int[1]")
-
-
--- The backends of YAML group <name>, or nil when there is no such group.
-function _M.upstream_backends(name)
-    local n = C.moxy_upstream_backend(name, #name, -1, str1, weight1)
-    if n < 0 then
-        return nil
-    end
-    local list = {}
-    for i = 0, n - 1 do
-        C.moxy_upstream_backend(name, #name, i, str1, weight1)
-        list[i + 1] = { addr = ffi_str(str1[0].data, str1[0].len), weight = weight1[0] }
-    end
-    return list
+-- Load balancing: moxy.lb_live's functions are part of this backend.
+for k, v in pairs(require "moxy.lb_live") do
+    _M[k] = v
 end
 
 

@@ -358,6 +358,11 @@ local function run_request(app, s, opts, res)
             elseif not sp.responded then
                 local why
                 peer, why = to_peer(r)
+                if peer then
+                    -- A balancer's selection keyed by hash_key: the key comes from s now.
+                    peer = require("moxy.balancer").resolve(peer, s)
+                    why = "the balancer has no backend"
+                end
                 if not peer then
                     record("lua upstream_peer " .. where(app.upstream_peer) .. ": " .. why)
                     failed = true
@@ -453,6 +458,11 @@ local function run_request(app, s, opts, res)
             end
             if app.upstream_peer and not sp.responded then
                 peer, why = to_peer(r)
+                if peer then
+                    -- A balancer's selection keyed by hash_key: the key comes from s now.
+                    peer = require("moxy.balancer").resolve(peer, s)
+                    why = "the balancer has no backend"
+                end
                 if not peer then
                     record("lua upstream_peer " .. where(app.upstream_peer) .. ": " .. why)
                     failed = true

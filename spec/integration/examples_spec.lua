@@ -346,3 +346,51 @@ t.each_engine("examples/json_api.lua", "examples/json_api.lua", function(run)
     assert.header("x-origin", "yes", res)
     assert.is_table(res.upstream)
 end, { origin = origin })
+
+
+describe("examples/sticky.lua over two live origins", function()
+    local function origin_a(req)
+        return { status = 200, headers = { ["content-type"] = "text/plain" }, body = "A " .. req.uri }
+    end
+    local function origin_b(req)
+        return { status = 200, headers = { ["content-type"] = "text/plain" }, body = "B " .. req.uri }
+    end
+
+    live_it("keeps each sid on one origin, the one x-upstream names", function()
+        local a, b = t.origin(origin_a), t.origin(origin_b)
+        local by_addr = { [a.addr] = "A", [b.addr] = "B" }
+        with_server("examples/sticky.lua", { origins = { a.addr, b.addr } }, { a, b },
+                    function(server)
+            local seen = {}
+            for i = 1, 12 do
+                local home
+                for j = 1, 3 do
+                    local res = server:request { uri = "/" .. j,
+                                                 headers = { cookie = "sid=user" .. i } }
+                    assert.equal(200, res.status)
+                    local who = res.body:sub(1, 1)
+                    assert.equal(by_addr[res.headers["x-upstream"]], who)
+                    home = home or who
+                    assert.equal(home, who)
+                end
+                seen[home] = true
+            end
+            assert.truthy(seen.A and seen.B)
+            local res = server:request { uri = "/new" }
+            assert.matches("^sid=", res.headers["set-cookie"])
+        end)
+    end)
+
+    live_it("fails over to the other origin when a session's origin is down", function()
+        local a = t.origin(origin_a)
+        local dead = "127.0.0.1:" .. live.free_port()
+        with_server("examples/sticky.lua", { origins = { a.addr, dead } }, { a },
+                    function(server)
+            for i = 1, 10 do
+                local res = server:request { uri = "/", headers = { cookie = "sid=u" .. i } }
+                assert.equal(200, res.status)
+                assert.equal(a.addr, res.headers["x-upstream"])
+            end
+        end)
+    end)
+end)

@@ -174,8 +174,8 @@ end)
 
 
 describe("absent until implemented", function()
-    it("has no balancer, limit, metrics", function()
-        for _, name in ipairs { "balancer", "limit", "metrics" } do
+    it("has no limit, metrics", function()
+        for _, name in ipairs { "limit", "metrics" } do
             assert.is_nil(moxy[name], name)
         end
     end)

@@ -27,6 +27,17 @@ typedef enum {
     MX_LB_LEAST_CONN,
 } mx_lb_algorithm_t;
 
+/* hash_key: what fnv and ketama hash for a request (conf/README.md). */
+typedef enum {
+    MX_HASH_KEY_URI = 0, /* default: path and query as sent */
+    MX_HASH_KEY_PATH,
+    MX_HASH_KEY_CLIENT_IP,
+    MX_HASH_KEY_HOST,
+    MX_HASH_KEY_HEADER, /* header:NAME */
+    MX_HASH_KEY_ARG,    /* arg:NAME */
+    MX_HASH_KEY_COOKIE, /* cookie:NAME */
+} mx_hash_key_kind_t;
+
 typedef struct {
     mx_addr_t addr;
     int weight; /* >= 1, default 1 */
@@ -41,6 +52,11 @@ typedef struct {
     int rise;       /* default 2 */
     int fall;       /* default 3 */
     double timeout; /* default 1 */
+    int port;       /* check this port instead of the backend's; 0 (default): the backend's */
+    uint64_t expect[10]; /* http: bit s set when status s passes (100..599); default 200..399 */
+    char method[8];       /* http: "GET" (default) or "HEAD" */
+    char headers[1024];   /* http: extra request header lines "Name: value\r\n", "" for none */
+    char expect_body[128]; /* http: text the response body must contain; "" not checked */
 } mx_conf_health_t;
 
 struct mx_conf_upstream_s {
@@ -50,10 +66,17 @@ struct mx_conf_upstream_s {
     mx_lb_algorithm_t algorithm;
     mx_conf_health_t health;
     int max_retries;        /* default 1 */
+    mx_hash_key_kind_t hash_key; /* default uri */
+    char *hash_key_name;         /* header/arg/cookie name, NULL otherwise */
+    /* passive_health: (nginx's max_fails / fail_timeout) */
+    int max_fails;          /* default 1; 0 turns passive health off */
+    double fail_timeout;    /* default 10: seconds a failed backend is skipped */
+    bool fail_on_5xx;       /* key on_5xx, default false: a 5xx counts as a failure */
     double connect_timeout; /* default 2 */
     double read_timeout;    /* default 30 */
     double write_timeout;   /* default 30 */
     double idle_timeout;    /* default 60: idle pooled connections closed after */
+    double resolve_interval; /* default 30: DNS-named backends re-resolved; 0: at start only */
 };
 
 typedef struct {

@@ -3,6 +3,7 @@
  * failures to statuses (one place: status_for()), write the access log. */
 #include "proxy/session.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -12,6 +13,7 @@
 #include "core/log.h"
 #include "http/status.h"
 #include "lua/vm.h"
+#include "upstream/group.h"
 
 #define ARENA_FIRST   4096
 #define HIGH_WATER    (256 * 1024) /* queued bytes before the reading side pauses */
@@ -82,6 +84,7 @@ mx_session_new(mx_h1conn_t *c)
     s->id = ++c->w->req_seq;
     s->start_ms = uv_now(&c->w->loop);
     s->lua_phase = -1;
+    s->pick_index = -1;
     s->svc_index = (size_t)(c->svc - c->w->conf->services);
     mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
     mx_headers_init(&s->req_headers);
@@ -150,6 +153,7 @@ mx_session_free(mx_session_t *s)
         u->s = NULL;
         mx_upconn_close(u);
     }
+    mx_session_lb_release(s);
     mx_buf_dispose(&s->up_head);
     mx_buf_dispose(&s->pending);
     mx_buf_dispose(&s->body_repl);
@@ -195,13 +199,154 @@ log_upstream_error(mx_session_t *s, int err)
 }
 
 
-static const mx_addr_t *
-next_peer(mx_session_t *s)
+/* Ends the request's claim on its backend (inflight) and drops its group references. */
+void
+mx_session_lb_release(mx_session_t *s)
 {
-    const mx_conf_upstream_t *ups = s->ups;
-    size_t idx = (size_t)(ups - s->w->conf->upstreams);
-    size_t i = s->w->rr[idx]++ % ups->nbackends;
-    return &ups->backends[i].addr;
+    if (s->backend != NULL) {
+        atomic_fetch_sub(&s->backend->inflight, 1);
+        if (s->peer == &s->backend->addr)
+            s->peer = NULL; /* its list may go with the view */
+        s->backend = NULL;
+    }
+    mx_group_view_release(s->view);
+    s->view = NULL;
+    if (s->group != NULL) {
+        mx_group_unref(s->group);
+        s->group = NULL;
+    }
+}
+
+
+/* The first value of <name>=value in <list> (items split by <sep>, blanks skipped). */
+static mx_str_t
+find_pair(mx_str_t list, mx_str_t name, char sep)
+{
+    const char *p = list.data, *end = list.data + list.len;
+    while (p != NULL && p < end) {
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *item_end = memchr(p, sep, (size_t)(end - p));
+        if (item_end == NULL)
+            item_end = end;
+        const char *eq = memchr(p, '=', (size_t)(item_end - p));
+        if (eq != NULL && (size_t)(eq - p) == name.len && memcmp(p, name.data, name.len) == 0)
+            return (mx_str_t){eq + 1, (size_t)(item_end - eq - 1)};
+        p = item_end + 1;
+    }
+    return (mx_str_t){"", 0};
+}
+
+
+/* The hash key of this request for <u>'s hash_key (conf/README.md): raw bytes, not
+ * decoded (nginx's $request_uri, $arg_NAME, $cookie_NAME are not either), from the
+ * request as the script left it (lua/moxy/balancer.lua request_key() is the twin). */
+static mx_str_t
+request_hash_key(mx_session_t *s, const mx_conf_upstream_t *u)
+{
+    mx_str_t name = {u->hash_key_name, u->hash_key_name ? strlen(u->hash_key_name) : 0};
+    /* The uri as s.req:uri() gives it (a script's set_uri counts), split at '?'. */
+    mx_str_t uri = s->target.form == MX_TARGET_ORIGIN || s->target.form == MX_TARGET_ABSOLUTE
+                       ? s->target.path_and_query
+                       : s->target_raw;
+    const char *qm = uri.data ? memchr(uri.data, '?', uri.len) : NULL;
+    mx_str_t path = {uri.data, qm ? (size_t)(qm - uri.data) : uri.len};
+    mx_str_t query = qm ? (mx_str_t){qm + 1, uri.len - path.len - 1} : (mx_str_t){"", 0};
+    switch (u->hash_key) {
+    case MX_HASH_KEY_PATH:
+        return path;
+    case MX_HASH_KEY_CLIENT_IP:
+        return s->c ? (mx_str_t){s->c->client_addr, strlen(s->c->client_addr)} : MX_STR("");
+    case MX_HASH_KEY_HOST: {
+        mx_str_t h = mx_headers_get(&s->req_headers, MX_STR("host"));
+        return h.data ? h : s->target.authority;
+    }
+    case MX_HASH_KEY_HEADER: {
+        mx_str_t h = mx_headers_get(&s->req_headers, name);
+        return h.data ? h : MX_STR("");
+    }
+    case MX_HASH_KEY_ARG:
+        return find_pair(query, name, '&');
+    case MX_HASH_KEY_COOKIE:
+        for (ssize_t i = mx_headers_find(&s->req_headers, MX_STR("cookie"), 0); i >= 0;
+             i = mx_headers_find(&s->req_headers, MX_STR("cookie"), (size_t)i + 1)) {
+            mx_str_t v = find_pair(s->req_headers.v[i].value, name, ';');
+            if (v.len > 0)
+                return v;
+        }
+        return MX_STR("");
+    case MX_HASH_KEY_URI:
+    default:
+        return uri;
+    }
+}
+
+
+/* Chooses s->backend from s->group: upstream_peer's pick when it still stands, else the
+ * group's algorithm over the backends not tried yet. Returns MX_OK and sets s->peer, or
+ * MX_ENOUPSTREAM when every backend was tried. */
+static int
+pick_backend(mx_session_t *s)
+{
+    if (s->backend != NULL) {
+        atomic_fetch_sub(&s->backend->inflight, 1);
+        if (s->peer == &s->backend->addr)
+            s->peer = NULL; /* its list may go with the view */
+        s->backend = NULL;
+    }
+    mx_group_view_release(s->view);
+    s->view = mx_group_view(s->group);
+    ssize_t i = -1;
+    bool forced = false;
+    if (s->pick_index >= 0 && mx_group_view_gen(s->view) == s->pick_gen) {
+        mx_backend_t *b = mx_group_view_backend(s->view, (size_t)s->pick_index);
+        i = s->pick_index;
+        for (unsigned k = 0; k < s->ntried && b != NULL; k++)
+            if (s->tried[k] == b)
+                i = -1; /* a retry: upstream_peer's pick already failed */
+        if (b == NULL)
+            i = -1;
+    }
+    s->pick_index = -1;
+    if (i < 0) {
+        const mx_conf_upstream_t *u = mx_group_conf(s->group);
+        mx_lb_algorithm_t alg = u->algorithm;
+        mx_str_t key = {NULL, 0};
+        if (alg == MX_LB_FNV || alg == MX_LB_KETAMA)
+            key = s->pick_key.data != NULL ? s->pick_key : request_hash_key(s, u);
+        i = mx_group_select(s->view, key.data, key.len, s->tried, s->ntried, &forced);
+    }
+    if (i < 0)
+        return MX_ENOUPSTREAM;
+    mx_backend_t *b = mx_group_view_backend(s->view, (size_t)i);
+    if (forced)
+        mx_log_warn("#%llu upstream %s has no usable backend, trying %s anyway",
+                    (unsigned long long)s->id, mx_group_name(s->group), b->name);
+    s->backend = b;
+    atomic_fetch_add(&b->inflight, 1);
+    if (s->ntried < mx_countof(s->tried))
+        s->tried[s->ntried++] = b;
+    s->peer = &b->addr;
+    return MX_OK;
+}
+
+
+/* true when another backend of the group is left to try. */
+static bool
+untried_backend_left(mx_session_t *s)
+{
+    if (s->group == NULL || s->view == NULL)
+        return false;
+    size_t n = mx_group_view_count(s->view);
+    for (size_t i = 0; i < n; i++) {
+        mx_backend_t *b = mx_group_view_backend(s->view, i);
+        bool tried = false;
+        for (unsigned k = 0; k < s->ntried; k++)
+            tried = tried || s->tried[k] == b;
+        if (!tried)
+            return true;
+    }
+    return false;
 }
 
 
@@ -651,16 +796,24 @@ after_upstream_peer(mx_session_t *s, int rc)
         if (s->peer_timeouts)
             apply_peer_timeouts(s);
     } else {
-        if (s->ups == NULL)
-            s->ups = svc->upstream_ref;
-        if (s->ups == NULL || s->ups->nbackends == 0) {
+        if (s->group == NULL && svc->upstream != NULL) {
+            s->group = mx_group_by_name(svc->upstream, strlen(svc->upstream));
+            if (s->group != NULL)
+                mx_group_ref(s->group);
+        }
+        if (s->group == NULL) {
             mx_log_error("#%llu no upstream for service \"%s\": upstream_peer chose none and "
                          "the service has no upstream group",
                          (unsigned long long)s->id, svc->name);
             mx_session_respond_error(s, 500, MX_ENOUPSTREAM);
             return;
         }
-        s->peer = next_peer(s);
+        if (s->ups == NULL)
+            s->ups = svc->upstream_ref ? svc->upstream_ref : &script_peer_defaults;
+        if (pick_backend(s) != MX_OK) {
+            mx_session_respond_error(s, 502, MX_ENOUPSTREAM);
+            return;
+        }
     }
     resolve_peer(s, after_peer_resolved);
 }
@@ -978,6 +1131,16 @@ after_connected(mx_session_t *s, int rc)
 }
 
 
+/* The group's failover applies: another backend, up to max_retries more tries, only
+ * while nothing went upstream (the caller checks that). */
+static bool
+failover_allowed(mx_session_t *s)
+{
+    return !s->peer_set && s->group != NULL &&
+           s->tries < mx_group_conf(s->group)->max_retries && untried_backend_left(s);
+}
+
+
 static bool
 idempotent(const mx_session_t *s)
 {
@@ -1004,10 +1167,16 @@ after_retry_peer(mx_session_t *s, int rc)
         return;
     if (s->peer_set) {
         s->peer = &s->peer_addr;
+        mx_session_lb_release(s); /* the script chose an address: no backend of a group */
         if (s->peer_timeouts)
             apply_peer_timeouts(s);
-    } else if (s->ups != NULL && s->ups->nbackends > 0) {
-        s->peer = next_peer(s);
+    } else if (s->group != NULL && pick_backend(s) != MX_OK) {
+        /* The script asked for a retry with every backend tried: start over. */
+        s->ntried = 0;
+        if (pick_backend(s) != MX_OK) {
+            mx_session_respond_error(s, 502, MX_ENOUPSTREAM);
+            return;
+        }
     }
     resolve_peer(s, after_retry_resolved);
 }
@@ -1063,6 +1232,8 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
 {
     bool reused = s->reused, got_bytes = s->u != NULL && s->u->got_bytes;
     bool connecting = s->state == MX_SESS_CONNECT;
+    if (connecting && !reused && s->backend != NULL && s->group != NULL)
+        mx_group_report(s->group, s->backend, false); /* passive health */
     if (s->u != NULL) {
         mx_upconn_t *u = s->u;
         s->u = NULL;
@@ -1086,11 +1257,19 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
             mx_upconn_acquire(s, s->ups, s->peer, true);
             return;
         }
-        if (connecting && s->tries < 3 && can_run(s, MX_PH_FAIL_TO_CONNECT)) {
+        /* Failover: another backend of the group, up to max_retries more tries, only
+         * while nothing went upstream; fail_to_connect sees this default and may change it
+         * (a script's own retries, beyond the group's failover, stop after 3). */
+        bool failover = connecting && failover_allowed(s);
+        if (connecting && (failover || s->tries < 3) && can_run(s, MX_PH_FAIL_TO_CONNECT)) {
             s->err = err;
             s->pending_err = err;
-            s->retry_requested = 0;
+            s->retry_requested = failover;
             run_phase(s, MX_PH_FAIL_TO_CONNECT, after_fail_to_connect);
+            return;
+        }
+        if (connecting) {
+            upstream_error_tail(s, err, failover);
             return;
         }
     }
@@ -1103,7 +1282,7 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
         run_phase(s, MX_PH_ERROR_WHILE_PROXY, after_error_while_proxy);
         return;
     }
-    upstream_error_tail(s, err, fresh && connecting);
+    upstream_error_tail(s, err, false);
 }
 
 
@@ -1115,7 +1294,9 @@ after_fail_to_connect(mx_session_t *s, int rc)
         lua_retry(s, err, "fail_to_connect");
         return;
     }
-    upstream_error_tail(s, err, true);
+    s->retry_requested = 0;
+    /* The script said no: no failover; it failed: the default stands, as without it. */
+    upstream_error_tail(s, err, rc != MX_OK && failover_allowed(s));
 }
 
 
@@ -1138,19 +1319,23 @@ after_error_while_proxy(mx_session_t *s, int rc)
 }
 
 
-/* No script retry: the group's max_retries, else the error page. */
+/* No script retry: the group's failover to another backend (<failover>), else the
+ * error page. */
 static void
-upstream_error_tail(mx_session_t *s, int err, bool fresh_connect)
+upstream_error_tail(mx_session_t *s, int err, bool failover)
 {
-    if (fresh_connect && !s->peer_set && s->ups != NULL && s->tries < s->ups->max_retries &&
-        s->ups->nbackends > 1) {
+    if (failover) {
         log_upstream_error(s, err);
         s->tries++;
-        s->err = 0;
-        s->peer = next_peer(s);
-        set_state(s, MX_SESS_CONNECT);
-        start_connect(s);
-        return;
+        if (pick_backend(s) == MX_OK) {
+            mx_log_info("#%llu retrying on upstream %s backend %s (try %d)",
+                        (unsigned long long)s->id, mx_group_name(s->group), s->backend->name,
+                        s->tries + 1);
+            s->err = 0;
+            set_state(s, MX_SESS_CONNECT);
+            start_connect(s);
+            return;
+        }
     }
     log_upstream_error(s, err);
     s->err = err;
@@ -1302,6 +1487,9 @@ mx_session_on_response_head(mx_session_t *s)
         s->u->error = MX_EBADRESP;
         return -1;
     }
+    if (s->backend != NULL && s->group != NULL)
+        mx_group_report(s->group, s->backend,
+                        !(status >= 500 && mx_group_conf(s->group)->fail_on_5xx));
     mx_headers_mark_hop_by_hop(&s->resp_headers);
     if (c->svc->via) {
         const char *via = s->u->parser.http_minor >= 1 ? "1.1 moxy" : "1.0 moxy";

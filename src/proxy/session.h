@@ -141,6 +141,15 @@ struct mx_session_s {
     const mx_addr_t *peer;
     mx_upconn_t *u;
     int tries;
+    /* load balancing (upstream/group.h): */
+    struct mx_group_s *group;        /* the group choosing the backend (a reference), or NULL */
+    struct mx_group_view_s *view;    /* the backend list <backend> is in (a reference) */
+    struct mx_backend_s *backend;    /* the backend chosen; counted in its inflight */
+    struct mx_backend_s *tried[20];  /* backends this request already tried */
+    unsigned ntried;
+    int pick_index;                  /* upstream_peer's choice in list <pick_gen>, -1 none */
+    uint64_t pick_gen;
+    mx_str_t pick_key;               /* upstream_peer's hash key (arena); data NULL: none */
     mx_buf_t up_head; /* the request head as sent upstream (kept for a retry) */
     mx_buf_t pending; /* request body bytes waiting for the upstream connection */
     unsigned reused : 1;
@@ -262,6 +271,9 @@ void mx_session_respond_error(mx_session_t *s, int status, int err);
 /* Bytes the client sent after the head of an upgraded request. */
 void mx_session_tunnel_down(mx_session_t *s, const char *p, size_t n);
 void mx_session_tunnel_eof(mx_session_t *s, bool from_upstream);
+
+/* Ends the request's claim on its load-balanced backend (inflight) and group. */
+void mx_session_lb_release(mx_session_t *s);
 
 /* Called by upconn.c as the upstream response arrives. */
 void mx_session_on_connected(mx_session_t *s, mx_upconn_t *u);

@@ -15,11 +15,13 @@
 
 #include "core/alloc.h"
 #include "core/errors.h"
+#include "upstream/group.h"
 #include "core/log.h"
 #include "lua/shdict.h"
 #include "lua/vm.h"
 #include "net/listener.h"
 #include "server/server.h"
+#include "upstream/health.h"
 
 static mx_server_t server;
 
@@ -330,8 +332,13 @@ main(int argc, char **argv)
 
     char err[1024];
     server.phase = MX_PHASE_SETUP;
-    if (mx_conf_load(path, &server.conf, err, sizeof(err)) != MX_OK ||
-        check_supported(server.conf, err, sizeof(err)) != MX_OK) {
+    int load_rc = mx_conf_load(path, &server.conf, err, sizeof(err));
+    if (load_rc == MX_OK) {
+        /* Upstream groups before the scripts load: they may call moxy.upstream(name). */
+        mx_groups_init(server.conf);
+        load_rc = check_supported(server.conf, err, sizeof(err));
+    }
+    if (load_rc != MX_OK) {
         fprintf(stderr, "moxy: %s\n", err);
         if (test)
             fprintf(stderr, "moxy: configuration file %s test failed\n", path);
@@ -340,6 +347,7 @@ main(int argc, char **argv)
     mx_conf_t *conf = server.conf;
     if (test) {
         printf("moxy: configuration file %s test is successful\n", path);
+        mx_groups_free();
         mx_shdict_free_all();
         mx_conf_free(conf);
         return 0;
@@ -395,6 +403,12 @@ main(int argc, char **argv)
             uv_signal_start(&server.signals[i], on_signal, sigs[i]);
     }
 
+    /* Health checks and DNS discovery: after the groups exist, before workers select. */
+    int hrc = mx_health_start(conf);
+    if (hrc < 0) {
+        mx_log_error("cannot start health checks (%s)", uv_err_name(hrc));
+        return 1;
+    }
     server.nworkers = conf->threads;
     server.workers = mx_calloc((size_t)server.nworkers, sizeof(mx_worker_t));
     for (int i = 0; i < server.nworkers; i++) {
@@ -422,6 +436,7 @@ main(int argc, char **argv)
     set_phase(MX_PHASE_SHUTDOWN_RUNTIMES);
     for (int i = 0; i < server.nworkers; i++)
         mx_worker_join(&server.workers[i]);
+    mx_health_stop();
     for (size_t i = 0; i < server.nfds; i++)
         close(server.fds[i]);
     for (size_t i = 0; i < conf->nservices; i++)
@@ -436,6 +451,7 @@ main(int argc, char **argv)
     mx_free(server.fds);
     mx_log_close();
     mx_shdict_free_all();
+    mx_groups_free();
     mx_conf_free(conf);
     return 0;
 }

@@ -49,10 +49,6 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
         break;
     }
     w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
-    w->rr = mx_calloc(conf->nupstreams ? conf->nupstreams : 1, sizeof(size_t));
-    /* Start each worker's round robin at a different backend. */
-    for (size_t i = 0; i < conf->nupstreams; i++)
-        w->rr[i] = (size_t)(id - 1);
 
     size_t n = 0;
     for (size_t i = 0; i < conf->nservices; i++)
@@ -115,7 +111,6 @@ worker_main(void *arg)
         mx_free(w->free_bufs[i]);
     mx_free(w->free_bufs);
     mx_free(w->accepts);
-    mx_free(w->rr);
     mx_log_info("worker %d stopped after %llu requests", w->id, (unsigned long long)w->req_seq);
 }
 

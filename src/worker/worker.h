@@ -45,7 +45,6 @@ struct mx_worker_s {
 
     uint64_t req_seq;
     uint64_t conn_seq;
-    size_t *rr; /* round-robin cursor per upstream group */
     volatile int stop_accepting; /* set by the main thread, then async */
     volatile int force_stop;
     bool draining; /* loop side: listeners closed, idle conns closing */

@@ -40,3 +40,5 @@ class Abi(unittest.TestCase):
 
     def test_shared_dict_abi(self):
         self.check(["src/lua/ffi/shdict_api.c"], ["lua/moxy/shared.lua"])
+    def test_lb_abi(self):
+        self.check(["src/lua/ffi/lb_api.c"], ["lua/moxy/lb_live.lua"])

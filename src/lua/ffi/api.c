@@ -16,6 +16,7 @@
 #include "lua/vm.h"
 #include "net/addr.h"
 #include "proxy/session.h"
+#include "upstream/group.h"
 
 #define MX_ABI_VERSION 1
 #define PH(p)          (1u << (p))
@@ -66,7 +67,6 @@ int moxy_set_retry(mx_session_t *s, int retry);
 int moxy_peer_str(mx_session_t *s, mx_str_t *out);
 int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
-int moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *weight);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
 double moxy_conn_id(mx_session_t *s);
@@ -577,32 +577,6 @@ moxy_timer_cancel(double id)
 }
 
 
-/* YAML group <name>: with <i> < 0 returns its backend count (-1 when there is
- * no such group); else fills backend <i>'s address text and weight. */
-int
-moxy_upstream_backend(const char *name, size_t len, int i, mx_str_t *addr, int *weight)
-{
-    const mx_conf_t *conf = mx_current_worker ? mx_current_worker->conf : NULL;
-    if (conf == NULL && mx_current_vm != NULL)
-        conf = mx_vm_conf(mx_current_vm);
-    if (conf == NULL)
-        return -1;
-    for (size_t k = 0; k < conf->nupstreams; k++) {
-        const mx_conf_upstream_t *u = &conf->upstreams[k];
-        if (strlen(u->name) != len || memcmp(u->name, name, len) != 0)
-            continue;
-        if (i < 0)
-            return (int)u->nbackends;
-        if ((size_t)i >= u->nbackends)
-            return MX_DECLINED;
-        *addr = (mx_str_t){u->backends[i].addr.text, strlen(u->backends[i].addr.text)};
-        *weight = u->backends[i].weight;
-        return MX_OK;
-    }
-    return -1;
-}
-
-
 int
 moxy_upstream_reused(mx_session_t *s)
 {
@@ -699,13 +673,15 @@ moxy_set_upstream(mx_session_t *s, const char *name, size_t len)
 {
     if (allowed(s, PEER) != MX_OK)
         return MX_EBADPHASE;
-    const mx_conf_t *conf = s->w->conf;
-    for (size_t i = 0; i < conf->nupstreams; i++) {
-        const char *n = conf->upstreams[i].name;
-        if (strlen(n) == len && memcmp(n, name, len) == 0) {
-            s->ups = &conf->upstreams[i];
-            return MX_OK;
-        }
+    mx_group_t *g = mx_group_by_name(name, len);
+    if (g != NULL) {
+        mx_group_ref(g);
+        mx_session_lb_release(s);
+        s->group = g;
+        s->pick_index = -1;
+        s->pick_key = (mx_str_t){NULL, 0};
+        s->ups = mx_group_conf(g);
+        return MX_OK;
     }
     return fail(MX_EBADARG, "no upstream group named \"%.*s\" in the config", (int)len, name);
 }
