@@ -130,12 +130,24 @@ log_upstream_error(mx_session_t *s, int err)
 }
 
 
+/* The upstream exchange is over: the backend no longer counts this request in flight
+ * (least_conn), even though the response may still be on its way to the client. */
+static void
+lb_done(mx_session_t *s)
+{
+    if (s->backend != NULL && s->lb_counted) {
+        atomic_fetch_sub(&s->backend->inflight, 1);
+        s->lb_counted = 0;
+    }
+}
+
+
 /* Ends the request's claim on its backend (inflight) and drops its group references. */
 void
 mx_session_lb_release(mx_session_t *s)
 {
     if (s->backend != NULL) {
-        atomic_fetch_sub(&s->backend->inflight, 1);
+        lb_done(s);
         if (s->peer == &s->backend->addr)
             s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
@@ -220,7 +232,7 @@ static int
 pick_backend(mx_session_t *s)
 {
     if (s->backend != NULL) {
-        atomic_fetch_sub(&s->backend->inflight, 1);
+        lb_done(s);
         if (s->peer == &s->backend->addr)
             s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
@@ -255,6 +267,7 @@ pick_backend(mx_session_t *s)
                     (unsigned long long)s->id, mx_group_name(s->group), b->name);
     s->backend = b;
     atomic_fetch_add(&b->inflight, 1);
+    s->lb_counted = 1;
     if (s->ntried < mx_countof(s->tried))
         s->tried[s->ntried++] = b;
     s->peer = &b->addr;
@@ -723,6 +736,7 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
             }
         }
     }
+    lb_done(s);
     log_upstream_error(s, err);
     s->err = err;
     mx_session_respond_error(s, status_for(err), err);
@@ -879,6 +893,7 @@ void
 mx_session_on_response_done(mx_session_t *s)
 {
     mx_upconn_t *u = s->u;
+    lb_done(s); /* before the end goes out: the client's next request sees the count */
     if (s->c != NULL && !s->resp_no_body && filter_body(s, NULL, 0, true) != MX_OK) {
         mx_session_respond_error(s, 500, MX_ELUA);
         return;
