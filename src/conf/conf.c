@@ -72,6 +72,10 @@ static int on_upstreams(ld_t *ld, yaml_node_t *v, void *base);
 static int on_backends(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health(ld_t *ld, yaml_node_t *v, void *base);
 static int on_health_type(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_statuses(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_method(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_headers(ld_t *ld, yaml_node_t *v, void *base);
+static int on_health_body(ld_t *ld, yaml_node_t *v, void *base);
 static int on_hash_key(ld_t *ld, yaml_node_t *v, void *base);
 static int on_services(ld_t *ld, yaml_node_t *v, void *base);
 static int on_listeners(ld_t *ld, yaml_node_t *v, void *base);
@@ -125,6 +129,11 @@ static const keydef_t health_keys[] = {
     {"rise",     K_INT, H_(rise), 1, 100},
     {"fall",     K_INT, H_(fall), 1, 100},
     {"timeout",  K_DUR, H_(timeout), 0.001, 3600},
+    {"port",     K_INT, H_(port), 1, 65535},
+    {"expected_statuses", K_FN, .fn = on_health_statuses},
+    {"method",   K_FN,  .fn = on_health_method},
+    {"headers",  K_FN,  .fn = on_health_headers},
+    {"expected_body", K_FN, .fn = on_health_body},
     {.name = NULL},
 };
 
@@ -154,6 +163,7 @@ static const keydef_t upstream_keys[] = {
     {"read_timeout",    K_DUR,  U_(read_timeout), 0.001, DAY},
     {"write_timeout",   K_DUR,  U_(write_timeout), 0.001, DAY},
     {"idle_timeout",    K_DUR,  U_(idle_timeout), 0.001, DAY},
+    {"resolve_interval", K_DUR, U_(resolve_interval), 0, DAY},
     {.name = NULL},
 };
 
@@ -552,6 +562,9 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     u->health.rise = 2;
     u->health.fall = 3;
     u->health.timeout = 1;
+    for (int st = 200; st < 400; st++)
+        u->health.expect[st / 64] |= 1ull << (st % 64);
+    strcpy(u->health.method, "GET");
     u->max_retries = 1;
     u->max_fails = 1;
     u->fail_timeout = 10;
@@ -559,6 +572,7 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     u->read_timeout = 30;
     u->write_timeout = 30;
     u->idle_timeout = 60;
+    u->resolve_interval = 30;
 }
 
 
@@ -648,6 +662,8 @@ on_health(ld_t *ld, yaml_node_t *v, void *base)
     h->enabled = true;
     if (walk_map(ld, v, health_keys, h) != MX_OK)
         return MX_ECONF;
+    if (h->expect_body[0] != '\0' && strcmp(h->method, "HEAD") == 0)
+        return fail(ld, v, "expected_body needs a body to look in: not with method HEAD");
     if (h->path == NULL && strcmp(h->type, "http") == 0)
         h->path = mx_strdup("/");
     return MX_OK;
@@ -694,6 +710,135 @@ on_health_type(ld_t *ld, yaml_node_t *v, void *base)
     if (get_enum(ld, v, health_types, &i) != MX_OK)
         return MX_ECONF;
     snprintf(h->type, sizeof(h->type), "%s", health_types[i]);
+    return MX_OK;
+}
+
+
+/* One item of expected_statuses: 204, "2xx" or "200-299"; sets its bits in <expect>. */
+static int
+get_status_item(ld_t *ld, yaml_node_t *v, uint64_t *expect)
+{
+    const char *want = "a status (204), a class (\"2xx\") or a range (\"200-299\")";
+    long long lo, hi;
+    char a[8], b[8];
+
+    if (v->type != YAML_SCALAR_NODE)
+        return type_error(ld, v, want);
+    const char *s = scalar(v);
+    size_t n = strlen(s);
+    if (n == 3 && s[0] >= '1' && s[0] <= '5' && (s[1] == 'x' || s[1] == 'X') &&
+        (s[2] == 'x' || s[2] == 'X')) {
+        lo = (s[0] - '0') * 100;
+        hi = lo + 99;
+    } else if (n == 7 && s[3] == '-') {
+        memcpy(a, s, 3), a[3] = '\0';
+        memcpy(b, s + 4, 4);
+        if (get_int(ld, v, a, 100, 599, &lo) != MX_OK || get_int(ld, v, b, 100, 599, &hi) != MX_OK)
+            return MX_ECONF;
+        if (hi < lo)
+            return fail(ld, v, "empty status range \"%s\"", s);
+    } else if (strspn(s, "0123456789") == n && n > 0) {
+        if (get_int(ld, v, s, 100, 599, &lo) != MX_OK)
+            return MX_ECONF;
+        hi = lo;
+    } else {
+        return type_error(ld, v, want);
+    }
+    for (long long st = lo; st <= hi; st++)
+        expect[st / 64] |= 1ull << (st % 64);
+    return MX_OK;
+}
+
+
+/* expected_statuses: one item or a sequence of them; replaces the 2xx/3xx default. */
+static int
+on_health_statuses(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_health_t *h = base;
+    size_t n;
+
+    memset(h->expect, 0, sizeof(h->expect));
+    if (v->type != YAML_SEQUENCE_NODE)
+        return get_status_item(ld, v, h->expect);
+    if (get_seq(ld, v, "status", &n) != MX_OK)
+        return MX_ECONF;
+    for (size_t i = 0; i < n; i++) {
+        size_t mark = push(ld, NULL, i);
+        if (get_status_item(ld, node(ld, v->data.sequence.items.start[i]), h->expect) != MX_OK)
+            return MX_ECONF;
+        pop(ld, mark);
+    }
+    return MX_OK;
+}
+
+
+static int
+on_health_method(ld_t *ld, yaml_node_t *v, void *base)
+{
+    static const char *const methods[] = {"GET", "HEAD", NULL};
+    mx_conf_health_t *h = base;
+    int i;
+
+    if (get_enum(ld, v, methods, &i) != MX_OK)
+        return MX_ECONF;
+    snprintf(h->method, sizeof(h->method), "%s", methods[i]);
+    return MX_OK;
+}
+
+
+/* headers: a mapping of extra request headers for an http check, kept as
+ * ready-made lines. Names are tokens, values one line; what the check sets
+ * itself (Host: use host:, framing, Connection) is refused. */
+static int
+on_health_headers(ld_t *ld, yaml_node_t *v, void *base)
+{
+    static const char *const own[] = {"host", "connection", "content-length", "transfer-encoding",
+                                      NULL};
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    mx_conf_health_t *h = base;
+    size_t off = 0;
+
+    if (v->type != YAML_MAPPING_NODE)
+        return type_error(ld, v, "a mapping of header names to values");
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(ld, p->key), *val = node(ld, p->value);
+        const char *name, *value;
+        if (get_str(ld, k, &name) != MX_OK)
+            return MX_ECONF;
+        size_t mark = push(ld, name, 0);
+        if (strspn(name, tchar) != strlen(name))
+            return fail(ld, k, "not a valid header name");
+        for (int i = 0; own[i] != NULL; i++)
+            if (strcasecmp(name, own[i]) == 0)
+                return fail(ld, k, "set by the check itself%s",
+                            i == 0 ? " (use health_check.host)" : "");
+        if (val->type != YAML_SCALAR_NODE)
+            return type_error(ld, val, "a header value");
+        value = scalar(val);
+        if (strpbrk(value, "\r\n") != NULL)
+            return fail(ld, val, "a header value must be one line");
+        int n = snprintf(h->headers + off, sizeof(h->headers) - off, "%s: %s\r\n", name, value);
+        if (n < 0 || (size_t)n >= sizeof(h->headers) - off)
+            return fail(ld, val, "headers longer than %zu bytes in all", sizeof(h->headers) - 1);
+        off += (size_t)n;
+        pop(ld, mark);
+    }
+    return MX_OK;
+}
+
+
+static int
+on_health_body(ld_t *ld, yaml_node_t *v, void *base)
+{
+    mx_conf_health_t *h = base;
+    const char *s;
+
+    if (get_str(ld, v, &s) != MX_OK)
+        return MX_ECONF;
+    if (strlen(s) >= sizeof(h->expect_body))
+        return fail(ld, v, "longer than %zu bytes", sizeof(h->expect_body) - 1);
+    snprintf(h->expect_body, sizeof(h->expect_body), "%s", s);
     return MX_OK;
 }
 

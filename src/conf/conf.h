@@ -52,6 +52,11 @@ typedef struct {
     int rise;       /* default 2 */
     int fall;       /* default 3 */
     double timeout; /* default 1 */
+    int port;       /* check this port instead of the backend's; 0 (default): the backend's */
+    uint64_t expect[10]; /* http: bit s set when status s passes (100..599); default 200..399 */
+    char method[8];       /* http: "GET" (default) or "HEAD" */
+    char headers[1024];   /* http: extra request header lines "Name: value\r\n", "" for none */
+    char expect_body[128]; /* http: text the response body must contain; "" not checked */
 } mx_conf_health_t;
 
 struct mx_conf_upstream_s {
@@ -71,6 +76,7 @@ struct mx_conf_upstream_s {
     double read_timeout;    /* default 30 */
     double write_timeout;   /* default 30 */
     double idle_timeout;    /* default 60: idle pooled connections closed after */
+    double resolve_interval; /* default 30: DNS-named backends re-resolved; 0: at start only */
 };
 
 typedef struct {

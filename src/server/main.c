@@ -21,6 +21,7 @@
 #include "lua/vm.h"
 #include "net/listener.h"
 #include "server/server.h"
+#include "upstream/health.h"
 
 static mx_server_t server;
 
@@ -402,6 +403,12 @@ main(int argc, char **argv)
             uv_signal_start(&server.signals[i], on_signal, sigs[i]);
     }
 
+    /* Health checks and DNS discovery: after the groups exist, before workers select. */
+    int hrc = mx_health_start(conf);
+    if (hrc < 0) {
+        mx_log_error("cannot start health checks (%s)", uv_err_name(hrc));
+        return 1;
+    }
     server.nworkers = conf->threads;
     server.workers = mx_calloc((size_t)server.nworkers, sizeof(mx_worker_t));
     for (int i = 0; i < server.nworkers; i++) {
@@ -429,6 +436,7 @@ main(int argc, char **argv)
     set_phase(MX_PHASE_SHUTDOWN_RUNTIMES);
     for (int i = 0; i < server.nworkers; i++)
         mx_worker_join(&server.workers[i]);
+    mx_health_stop();
     for (size_t i = 0; i < server.nfds; i++)
         close(server.fds[i]);
     for (size_t i = 0; i < conf->nservices; i++)
