@@ -199,12 +199,24 @@ log_upstream_error(mx_session_t *s, int err)
 }
 
 
+/* The upstream exchange is over: the backend no longer counts this request in flight
+ * (least_conn), even though the response may still be on its way to the client. */
+static void
+lb_done(mx_session_t *s)
+{
+    if (s->backend != NULL && s->lb_counted) {
+        atomic_fetch_sub(&s->backend->inflight, 1);
+        s->lb_counted = 0;
+    }
+}
+
+
 /* Ends the request's claim on its backend (inflight) and drops its group references. */
 void
 mx_session_lb_release(mx_session_t *s)
 {
     if (s->backend != NULL) {
-        atomic_fetch_sub(&s->backend->inflight, 1);
+        lb_done(s);
         if (s->peer == &s->backend->addr)
             s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
@@ -289,7 +301,7 @@ static int
 pick_backend(mx_session_t *s)
 {
     if (s->backend != NULL) {
-        atomic_fetch_sub(&s->backend->inflight, 1);
+        lb_done(s);
         if (s->peer == &s->backend->addr)
             s->peer = NULL; /* its list may go with the view */
         s->backend = NULL;
@@ -324,6 +336,7 @@ pick_backend(mx_session_t *s)
                     (unsigned long long)s->id, mx_group_name(s->group), b->name);
     s->backend = b;
     atomic_fetch_add(&b->inflight, 1);
+    s->lb_counted = 1;
     if (s->ntried < mx_countof(s->tried))
         s->tried[s->ntried++] = b;
     s->peer = &b->addr;
@@ -1337,6 +1350,7 @@ upstream_error_tail(mx_session_t *s, int err, bool failover)
             return;
         }
     }
+    lb_done(s);
     log_upstream_error(s, err);
     s->err = err;
     mx_session_respond_error(s, status_for(err), err);
@@ -1723,6 +1737,7 @@ after_response_chunk(mx_session_t *s, int rc)
 void
 mx_session_on_response_done(mx_session_t *s)
 {
+    lb_done(s); /* before the end goes out: the client's next request sees the count */
     if (s->head_busy) {
         /* The whole body arrived while s.resp:read_body() waited. */
         s->resp_body_complete = 1;

@@ -147,6 +147,7 @@ struct mx_session_s {
     struct mx_backend_s *backend;    /* the backend chosen; counted in its inflight */
     struct mx_backend_s *tried[20];  /* backends this request already tried */
     unsigned ntried;
+    unsigned lb_counted : 1;         /* <backend>'s inflight counts this request */
     int pick_index;                  /* upstream_peer's choice in list <pick_gen>, -1 none */
     uint64_t pick_gen;
     mx_str_t pick_key;               /* upstream_peer's hash key (arena); data NULL: none */
