@@ -153,6 +153,12 @@ def rss_kib(pid):
     return None
 
 
+def nofile_limit():
+    """The descriptor limit this process (and so every proxy it starts) got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if soft == resource.RLIM_INFINITY else soft
+
+
 def tail(path, n=15):
     try:
         with open(path, "rb") as f:
@@ -274,11 +280,10 @@ def open_idle(port, n):
 
 def count_open(socks):
     """A socket the proxy closed is readable (EOF); an idle open one is not."""
-    closed = 0
-    for i in range(0, len(socks), 500):
-        part = socks[i:i + 500]
-        r, _, _ = select.select(part, [], [], 0)
-        closed += len(r)
+    poller = select.poll()            # select() stops at descriptor 1024
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    closed = len(poller.poll(0))
     return len(socks) - closed
 
 
@@ -368,7 +373,9 @@ class Bench:
         self.seconds = env_int("BENCH_SECONDS", 10)
         self.warmup = env_int("BENCH_WARMUP", 2)
         self.conns = env_int("BENCH_CONNS", 50)
-        self.idle = env_int("BENCH_IDLE_CONNS", 1000)
+        self.idle = env_int("BENCH_IDLE_CONNS", 10000)
+        # slots for the idle clients, wrk and the upstream side
+        self.worker_conns = self.idle + 2048
         self.paths = os.environ.get("BENCH_PATHS", "/ /1k").split()
         self.cg = os.environ.get("BENCH_CALLGRIND", "0") == "1"
         self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
@@ -412,7 +419,8 @@ class Bench:
                 snippet = f.read().rstrip()
         return pre, render("proxy.nginx.conf", os.path.join(pre, "nginx.conf"),
                            PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
-                           LOAD_MODULES=mods, LUA=snippet,
+                           LOAD_MODULES=mods, LUA=snippet, WORKER_CONNS=self.worker_conns,
+                           NOFILE=nofile_limit(),
                            MASTER="master_process off;" if callgrind else "")
 
     def start_nginx(self, name, lua=False, wrap=(), callgrind=False):
@@ -427,7 +435,8 @@ class Bench:
         port = free_port()
         pre = self.prefix(name)
         conf = render("haproxy.cfg", os.path.join(pre, "haproxy.cfg"),
-                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port)
+                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
+                      WORKER_CONNS=self.worker_conns)
         logp = os.path.join(pre, "stderr.log")
         p = self.procs.start(list(wrap) + ["haproxy", "-db", "-f", conf], logp)
         return Server(name, p, port, logp)
@@ -780,7 +789,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096 + env_int("BENCH_IDLE_CONNS", 1000)
+    want = 4096 + env_int("BENCH_IDLE_CONNS", 10000)
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE,
                            (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))

@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "http/status.h"
 #include "lua/vm.h"
 #include "net/addr.h"
@@ -84,6 +85,8 @@ mx_h1_on_accept(uv_stream_t *server, int status)
     c->handles_open = 2;
     mx_list_push(&w->conns, &c->node);
     w->nconns++;
+    mx_stats_add(connections_accepted, 1);
+    mx_stats_add(connections_open, 1);
 
     if (uv_accept(server, &c->h.stream) < 0) {
         mx_h1_close(c);
@@ -244,6 +247,7 @@ conn_process(mx_h1conn_t *c)
     while (!c->closing && !c->paused && c->rpos < c->rlen) {
         if (c->s == NULL) {
             c->s = mx_session_new(c);
+            mx_stats_add(requests, 1);
             mx_h1_set_timeout(c, MS(c->svc->client_header_timeout));
         }
         const char *p = c->rbuf + c->rpos;
@@ -414,6 +418,7 @@ on_close(uv_handle_t *h)
     mx_buf_dispose(&c->out);
     mx_list_remove(&c->node);
     w->nconns--;
+    mx_stats_sub(connections_open, 1);
     mx_free(c);
     mx_worker_conn_closed(w);
 }
@@ -503,8 +508,10 @@ static int
 on_message_begin(llhttp_t *p)
 {
     mx_h1conn_t *c = p->data;
-    if (c->s == NULL)
+    if (c->s == NULL) {
         c->s = mx_session_new(c);
+        mx_stats_add(requests, 1);
+    }
     return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "proxy/session.h"
 
 enum { TM_NONE = 0, TM_CONNECT, TM_WRITE, TM_READ, TM_IDLE };
@@ -86,7 +87,9 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
 {
     mx_worker_t *w = s->w;
     mx_upconn_t *u = fresh ? NULL : mx_pool_get(w->pool, addr);
+    mx_stats_add(upstream_requests, 1);
     if (u != NULL) {
+        mx_stats_add(upstream_reused, 1);
         u->s = s;
         u->ups = ups;
         u->got_bytes = 0;
