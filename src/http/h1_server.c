@@ -28,7 +28,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n);
 static int on_message_complete(llhttp_t *p);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
-static void on_timeout(uv_timer_t *t);
+static void on_timeout(mx_timeq_entry_t *e);
+static void on_conn_timer(uv_timer_t *t);
 static void on_close(uv_handle_t *h);
 static void on_drain(mx_wstream_t *ws, int status);
 static void conn_process(mx_h1conn_t *c);
@@ -70,6 +71,14 @@ mx_h1_on_accept(uv_stream_t *server, int status)
     }
     if (!settings_ready)
         init_settings();
+    if (!w->conn_timer_ready) {
+        mx_timeq_init(&w->conn_tq, on_timeout);
+        uv_timer_init(&w->loop, &w->conn_timer);
+        uv_unref((uv_handle_t *)&w->conn_timer);
+        w->conn_timer.data = w;
+        w->conn_timer_due = MX_TIMEQ_NONE;
+        w->conn_timer_ready = true;
+    }
 
     mx_h1conn_t *c = mx_calloc(1, sizeof(*c));
     c->w = w;
@@ -80,9 +89,8 @@ mx_h1_on_accept(uv_stream_t *server, int status)
     else
         uv_tcp_init(&w->loop, &c->h.tcp);
     c->h.handle.data = c;
-    uv_timer_init(&w->loop, &c->timer);
-    c->timer.data = c;
-    c->handles_open = 2;
+    mx_timeq_entry_init(&c->tq);
+    c->handles_open = 1;
     mx_list_push(&w->conns, &c->node);
     w->nconns++;
     mx_stats_add(connections_accepted, 1);
@@ -142,15 +150,57 @@ mx_h1_read_pause(mx_h1conn_t *c, bool pause)
 }
 
 
+/* Every connection timeout of a worker sits in w->conn_tq; the one loop
+ * timer fires at the earliest deadline (or earlier, for one since
+ * cancelled or pushed back: it then just re-arms). Arming is a list move. */
+static void
+arm_timeout(mx_h1conn_t *c, uint64_t ms)
+{
+    mx_worker_t *w = c->w;
+    uint64_t now = uv_now(&w->loop);
+    mx_timeq_arm(&w->conn_tq, &c->tq, now, ms);
+    if (c->tq.deadline < w->conn_timer_due) {
+        w->conn_timer_due = c->tq.deadline;
+        uv_timer_start(&w->conn_timer, on_conn_timer, c->tq.deadline - now, 0);
+    }
+}
+
+
+static void
+on_conn_timer(uv_timer_t *t)
+{
+    mx_worker_t *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    w->conn_timer_due = MX_TIMEQ_NONE;
+    mx_timeq_expire(&w->conn_tq, now);
+    uint64_t next = mx_timeq_next(&w->conn_tq);
+    if (next != MX_TIMEQ_NONE && next < w->conn_timer_due) {
+        w->conn_timer_due = next;
+        uv_timer_start(&w->conn_timer, on_conn_timer, next > now ? next - now : 0, 0);
+    }
+}
+
+
+void
+mx_h1_timers_close(mx_worker_t *w)
+{
+    if (!w->conn_timer_ready)
+        return;
+    w->conn_timer_ready = false;
+    mx_timeq_dispose(&w->conn_tq);
+    uv_close((uv_handle_t *)&w->conn_timer, NULL);
+}
+
+
 void
 mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms)
 {
     if (c->closing || c->send_timer)
         return; /* a client not taking its response: send_timeout stands until it drains */
     if (ms == 0)
-        uv_timer_stop(&c->timer);
+        mx_timeq_cancel(&c->tq);
     else
-        uv_timer_start(&c->timer, on_timeout, ms, 0);
+        arm_timeout(c, ms);
 }
 
 
@@ -181,6 +231,20 @@ release_rbuf(mx_h1conn_t *c)
         c->rbuf = NULL;
         c->rpos = c->rlen = 0;
     }
+}
+
+
+/* Between requests a connection keeps no buffer: the read buffer goes back
+ * to the worker, the header span and response head buffers are freed (they
+ * grow to the largest request seen; 10,000 idle clients would keep them). */
+static void
+release_idle_bufs(mx_h1conn_t *c)
+{
+    release_rbuf(c);
+    if (c->span.len == 0)
+        mx_buf_dispose(&c->span);
+    if (c->out.len == 0)
+        mx_buf_dispose(&c->out);
 }
 
 
@@ -297,7 +361,7 @@ conn_process(mx_h1conn_t *c)
         return;
     }
     if (c->rpos == c->rlen && c->s == NULL)
-        release_rbuf(c);
+        release_idle_bufs(c);
     else if (c->rlen == MX_RBUF_SIZE && c->rpos == 0)
         mx_h1_read_pause(c, true);
 }
@@ -344,9 +408,9 @@ mx_h1_session_done(mx_h1conn_t *c)
 
 
 static void
-on_timeout(uv_timer_t *t)
+on_timeout(mx_timeq_entry_t *e)
 {
-    mx_h1conn_t *c = t->data;
+    mx_h1conn_t *c = mx_container_of(e, mx_h1conn_t, tq);
     mx_session_t *s = c->s;
     if (c->send_timer) {
         mx_log_info("client timed out (send_timeout) while taking the response, client: %s",
@@ -397,8 +461,7 @@ mx_h1_close(mx_h1conn_t *c)
             mx_session_abort(s, MX_ECLIENT);
         mx_session_free(s);
     }
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, on_close);
+    mx_timeq_cancel(&c->tq);
     uv_close(&c->h.handle, on_close);
 }
 
@@ -475,7 +538,7 @@ mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n)
     }
     if (rc >= 0 && c->ws.queued > 0 && !c->send_timer) {
         /* The kernel did not take it all: the client has send_timeout to. */
-        uv_timer_start(&c->timer, on_timeout, MS(c->svc->send_timeout), 0);
+        arm_timeout(c, MS(c->svc->send_timeout));
         c->send_timer = 1;
     }
     if (rc < 0) {

@@ -8,6 +8,7 @@
 
 #include "conf/conf.h"
 #include "core/list.h"
+#include "core/timeq.h"
 #include "core/types.h"
 
 #define MX_RBUF_SIZE (32 * 1024)
@@ -51,6 +52,11 @@ struct mx_worker_s {
     bool async_closed;
     uint64_t now_ms; /* loop time cache */
     int64_t epoch_ms; /* wall clock minus loop time: moxy.now() is epoch seconds, cached */
+    /* Downstream connection timeouts (src/http/h1_server.c): one queue, one loop timer. */
+    mx_timeq_t conn_tq;
+    uv_timer_t conn_timer;   /* unref'd: connections keep the loop alive, not it */
+    uint64_t conn_timer_due; /* when it fires; MX_TIMEQ_NONE while stopped */
+    bool conn_timer_ready;
 };
 
 /* Starts the worker thread for <server>'s config, accepting on <fds>
