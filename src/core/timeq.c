@@ -61,7 +61,7 @@ lane_for(mx_timeq_t *q, uint64_t ms)
 }
 
 
-bool
+void
 mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms)
 {
     if (mx_list_linked(&e->node))
@@ -71,7 +71,6 @@ mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms)
     mx_timeq_lane_t *l = lane_for(q, ms);
     e->deadline = now + ms;
     mx_list_push(l->fifo.prev, &e->node); /* at the tail */
-    return mx_timeq_next(q) == e->deadline;
 }
 
 

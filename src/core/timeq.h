@@ -40,10 +40,10 @@ void mx_timeq_init(mx_timeq_t *q, mx_timeq_cb on_expire);
 /* Frees the lanes; armed entries are simply forgotten. */
 void mx_timeq_dispose(mx_timeq_t *q);
 void mx_timeq_entry_init(mx_timeq_entry_t *e);
-/* (Re)arms <e> to expire <ms> (> 0) after <now>. Returns true when its
- * deadline is the queue's earliest: the owner's loop timer may need to
- * fire sooner. */
-bool mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms);
+/* (Re)arms <e> to expire <ms> after <now> (0 counts as 1). The owner
+ * compares e->deadline with when its loop timer fires: it may have to fire
+ * sooner. */
+void mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms);
 void mx_timeq_cancel(mx_timeq_entry_t *e);
 bool mx_timeq_armed(const mx_timeq_entry_t *e);
 /* The earliest deadline, or MX_TIMEQ_NONE. */

@@ -45,10 +45,13 @@ Test(timeq, expires_what_is_due_across_durations)
     item_t a = {.id = 1}, b = {.id = 2}, c = {.id = 3}, d = {.id = 4};
     mx_timeq_entry_init(&a.tq);
     cr_assert_eq(mx_timeq_next(&q), MX_TIMEQ_NONE);
-    cr_assert(mx_timeq_arm(&q, &a.tq, 0, 100));     /* the only one: earliest */
-    cr_assert_not(mx_timeq_arm(&q, &b.tq, 10, 100)); /* same lane, later */
-    cr_assert(mx_timeq_arm(&q, &c.tq, 20, 30));      /* new lane, due at 50: earliest */
-    cr_assert_not(mx_timeq_arm(&q, &d.tq, 30, 500));
+    mx_timeq_arm(&q, &a.tq, 0, 100);
+    cr_assert_eq(mx_timeq_next(&q), 100);
+    mx_timeq_arm(&q, &b.tq, 10, 100); /* same lane, later */
+    cr_assert_eq(mx_timeq_next(&q), 100);
+    mx_timeq_arm(&q, &c.tq, 20, 30); /* new lane, due at 50: earliest */
+    cr_assert_eq(c.tq.deadline, 50);
+    mx_timeq_arm(&q, &d.tq, 30, 500);
     cr_assert_eq(q.nlanes, 3);
     cr_assert_eq(mx_timeq_next(&q), 50);
     cr_assert_eq(mx_timeq_expire(&q, 49), 0);
