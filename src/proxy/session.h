@@ -258,7 +258,7 @@ void mx_h1_close(mx_h1conn_t *c);
 void mx_h1_tunnel(mx_h1conn_t *c);
 /* Arms the connection timer for <ms> (0 disarms). */
 void mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms);
-/* Closes the worker's connection timer (the worker is exiting). */
+/* The worker is exiting: closes its connection timer, frees cached buffers. */
 void mx_h1_timers_close(mx_worker_t *w);
 
 /* --- upstream connection (upstream/upconn.c) --- */
