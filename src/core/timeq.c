@@ -5,11 +5,10 @@
 
 
 void
-mx_timeq_init(mx_timeq_t *q, mx_timeq_cb on_expire)
+mx_timeq_init(mx_timeq_t *q)
 {
     q->lanes = NULL;
     q->nlanes = 0;
-    q->on_expire = on_expire;
 }
 
 
@@ -34,16 +33,17 @@ mx_timeq_entry_init(mx_timeq_entry_t *e)
 
 
 static mx_timeq_lane_t *
-lane_for(mx_timeq_t *q, uint64_t ms)
+lane_for(mx_timeq_t *q, uint64_t ms, mx_timeq_cb cb)
 {
     for (size_t i = 0; i < q->nlanes; i++)
-        if (q->lanes[i].ms == ms)
+        if (q->lanes[i].ms == ms && q->lanes[i].cb == cb)
             return &q->lanes[i];
     /* A new duration: the array moves, so every FIFO's head is re-linked. */
     mx_timeq_lane_t *old = q->lanes;
     mx_timeq_lane_t *l = mx_alloc((q->nlanes + 1) * sizeof(*l));
     for (size_t i = 0; i < q->nlanes; i++) {
         l[i].ms = old[i].ms;
+        l[i].cb = old[i].cb;
         if (mx_list_empty(&old[i].fifo)) {
             mx_list_init(&l[i].fifo);
         } else {
@@ -56,19 +56,20 @@ lane_for(mx_timeq_t *q, uint64_t ms)
     q->lanes = l;
     l = &q->lanes[q->nlanes++];
     l->ms = ms;
+    l->cb = cb;
     mx_list_init(&l->fifo);
     return l;
 }
 
 
 void
-mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms)
+mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms, mx_timeq_cb cb)
 {
     if (mx_list_linked(&e->node))
         mx_list_remove(&e->node);
     if (ms == 0)
         ms = 1; /* "due now" would expire again inside mx_timeq_expire() */
-    mx_timeq_lane_t *l = lane_for(q, ms);
+    mx_timeq_lane_t *l = lane_for(q, ms, cb);
     e->deadline = now + ms;
     mx_list_push(l->fifo.prev, &e->node); /* at the tail */
 }
@@ -116,9 +117,10 @@ mx_timeq_expire(mx_timeq_t *q, uint64_t now)
             mx_timeq_entry_t *e = mx_container_of(q->lanes[i].fifo.next, mx_timeq_entry_t, node);
             if (e->deadline > now)
                 break;
+            mx_timeq_cb cb = q->lanes[i].cb;
             mx_list_remove(&e->node);
             n++;
-            q->on_expire(e);
+            cb(e);
         }
     }
     return n;

@@ -1,7 +1,8 @@
 /* Timeouts drawn from a few fixed durations (a service's header, body,
- * keepalive and send timeouts): one FIFO per duration, so an entry armed
- * later expires later and arming, re-arming and cancelling are O(1) list
- * moves, with no heap and no per-entry loop timer. The owner runs one loop
+ * keepalive and send timeouts, an upstream's connect, read and idle ones):
+ * one FIFO per duration and callback, so an entry armed later expires later
+ * and arming, re-arming and cancelling are O(1) list moves, with no heap and
+ * no per-entry loop timer. The owner runs one loop
  * timer for mx_timeq_next() and calls mx_timeq_expire() when it fires.
  * Times are plain milliseconds (the loop's clock); nothing here knows uv. */
 #ifndef MX_CORE_TIMEQ_H
@@ -27,23 +28,23 @@ struct mx_timeq_entry_s {
 
 typedef struct {
     uint64_t ms;
+    mx_timeq_cb cb;
     mx_list_t fifo; /* entries, earliest deadline first */
 } mx_timeq_lane_t;
 
 struct mx_timeq_s {
-    mx_timeq_lane_t *lanes; /* one per distinct duration seen */
+    mx_timeq_lane_t *lanes; /* one per distinct (duration, callback) seen */
     size_t nlanes;
-    mx_timeq_cb on_expire;
 };
 
-void mx_timeq_init(mx_timeq_t *q, mx_timeq_cb on_expire);
+void mx_timeq_init(mx_timeq_t *q);
 /* Frees the lanes; armed entries are simply forgotten. */
 void mx_timeq_dispose(mx_timeq_t *q);
 void mx_timeq_entry_init(mx_timeq_entry_t *e);
-/* (Re)arms <e> to expire <ms> after <now> (0 counts as 1). The owner
- * compares e->deadline with when its loop timer fires: it may have to fire
- * sooner. */
-void mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms);
+/* (Re)arms <e> to expire <ms> after <now> (0 counts as 1) and then call
+ * <cb>. The owner compares e->deadline with when its loop timer fires: it
+ * may have to fire sooner. */
+void mx_timeq_arm(mx_timeq_t *q, mx_timeq_entry_t *e, uint64_t now, uint64_t ms, mx_timeq_cb cb);
 void mx_timeq_cancel(mx_timeq_entry_t *e);
 bool mx_timeq_armed(const mx_timeq_entry_t *e);
 /* The earliest deadline, or MX_TIMEQ_NONE. */

@@ -29,7 +29,6 @@ static int on_message_complete(llhttp_t *p);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void on_timeout(mx_timeq_entry_t *e);
-static void on_conn_timer(uv_timer_t *t);
 static void on_close(uv_handle_t *h);
 static void on_drain(mx_wstream_t *ws, int status);
 static void conn_process(mx_h1conn_t *c);
@@ -77,14 +76,6 @@ mx_h1_on_accept(uv_stream_t *server, int status)
     }
     if (!settings_ready)
         init_settings();
-    if (!w->conn_timer_ready) {
-        mx_timeq_init(&w->conn_tq, on_timeout);
-        uv_timer_init(&w->loop, &w->conn_timer);
-        uv_unref((uv_handle_t *)&w->conn_timer);
-        w->conn_timer.data = w;
-        w->conn_timer_due = MX_TIMEQ_NONE;
-        w->conn_timer_ready = true;
-    }
 
     mx_h1conn_t *c = mx_calloc(1, sizeof(*c));
     c->w = w;
@@ -156,45 +147,10 @@ mx_h1_read_pause(mx_h1conn_t *c, bool pause)
 }
 
 
-/* Every connection timeout of a worker sits in w->conn_tq; the one loop
- * timer fires at the earliest deadline (or earlier, for one since
- * cancelled or pushed back: it then just re-arms). Arming is a list move. */
-static void
-arm_timeout(mx_h1conn_t *c, uint64_t ms)
-{
-    mx_worker_t *w = c->w;
-    uint64_t now = uv_now(&w->loop);
-    mx_timeq_arm(&w->conn_tq, &c->tq, now, ms);
-    if (c->tq.deadline < w->conn_timer_due) {
-        w->conn_timer_due = c->tq.deadline;
-        uv_timer_start(&w->conn_timer, on_conn_timer, c->tq.deadline - now, 0);
-    }
-}
-
-
-static void
-on_conn_timer(uv_timer_t *t)
-{
-    mx_worker_t *w = t->data;
-    uint64_t now = uv_now(&w->loop);
-    w->conn_timer_due = MX_TIMEQ_NONE;
-    mx_timeq_expire(&w->conn_tq, now);
-    uint64_t next = mx_timeq_next(&w->conn_tq);
-    if (next != MX_TIMEQ_NONE && next < w->conn_timer_due) {
-        w->conn_timer_due = next;
-        uv_timer_start(&w->conn_timer, on_conn_timer, next > now ? next - now : 0, 0);
-    }
-}
-
-
 void
-mx_h1_timers_close(mx_worker_t *w)
+mx_h1_worker_exit(mx_worker_t *w)
 {
-    if (!w->conn_timer_ready)
-        return;
-    w->conn_timer_ready = false;
-    mx_timeq_dispose(&w->conn_tq);
-    uv_close((uv_handle_t *)&w->conn_timer, NULL);
+    (void)w;
     while (nsmall > 0)
         mx_free(small_bufs[--nsmall]);
 }
@@ -208,7 +164,7 @@ mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms)
     if (ms == 0)
         mx_timeq_cancel(&c->tq);
     else
-        arm_timeout(c, ms);
+        mx_worker_timeout(c->w, &c->tq, ms, on_timeout);
 }
 
 
@@ -584,7 +540,7 @@ mx_h1_write(mx_h1conn_t *c, const uv_buf_t *bufs, unsigned n)
     }
     if (rc >= 0 && c->ws.queued > 0 && !c->send_timer) {
         /* The kernel did not take it all: the client has send_timeout to. */
-        arm_timeout(c, MS(c->svc->send_timeout));
+        mx_worker_timeout(c->w, &c->tq, MS(c->svc->send_timeout), on_timeout);
         c->send_timer = 1;
     }
     if (rc < 0) {

@@ -138,7 +138,8 @@ maybe_exit(mx_worker_t *w)
     if (!w->draining || w->nconns > 0 || w->async_closed || mx_lua_tasks_running(w->vm))
         return; /* a timer function still waiting keeps the worker (until forced) */
     mx_pool_close_idle(w->pool);
-    mx_h1_timers_close(w);
+    mx_h1_worker_exit(w);
+    mx_worker_timers_close(w);
     w->async_closed = 1;
     uv_close((uv_handle_t *)&w->async, NULL);
 }

@@ -25,7 +25,7 @@ on_expire(mx_timeq_entry_t *e)
     if (it->rearm_ms) {
         uint64_t ms = it->rearm_ms;
         it->rearm_ms = 0;
-        mx_timeq_arm(cur_q, &it->tq, cur_now, ms);
+        mx_timeq_arm(cur_q, &it->tq, cur_now, ms, on_expire);
     }
 }
 
@@ -34,7 +34,7 @@ reset(mx_timeq_t *q)
 {
     norder = 0;
     cur_q = q;
-    mx_timeq_init(q, on_expire);
+    mx_timeq_init(q);
 }
 
 
@@ -45,13 +45,13 @@ Test(timeq, expires_what_is_due_across_durations)
     item_t a = {.id = 1}, b = {.id = 2}, c = {.id = 3}, d = {.id = 4};
     mx_timeq_entry_init(&a.tq);
     cr_assert_eq(mx_timeq_next(&q), MX_TIMEQ_NONE);
-    mx_timeq_arm(&q, &a.tq, 0, 100);
+    mx_timeq_arm(&q, &a.tq, 0, 100, on_expire);
     cr_assert_eq(mx_timeq_next(&q), 100);
-    mx_timeq_arm(&q, &b.tq, 10, 100); /* same lane, later */
+    mx_timeq_arm(&q, &b.tq, 10, 100, on_expire); /* same lane, later */
     cr_assert_eq(mx_timeq_next(&q), 100);
-    mx_timeq_arm(&q, &c.tq, 20, 30); /* new lane, due at 50: earliest */
+    mx_timeq_arm(&q, &c.tq, 20, 30, on_expire); /* new lane, due at 50: earliest */
     cr_assert_eq(c.tq.deadline, 50);
-    mx_timeq_arm(&q, &d.tq, 30, 500);
+    mx_timeq_arm(&q, &d.tq, 30, 500, on_expire);
     cr_assert_eq(q.nlanes, 3);
     cr_assert_eq(mx_timeq_next(&q), 50);
     cr_assert_eq(mx_timeq_expire(&q, 49), 0);
@@ -74,9 +74,9 @@ Test(timeq, rearm_moves_to_the_tail_and_cancel_unlinks)
     mx_timeq_t q;
     reset(&q);
     item_t a = {.id = 1}, b = {.id = 2};
-    mx_timeq_arm(&q, &a.tq, 0, 100);
-    mx_timeq_arm(&q, &b.tq, 0, 100);
-    mx_timeq_arm(&q, &a.tq, 50, 100); /* a read: a now expires at 150, after b */
+    mx_timeq_arm(&q, &a.tq, 0, 100, on_expire);
+    mx_timeq_arm(&q, &b.tq, 0, 100, on_expire);
+    mx_timeq_arm(&q, &a.tq, 50, 100, on_expire); /* a read: a now expires at 150, after b */
     cr_assert_eq(mx_timeq_next(&q), 100);
     mx_timeq_expire(&q, 120);
     cr_assert_eq(b.fired, 1);
@@ -87,8 +87,8 @@ Test(timeq, rearm_moves_to_the_tail_and_cancel_unlinks)
     cr_assert_eq(mx_timeq_expire(&q, 10000), 0);
     cr_assert_eq(a.fired, 0);
     /* Re-armed into another duration: it leaves its old lane. */
-    mx_timeq_arm(&q, &a.tq, 0, 10);
-    mx_timeq_arm(&q, &a.tq, 0, 20);
+    mx_timeq_arm(&q, &a.tq, 0, 10, on_expire);
+    mx_timeq_arm(&q, &a.tq, 0, 20, on_expire);
     cr_assert_eq(mx_timeq_next(&q), 20);
     cr_assert_eq(mx_timeq_expire(&q, 100), 1);
     cr_assert_eq(a.fired, 1);
@@ -101,8 +101,8 @@ Test(timeq, callback_may_rearm_itself_into_a_new_duration)
     mx_timeq_t q;
     reset(&q);
     item_t a = {.id = 1, .rearm_ms = 777}, b = {.id = 2};
-    mx_timeq_arm(&q, &a.tq, 0, 10);
-    mx_timeq_arm(&q, &b.tq, 0, 10);
+    mx_timeq_arm(&q, &a.tq, 0, 10, on_expire);
+    mx_timeq_arm(&q, &b.tq, 0, 10, on_expire);
     cur_now = 10;
     /* a's callback adds a lane (the array moves) while b still waits in the old one. */
     cr_assert_eq(mx_timeq_expire(&q, 10), 2);
@@ -121,9 +121,35 @@ Test(timeq, zero_ms_is_one_ms_so_expire_ends)
     mx_timeq_t q;
     reset(&q);
     item_t a = {.id = 1, .rearm_ms = 0};
-    mx_timeq_arm(&q, &a.tq, 5, 0);
+    mx_timeq_arm(&q, &a.tq, 5, 0, on_expire);
     cr_assert_eq(mx_timeq_next(&q), 6);
     cr_assert_eq(mx_timeq_expire(&q, 5), 0);
     cr_assert_eq(mx_timeq_expire(&q, 6), 1);
+    mx_timeq_dispose(&q);
+}
+
+
+static int other_fired;
+
+static void
+on_other(mx_timeq_entry_t *e)
+{
+    (void)e;
+    other_fired++;
+}
+
+
+Test(timeq, same_duration_different_callbacks_get_their_own_lanes)
+{
+    mx_timeq_t q;
+    reset(&q);
+    item_t a = {.id = 1}, b = {.id = 2};
+    mx_timeq_arm(&q, &a.tq, 0, 100, on_expire);
+    mx_timeq_arm(&q, &b.tq, 0, 100, on_other);
+    cr_assert_eq(q.nlanes, 2);
+    cr_assert_eq(mx_timeq_expire(&q, 100), 2);
+    cr_assert_eq(a.fired, 1);
+    cr_assert_eq(b.fired, 0);
+    cr_assert_eq(other_fired, 1);
     mx_timeq_dispose(&q);
 }
