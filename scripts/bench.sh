@@ -35,7 +35,11 @@ done
 
 # 10,000 idle clients + the proxies' own sockets: raise the descriptor limit
 # (children inherit it; nginx and haproxy raise theirs from there).
-want=$(( 8192 + ${BENCH_IDLE_CONNS:-10000} ))
+# haproxy budgets two descriptors per maxconn (BENCH_IDLE_CONNS + 2048): raise the hard
+# limit too where allowed (root).
+want=$(( 2 * (${BENCH_IDLE_CONNS:-10000} + 2048) + 1024 ))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then ulimit -Hn "$want" 2>/dev/null || true; fi
 hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then ulimit -n "$want"; else ulimit -n "$hard"; fi
 

@@ -266,16 +266,15 @@ def wait_ready(port, proc, timeout):
     return f"not ready after {timeout}s ({last})"
 
 
-def open_idle(port, n):
-    """n connections, one GET answered on each, left open. Returns the sockets."""
-    socks = []
+def open_idle(port, n, socks):
+    """n connections, one GET answered on each, left open, appended to socks
+    (so that a failure part-way still tells how many it got)."""
     req = request_bytes(port, "/")
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
         s.sendall(req)
         read_response(s)
         socks.append(s)
-    return socks
 
 
 def count_open(socks):
@@ -440,7 +439,8 @@ class Bench:
         pre = self.prefix(name)
         conf = render("haproxy.cfg", os.path.join(pre, "haproxy.cfg"),
                       PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
-                      WORKER_CONNS=self.worker_conns)
+                      # two descriptors per maxconn, within the limit it inherits
+                      WORKER_CONNS=min(self.worker_conns, (nofile_limit() - 64) // 2))
         logp = os.path.join(pre, "stderr.log")
         p = self.procs.start(list(wrap) + ["haproxy", "-db", "-f", conf], logp)
         return Server(name, p, port, logp)
@@ -532,7 +532,7 @@ class Bench:
 
             socks = []
             try:
-                socks = open_idle(srv.port, self.idle)
+                open_idle(srv.port, self.idle, socks)
                 time.sleep(0.5)
                 row["rss_conns_kib"] = rss_kib(srv.main_pid)
                 row["conns_open"] = count_open(socks)
@@ -869,7 +869,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096 + env_int("BENCH_IDLE_CONNS", 10000)
+    want = 2 * (env_int("BENCH_IDLE_CONNS", 10000) + 2048) + 1024
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE,
                            (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
