@@ -73,6 +73,8 @@ set_timer(mx_upconn_t *u, int mode, double seconds)
 static void
 report_later(mx_upconn_t *u, int err, int mode)
 {
+    if (u->closing)
+        return; /* its entry must not re-enter the queue: the memory goes at on_close */
     u->error = err;
     u->timer_mode = mode;
     mx_worker_timeout(u->w, &u->tq, 0, on_timeout); /* the next loop tick (1 ms) */
