@@ -202,7 +202,6 @@ release_rbuf(mx_h1conn_t *c)
  * a connection takes them from this per-thread cache when a request begins
  * and gives them back when it goes idle (malloc + free per request cost
  * about 400 instructions), so an idle connection holds none. */
-
 static void
 small_take(mx_buf_t *b)
 {
