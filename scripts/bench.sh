@@ -8,7 +8,7 @@
 #   BENCH_SECONDS [10]      wrk duration per path and proxy
 #   BENCH_WARMUP [2]        wrk warm-up seconds before each measured run
 #   BENCH_CONNS [50]        wrk connections (-c); wrk runs one thread (-t1)
-#   BENCH_IDLE_CONNS [1000] idle keepalive clients for the RSS-per-connection figure
+#   BENCH_IDLE_CONNS [10000] idle keepalive clients for the RSS-per-connection figure
 #   BENCH_PATHS ["/ /1k"]   paths to load: / is a 12-byte body, /1k a 1 KiB one
 #   BENCH_ONLY              comma list of rows to run, e.g. "nginx,moxy"
 #   MOXY_SCRIPT             Lua script for the "moxy+lua" row (else examples/bench.lua
@@ -33,9 +33,13 @@ for tool in nginx haproxy wrk python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found (bash scripts/deps.sh)" >&2; exit 1; }
 done
 
-# 1,000 idle clients + the proxies' own sockets: raise the descriptor limit
+# 10,000 idle clients + the proxies' own sockets: raise the descriptor limit
 # (children inherit it; nginx and haproxy raise theirs from there).
-want=$(( 8192 + ${BENCH_IDLE_CONNS:-1000} ))
+# haproxy budgets two descriptors per maxconn (BENCH_IDLE_CONNS + 2048): raise the hard
+# limit too where allowed (root).
+want=$(( 2 * (${BENCH_IDLE_CONNS:-10000} + 2048) + 1024 ))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then ulimit -Hn "$want" 2>/dev/null || true; fi
 hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then ulimit -n "$want"; else ulimit -n "$hard"; fi
 

@@ -215,6 +215,10 @@ _M.upstreams = {}       -- YAML-like groups for moxy.upstream(): name -> { "host
 _M.logs = {}            -- log lines written outside a run (t.run collects into res.logs)
 _M.sink = _M.logs
 _M.worker = { id = 0, count = 1 }
+_M.stats = { requests = 0, connections_accepted = 0, connections_open = 0,
+             upstream_requests = 0, upstream_reused = 0 }
+_M.worker_stats = { connections = 0, idle_connections = 0, idle_buffer_bytes = 0,
+                    free_read_buffers_bytes = 0 }
 
 
 -- header lists -----------------------------------------------------------------------------
@@ -453,6 +457,15 @@ function B.timer_cancel(t)
 end
 function B.worker_id() return _M.worker.id end
 function B.worker_count() return _M.worker.count end
+-- moxy.stats() / moxy.worker.stats(): copies of fake.stats / fake.worker_stats, which a spec
+-- sets to what it wants the script to see (nothing here counts).
+local function copy(t)
+    local r = {}
+    for k, v in pairs(t) do r[k] = v end
+    return r
+end
+function B.stats() return copy(_M.stats) end
+function B.worker_stats() return copy(_M.worker_stats) end
 
 
 function B.sleep(seconds)

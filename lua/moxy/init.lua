@@ -249,7 +249,20 @@ _M.worker = {
     count = function()
         return engine().worker_count()
     end,
+    -- This worker's connections: { connections, idle_connections, idle_buffer_bytes,
+    -- free_read_buffers_bytes }. Walks its connection list. Phases: all.
+    stats = function()
+        return engine().worker_stats()
+    end,
 }
+
+
+-- moxy.stats(): counters summed over all workers since start, a fresh table:
+-- { requests, connections_accepted, connections_open, upstream_requests, upstream_reused }.
+-- Phases: all.
+function _M.stats()
+    return engine().stats()
+end
 
 
 -- I/O ------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ int moxy_resp_set_body(mx_session_t *s, const char *p, size_t len);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
+int moxy_stats(double *out, int n);
+int moxy_worker_stats(double *out, int n);
 ]]
 
 local ABI_VERSION = 1
@@ -274,6 +276,22 @@ function _M.phase(sp) return PHASES[C.moxy_session_phase(sp)] or "none" end
 function _M.now() return C.moxy_now() end
 function _M.worker_id() return C.moxy_worker_id() end
 function _M.worker_count() return C.moxy_worker_count() end
+
+-- moxy.stats() / moxy.worker.stats(): fresh tables, in src/core/stats.h's order.
+local STATS = { "requests", "connections_accepted", "connections_open", "upstream_requests",
+                "upstream_reused" }
+local WORKER_STATS = { "connections", "idle_connections", "idle_buffer_bytes",
+                       "free_read_buffers_bytes" }
+local stats_buf = ffi.new("double[8]")
+local function stats_table(names, n)
+    local t = {}
+    for i = 1, n do t[names[i]] = stats_buf[i - 1] end
+    return t
+end
+function _M.stats() return stats_table(STATS, C.moxy_stats(stats_buf, #STATS)) end
+function _M.worker_stats()
+    return stats_table(WORKER_STATS, C.moxy_worker_stats(stats_buf, #WORKER_STATS))
+end
 
 
 -- A log line: inside a request it carries the request id, like moxy's own lines.

@@ -153,6 +153,12 @@ def rss_kib(pid):
     return None
 
 
+def nofile_limit():
+    """The descriptor limit this process (and so every proxy it starts) got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if soft == resource.RLIM_INFINITY else soft
+
+
 def tail(path, n=15):
     try:
         with open(path, "rb") as f:
@@ -260,25 +266,23 @@ def wait_ready(port, proc, timeout):
     return f"not ready after {timeout}s ({last})"
 
 
-def open_idle(port, n):
-    """n connections, one GET answered on each, left open. Returns the sockets."""
-    socks = []
+def open_idle(port, n, socks):
+    """n connections, one GET answered on each, left open, appended to socks
+    (so that a failure part-way still tells how many it got)."""
     req = request_bytes(port, "/")
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
         s.sendall(req)
         read_response(s)
         socks.append(s)
-    return socks
 
 
 def count_open(socks):
     """A socket the proxy closed is readable (EOF); an idle open one is not."""
-    closed = 0
-    for i in range(0, len(socks), 500):
-        part = socks[i:i + 500]
-        r, _, _ = select.select(part, [], [], 0)
-        closed += len(r)
+    poller = select.poll()            # select() stops at descriptor 1024
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    closed = len(poller.poll(0))
     return len(socks) - closed
 
 
@@ -305,9 +309,11 @@ def to_ms(v):
     return {"us": x / 1000, "ms": x, "s": x * 1000, "m": x * 60000}[m.group(2)]
 
 
-def run_wrk(port, path, seconds, conns, threads=1):
+def run_wrk(port, path, seconds, conns, threads=1, script=None):
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
             "-H", f"User-Agent: {UA}", f"http://127.0.0.1:{port}{path}"]
+    if script:
+        argv[1:1] = ["-s", script]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     out = p.stdout
     r = {"raw": out, "errors": []}
@@ -368,9 +374,13 @@ class Bench:
         self.seconds = env_int("BENCH_SECONDS", 10)
         self.warmup = env_int("BENCH_WARMUP", 2)
         self.conns = env_int("BENCH_CONNS", 50)
-        self.idle = env_int("BENCH_IDLE_CONNS", 1000)
+        self.idle = env_int("BENCH_IDLE_CONNS", 10000)
+        # slots for the idle clients, wrk and the upstream side
+        self.worker_conns = self.idle + 2048
         self.paths = os.environ.get("BENCH_PATHS", "/ /1k").split()
         self.cg = os.environ.get("BENCH_CALLGRIND", "0") == "1"
+        self.reuse_on = os.environ.get("BENCH_REUSE", "1") == "1"
+        self.reuse_threads = env_int("BENCH_REUSE_THREADS", 2)
         self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
         self.cg_warm = env_int("BENCH_CALLGRIND_WARMUP", 200)
         self.only = set(os.environ.get("BENCH_ONLY", "").split(",")) - {""}
@@ -402,7 +412,7 @@ class Bench:
         p = self.procs.start(["nginx", "-p", pre, "-e", f"{pre}/logs/error.log", "-c", conf], logp)
         return Server("origin", p, port, logp)
 
-    def nginx_conf(self, name, port, lua, callgrind=False):
+    def nginx_conf(self, name, port, lua, callgrind=False, worker_conns=None):
         pre = self.prefix(name)
         mods = ""
         snippet = ""
@@ -412,12 +422,13 @@ class Bench:
                 snippet = f.read().rstrip()
         return pre, render("proxy.nginx.conf", os.path.join(pre, "nginx.conf"),
                            PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
-                           LOAD_MODULES=mods, LUA=snippet,
+                           LOAD_MODULES=mods, LUA=snippet, WORKER_CONNS=worker_conns or self.worker_conns,
+                           NOFILE=nofile_limit(),
                            MASTER="master_process off;" if callgrind else "")
 
-    def start_nginx(self, name, lua=False, wrap=(), callgrind=False):
+    def start_nginx(self, name, lua=False, wrap=(), callgrind=False, worker_conns=None):
         port = free_port()
-        pre, conf = self.nginx_conf(name, port, lua, callgrind)
+        pre, conf = self.nginx_conf(name, port, lua, callgrind, worker_conns)
         logp = os.path.join(pre, "logs", "stderr.log")
         p = self.procs.start(list(wrap) + ["nginx", "-p", pre, "-e", f"{pre}/logs/error.log",
                                            "-c", conf], logp)
@@ -427,12 +438,14 @@ class Bench:
         port = free_port()
         pre = self.prefix(name)
         conf = render("haproxy.cfg", os.path.join(pre, "haproxy.cfg"),
-                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port)
+                      PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
+                      # two descriptors per maxconn, within the limit it inherits
+                      WORKER_CONNS=min(self.worker_conns, (nofile_limit() - 64) // 2))
         logp = os.path.join(pre, "stderr.log")
         p = self.procs.start(list(wrap) + ["haproxy", "-db", "-f", conf], logp)
         return Server(name, p, port, logp)
 
-    def start_moxy(self, name, script=None, wrap=()):
+    def start_moxy(self, name, script=None, wrap=(), threads=1):
         port = free_port()
         pre = self.prefix(name)
         lua_path = ""
@@ -442,7 +455,7 @@ class Bench:
             script_line = f"    script: {script}"
         conf = render("moxy.yaml", os.path.join(pre, "moxy.yaml"),
                       PREFIX=pre, PORT=port, ORIGIN_PORT=self.origin.port,
-                      LUA_PATH=lua_path, SCRIPT=script_line)
+                      LUA_PATH=lua_path, SCRIPT=script_line, THREADS=threads)
         logp = os.path.join(pre, "moxy.log")
         if not os.access(self.moxy, os.X_OK):
             raise FileNotFoundError(f"{self.moxy}: not an executable")
@@ -519,7 +532,7 @@ class Bench:
 
             socks = []
             try:
-                socks = open_idle(srv.port, self.idle)
+                open_idle(srv.port, self.idle, socks)
                 time.sleep(0.5)
                 row["rss_conns_kib"] = rss_kib(srv.main_pid)
                 row["conns_open"] = count_open(socks)
@@ -557,10 +570,63 @@ class Bench:
                                log=tail(srv.log))
                     return row
             row["rss_after_kib"] = rss_kib(srv.main_pid)
+            if name == "nginx":
+                row["rss_idle_small_kib"] = self.nginx_small_idle()
             if any(p["requests"] == 0 for p in row["paths"].values()):
                 row.update(status="failed", error="wrk completed no requests", log=tail(srv.log))
         finally:
             self.procs.stop(srv.proc)
+        return row
+
+    def nginx_small_idle(self):
+        """The nginx worker's idle RSS with worker_connections 512: what its
+        preallocated connection slots for the idle clients cost is the
+        difference, and belongs to those connections."""
+        srv = self.start_nginx("nginx_small", worker_conns=512)
+        try:
+            if wait_ready(srv.port, srv.proc, 10):
+                return None
+            time.sleep(0.3)
+            kids = children(srv.proc.pid)
+            for k in kids:
+                self.procs.note_extra(k)
+            return rss_kib(kids[0]) if kids else None
+        finally:
+            self.procs.stop(srv.proc)
+
+    # -- upstream connection reuse (moxy.stats()), several workers, mixed paths
+
+    def reuse(self):
+        log("bench: upstream reuse")
+        row = {"threads": self.reuse_threads}
+        srv = None
+        try:
+            srv = self.start_moxy("moxy_reuse", script=os.path.join(HERE, "moxy_stats.lua"),
+                                  threads=self.reuse_threads)
+            err = wait_ready(srv.port, srv.proc, 10)
+            if err:
+                raise RuntimeError(f"{err}\n{tail(srv.log)}")
+
+            def stats():
+                status, _, body = http_get(srv.port, "/_moxy_stats")
+                if status != 200:
+                    raise RuntimeError(f"GET /_moxy_stats -> {status}")
+                return json.loads(body)
+
+            s0 = stats()
+            r = run_wrk(srv.port, "/", self.seconds, self.conns, threads=2,
+                        script=os.path.join(HERE, "mixed.lua"))
+            s1 = stats()
+            up = s1["upstream_requests"] - s0["upstream_requests"]
+            reused = s1["upstream_reused"] - s0["upstream_reused"]
+            row.update(requests=r["requests"], rps=r["rps"], errors=r["errors"],
+                       upstream_requests=up, upstream_reused=reused,
+                       ratio=reused / up if up else None, totals=s1)
+        except Exception as e:   # noqa: BLE001
+            row["error"] = str(e).strip()
+        finally:
+            if srv:
+                self.procs.stop(srv.proc)
         return row
 
     # -- callgrind: instructions per request
@@ -636,15 +702,17 @@ class Bench:
         for k in children(self.origin.proc.pid):
             self.procs.note_extra(k)
         results = [self.measure(n, b, s) for n, b, s in self.rows()]
+        reuse = self.reuse() if self.reuse_on else None
         cg = self.callgrind() if self.cg else None
         self.procs.stop(self.origin.proc)
-        report = self.report(results, cg, time.time() - t_start)
+        report = self.report(results, cg, time.time() - t_start, reuse)
         print(report)
         os.makedirs(self.a.out, exist_ok=True)
         with open(os.path.join(self.a.out, "results.md"), "w") as f:
             f.write(report)
         with open(os.path.join(self.a.out, "results.json"), "w") as f:
-            json.dump({"settings": self.settings(), "rows": results, "callgrind": cg}, f, indent=1)
+            json.dump({"settings": self.settings(), "rows": results, "callgrind": cg,
+                       "reuse": reuse}, f, indent=1)
         log(f"bench: wrote {os.path.join(self.a.out, 'results.md')}")
         return 0
 
@@ -653,7 +721,7 @@ class Bench:
                 "idle_conns": self.idle, "paths": self.paths, "moxy": self.moxy,
                 "moxy_script": self.moxy_script}
 
-    def report(self, results, cg, elapsed):
+    def report(self, results, cg, elapsed, reuse=None):
         by = {r["name"]: r for r in results}
         L = []
         L.append("# moxy benchmark\n")
@@ -722,6 +790,11 @@ class Bench:
             extra = f"; idle conns open {r.get('conns_open', '-')}/{self.idle}"
             if r.get("rss_after_kib"):
                 extra += f"; RSS after load {r['rss_after_kib'] / 1024:.1f} MiB"
+            small, rc = r.get("rss_idle_small_kib"), r.get("rss_conns_kib")
+            if small and rc:
+                extra += (f"; idle RSS with worker_connections 512: {small / 1024:.1f} MiB, so "
+                          f"{(rc - small) * 1024 / self.idle:.0f} B/conn counting the "
+                          f"{self.worker_conns} preallocated slots")
             L.append(f"- {r['name']}: " + "; ".join(parts) + extra)
             for n in r["notes"]:
                 L.append(f"  - note: {n}")
@@ -729,6 +802,22 @@ class Bench:
             L.append(f"- {n}")
         L.append("\nCPU % is of one core; the origin is not the bottleneck while it stays well under 100%.")
 
+        if reuse is not None:
+            L.append("\n## Upstream connection reuse (moxy.stats())\n")
+            L.append(f"moxy with threads: {reuse['threads']}, `wrk -t2 -c{self.conns} -d{self.seconds}s` "
+                     "alternating GET / and GET /1k (scripts/bench/mixed.lua); upstream_requests and "
+                     "upstream_reused from moxy.stats() (all workers) before and after, cold pool "
+                     "included.\n")
+            if "error" in reuse:
+                L.append("- failed: " + reuse["error"].replace("\n", "\n  "))
+            else:
+                L.append("| requests (wrk) | upstream requests | over a reused connection | new connections | reuse |")
+                L.append("|---:|---:|---:|---:|---:|")
+                ratio_s = "-" if reuse["ratio"] is None else f"{reuse['ratio'] * 100:.3f}%"
+                L.append(f"| {reuse['requests']} | {reuse['upstream_requests']} | {reuse['upstream_reused']} | "
+                         f"{reuse['upstream_requests'] - reuse['upstream_reused']} | {ratio_s} |")
+                if reuse["errors"]:
+                    L.append("\n- note: " + "; ".join(reuse["errors"]))
         if cg is not None:
             L.append(f"\n## Instructions per request (callgrind)\n")
             L.append(f"{self.cg_reqs} sequential GET / on one keepalive connection after {self.cg_warm} "
@@ -780,7 +869,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096 + env_int("BENCH_IDLE_CONNS", 1000)
+    want = 2 * (env_int("BENCH_IDLE_CONNS", 10000) + 2048) + 1024
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE,
                            (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))

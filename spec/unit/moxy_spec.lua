@@ -173,6 +173,22 @@ describe("moxy.worker and _VERSION", function()
 end)
 
 
+describe("moxy.stats and moxy.worker.stats", function()
+    it("return copies of the fake's figures, zero unless a spec sets them", function()
+        local s = moxy.stats()
+        assert.same({ requests = 0, connections_accepted = 0, connections_open = 0,
+                      upstream_requests = 0, upstream_reused = 0 }, s)
+        s.requests = 99                     -- a copy: the fake keeps its own
+        assert.equal(0, moxy.stats().requests)
+        local saved = fake.stats.upstream_reused
+        fake.stats.upstream_reused = 7
+        assert.equal(7, moxy.stats().upstream_reused)
+        fake.stats.upstream_reused = saved
+        assert.equal(0, moxy.worker.stats().idle_buffer_bytes)
+    end)
+end)
+
+
 describe("absent until implemented", function()
     it("has no limit, metrics", function()
         for _, name in ipairs { "limit", "metrics" } do

@@ -38,8 +38,8 @@ struct mx_h1conn_s {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t timer; /* header, body and keepalive timeouts */
-    int handles_open; /* uv handles not yet closed; freed at 0 */
+    mx_timeq_entry_t tq; /* header, body, keepalive and send timeouts, in w->conn_tq */
+    int handles_open;    /* uv handles not yet closed; freed at 0 */
     mx_worker_t *w;
     const mx_conf_service_t *svc;
     mx_list_t node; /* in w->conns */
@@ -77,7 +77,7 @@ struct mx_upconn_s {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t timer; /* connect, read and idle timeouts */
+    mx_timeq_entry_t tq; /* connect, write, read and idle timeouts, in w->conn_tq */
     uv_connect_t connect_req;
     int handles_open;
     mx_worker_t *w;
@@ -319,6 +319,8 @@ void mx_h1_close(mx_h1conn_t *c);
 void mx_h1_tunnel(mx_h1conn_t *c);
 /* Arms the connection timer for <ms> (0 disarms). */
 void mx_h1_set_timeout(mx_h1conn_t *c, uint64_t ms);
+/* The worker is exiting: frees the thread's cached header/head buffers. */
+void mx_h1_worker_exit(mx_worker_t *w);
 
 /* --- upstream connection (upstream/upconn.c) --- */
 /* Gets a pooled connection to <addr> or starts a new one; calls

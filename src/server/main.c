@@ -17,6 +17,7 @@
 #include "core/errors.h"
 #include "upstream/group.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "lua/shdict.h"
 #include "lua/vm.h"
 #include "net/listener.h"
@@ -437,6 +438,7 @@ main(int argc, char **argv)
     for (int i = 0; i < server.nworkers; i++)
         mx_worker_join(&server.workers[i]);
     mx_health_stop();
+    mx_stats_log("at exit");
     for (size_t i = 0; i < server.nfds; i++)
         close(server.fds[i]);
     for (size_t i = 0; i < conf->nservices; i++)

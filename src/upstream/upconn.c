@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "proxy/session.h"
 
 enum { TM_NONE = 0, TM_CONNECT, TM_WRITE, TM_READ, TM_IDLE };
@@ -16,7 +17,7 @@ enum { TM_NONE = 0, TM_CONNECT, TM_WRITE, TM_READ, TM_IDLE };
 static void on_connect(uv_connect_t *req, int status);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
-static void on_timeout(uv_timer_t *t);
+static void on_timeout(mx_timeq_entry_t *e);
 static void on_close(uv_handle_t *h);
 static void on_drain(mx_wstream_t *ws, int status);
 static int on_status(llhttp_t *p, const char *at, size_t n);
@@ -61,9 +62,9 @@ set_timer(mx_upconn_t *u, int mode, double seconds)
         return; /* an error report is pending (report_later): it goes first */
     u->timer_mode = mode;
     if (mode == TM_NONE || seconds <= 0)
-        uv_timer_stop(&u->timer);
+        mx_timeq_cancel(&u->tq);
     else
-        uv_timer_start(&u->timer, on_timeout, (uint64_t)(seconds * 1000.0), 0);
+        mx_worker_timeout(u->w, &u->tq, (uint64_t)(seconds * 1000.0), on_timeout);
 }
 
 
@@ -72,9 +73,11 @@ set_timer(mx_upconn_t *u, int mode, double seconds)
 static void
 report_later(mx_upconn_t *u, int err, int mode)
 {
+    if (u->closing)
+        return; /* its entry must not re-enter the queue: the memory goes at on_close */
     u->error = err;
     u->timer_mode = mode;
-    uv_timer_start(&u->timer, on_timeout, 0, 0);
+    mx_worker_timeout(u->w, &u->tq, 0, on_timeout); /* the next loop tick (1 ms) */
 }
 
 
@@ -86,7 +89,9 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
 {
     mx_worker_t *w = s->w;
     mx_upconn_t *u = fresh ? NULL : mx_pool_get(w->pool, addr);
+    mx_stats_add(upstream_requests, 1);
     if (u != NULL) {
+        mx_stats_add(upstream_reused, 1);
         u->s = s;
         u->ups = ups;
         u->got_bytes = 0;
@@ -109,9 +114,8 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
     else
         uv_tcp_init(&w->loop, &u->h.tcp);
     u->h.handle.data = u;
-    uv_timer_init(&w->loop, &u->timer);
-    u->timer.data = u;
-    u->handles_open = 2;
+    mx_timeq_entry_init(&u->tq);
+    u->handles_open = 1;
     mx_wstream_init(&u->ws, &u->h.stream, on_drain);
     llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
     u->parser.data = u;
@@ -191,7 +195,7 @@ mx_upconn_read_pause(mx_upconn_t *u, bool pause)
         u->reading = 0;
         /* A slow client, not the origin, holds us: read_timeout waits too. */
         if (u->timer_mode == TM_READ)
-            uv_timer_stop(&u->timer);
+            mx_timeq_cancel(&u->tq);
     } else if (!pause && !u->reading) {
         if (uv_read_start(&u->h.stream, on_alloc, on_read) == 0)
             u->reading = 1;
@@ -222,9 +226,9 @@ on_drain(mx_wstream_t *ws, int status)
 
 
 static void
-on_timeout(uv_timer_t *t)
+on_timeout(mx_timeq_entry_t *e)
 {
-    mx_upconn_t *u = t->data;
+    mx_upconn_t *u = mx_container_of(e, mx_upconn_t, tq);
     int mode = u->timer_mode;
     u->timer_mode = TM_NONE;
     if (u->s == NULL) {
@@ -427,8 +431,7 @@ mx_upconn_close(mx_upconn_t *u)
     u->s = NULL;
     if (mx_list_linked(&u->node))
         mx_pool_remove(u->w->pool, u);
-    uv_timer_stop(&u->timer);
-    uv_close((uv_handle_t *)&u->timer, on_close);
+    mx_timeq_cancel(&u->tq);
     uv_close(&u->h.handle, on_close);
 }
 

@@ -140,6 +140,8 @@ maybe_exit(mx_worker_t *w)
         mx_session_orphans_pending())
         return;
     mx_pool_close_idle(w->pool);
+    mx_h1_worker_exit(w);
+    mx_worker_timers_close(w);
     w->async_closed = 1;
     uv_close((uv_handle_t *)&w->async, NULL);
 }

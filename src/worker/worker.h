@@ -8,6 +8,7 @@
 
 #include "conf/conf.h"
 #include "core/list.h"
+#include "core/timeq.h"
 #include "core/types.h"
 
 #define MX_RBUF_SIZE (32 * 1024)
@@ -51,6 +52,11 @@ struct mx_worker_s {
     bool async_closed;
     uint64_t now_ms; /* loop time cache */
     int64_t epoch_ms; /* wall clock minus loop time: moxy.now() is epoch seconds, cached */
+    /* Connection timeouts (src/worker/timers.c): one queue, one loop timer. */
+    mx_timeq_t conn_tq;
+    uv_timer_t conn_timer;   /* unref'd: connections keep the loop alive, not it */
+    uint64_t conn_timer_due; /* when it fires; MX_TIMEQ_NONE while stopped */
+    bool conn_timer_ready;
 };
 
 /* Starts the worker thread for <server>'s config, accepting on <fds>
@@ -65,6 +71,11 @@ extern __thread mx_worker_t *mx_current_worker;
 
 void *mx_worker_buf_get(mx_worker_t *w);
 void mx_worker_buf_put(mx_worker_t *w, void *buf);
+/* Arms <e> to call <cb> in <ms> (0 counts as 1) on the worker's timeout queue;
+ * mx_timeq_cancel(e) disarms it. */
+void mx_worker_timeout(mx_worker_t *w, mx_timeq_entry_t *e, uint64_t ms, mx_timeq_cb cb);
+/* The worker is exiting: closes the timeout queue's loop timer. */
+void mx_worker_timers_close(mx_worker_t *w);
 /* Called when a downstream connection closes; ends the loop when draining
  * and nothing is left. */
 void mx_worker_conn_closed(mx_worker_t *w);

@@ -11,6 +11,7 @@
 
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/stats.h"
 #include "http/headers.h"
 #include "lua/task.h"
 #include "lua/vm.h"
@@ -84,6 +85,8 @@ int moxy_resp_set_body(mx_session_t *s, const char *p, size_t len);
 void moxy_log(int level, const char *msg, size_t len);
 int moxy_worker_id(void);
 int moxy_worker_count(void);
+int moxy_stats(double *out, int n);
+int moxy_worker_stats(double *out, int n);
 
 
 static int
@@ -868,4 +871,48 @@ int
 moxy_worker_count(void)
 {
     return mx_current_worker ? mx_current_worker->conf->threads : 1;
+}
+
+
+/* moxy.stats(): the process-wide counters (core/stats.h) in their order.
+ * Returns how many it wrote. Phases: all. */
+int
+moxy_stats(double *out, int n)
+{
+    uint64_t v[MX_STATS_FIELDS] = {
+        mx_stats_get(requests),          mx_stats_get(connections_accepted),
+        mx_stats_get(connections_open),  mx_stats_get(upstream_requests),
+        mx_stats_get(upstream_reused),
+    };
+    int k = n < MX_STATS_FIELDS ? n : MX_STATS_FIELDS;
+    for (int i = 0; i < k; i++)
+        out[i] = (double)v[i];
+    return k;
+}
+
+
+/* moxy.worker.stats(): this worker's downstream connections, how many sit
+ * idle between requests, and the buffer bytes those idle ones still hold
+ * (read buffer, header span, response head). Walks the connection list:
+ * for inspection, not for every request. Returns how many it wrote. */
+int
+moxy_worker_stats(double *out, int n)
+{
+    mx_worker_t *w = mx_current_worker;
+    double v[4] = {0, 0, 0, 0};
+    if (w != NULL) {
+        v[0] = (double)w->nconns;
+        for (mx_list_t *l = w->conns.next; l != &w->conns; l = l->next) {
+            mx_h1conn_t *c = mx_container_of(l, mx_h1conn_t, node);
+            if (c->s != NULL || c->closing)
+                continue;
+            v[1]++;
+            v[2] += (double)(c->span.cap + c->out.cap + (c->rbuf ? MX_RBUF_SIZE : 0));
+        }
+        v[3] = (double)w->nfree * MX_RBUF_SIZE;
+    }
+    int k = n < 4 ? n : 4;
+    for (int i = 0; i < k; i++)
+        out[i] = v[i];
+    return k;
 }

@@ -64,9 +64,8 @@ connect_one(mx_worker_t *wk, const mx_addr_t *a, int *peer)
     mx_list_init(&u->node);
     uv_tcp_init(&wk->loop, &u->h.tcp);
     u->h.handle.data = u;
-    uv_timer_init(&wk->loop, &u->timer);
-    u->timer.data = u;
-    u->handles_open = 2;
+    mx_timeq_entry_init(&u->tq);
+    u->handles_open = 1;
     int done = 0;
     u->connect_req.data = &done;
     uv_tcp_connect(&u->connect_req, &u->h.tcp, (const struct sockaddr *)&addr.sa, on_connect);
