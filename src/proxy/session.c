@@ -58,13 +58,15 @@ mx_session_new(mx_h1conn_t *c)
 {
     mx_session_t *s = mx_alloc(sizeof(*s) + ARENA_FIRST);
     memset(s, 0, sizeof(*s));
+    mx_gen_conn_adopt(c); /* a request after a reload runs on the new generation */
     s->c = c;
     s->w = c->w;
+    s->gen = mx_gen_ref(c->gen);
     s->id = ++c->w->req_seq;
     s->start_ms = uv_now(&c->w->loop);
     s->lua_phase = -1;
     s->pick_index = -1;
-    s->svc_index = (size_t)(c->svc - c->w->conf->services);
+    s->svc_index = (size_t)(c->svc - s->gen->conf->services);
     mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
     mx_headers_init(&s->req_headers);
     mx_headers_init(&s->resp_headers);
@@ -95,6 +97,7 @@ mx_session_free(mx_session_t *s)
     mx_buf_dispose(&s->body_buf);
     mx_buf_dispose(&s->log_fields);
     mx_arena_dispose(&s->arena);
+    mx_gen_unref(s->gen);
     mx_free(s);
 }
 
@@ -376,7 +379,7 @@ serialize_upstream_head(mx_session_t *s)
 static void
 run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
-    if (!mx_vm_has(s->w->vm, s->svc_index, phase)) {
+    if (!mx_vm_has(s->gen->vm, s->svc_index, phase)) {
         next(s, MX_OK);
         return;
     }
@@ -465,7 +468,7 @@ after_upstream_peer(mx_session_t *s, int rc)
         }
     }
     prepare_upstream_headers(s);
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT)) {
+    if (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT)) {
         /* Keep the request as it is now: a retry's filter starts from it. */
         mx_headers_t *b = &s->up_headers_base;
         mx_headers_init(b);
@@ -590,7 +593,7 @@ mx_session_on_connected(mx_session_t *s, mx_upconn_t *u)
     s->u = u;
     set_state(s, MX_SESS_PROXY);
     /* A notification (it cannot wait); an error in it is logged only. */
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_CONNECTED_TO_UPSTREAM))
+    if (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_CONNECTED_TO_UPSTREAM))
         mx_lua_run(s, MX_PH_CONNECTED_TO_UPSTREAM);
     s->action = "sending request to upstream";
     uv_buf_t b[2] = {uv_buf_init(s->up_head.data, (unsigned)s->up_head.len),
@@ -662,7 +665,7 @@ static int
 lua_retry(mx_session_t *s, int err, bool dflt)
 {
     /* A script's own retries (beyond the group's failover) stop after 3. */
-    if (!mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || (!dflt && s->tries >= 3))
+    if (!mx_vm_has(s->gen->vm, s->svc_index, MX_PH_FAIL_TO_CONNECT) || (!dflt && s->tries >= 3))
         return -1;
     s->err = err;
     s->retry_requested = dflt;
@@ -788,12 +791,12 @@ mx_session_on_response_head(mx_session_t *s)
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_FILTER) &&
+    if (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_UPSTREAM_RESPONSE_FILTER) != MX_OK) {
         mx_session_respond_error(s, 502, MX_ELUA);
         return -1;
     }
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+    if (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
         s->in_error_page = 1; /* a plain page: the filter that failed is not run again */
         mx_session_respond_error(s, 500, MX_ELUA);
@@ -834,7 +837,7 @@ static bool
 has_upstream_body_filter(mx_session_t *s)
 {
     return !s->local_status &&
-           mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
+           mx_vm_has(s->gen->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
 }
 
 
@@ -855,7 +858,7 @@ filter_body(mx_session_t *s, const char *p, size_t n, bool eos)
             cur = (mx_str_t){held.data, held.len};
         }
     }
-    if (rc == MX_OK && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
+    if (rc == MX_OK && mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER))
         rc = body_phase(s, MX_PH_RESPONSE_BODY_FILTER, &cur, eos);
     if (rc == MX_OK)
         mx_h1_send_body(s->c, s, cur.data, cur.len);
@@ -869,7 +872,7 @@ static void
 prepare_body_filter(mx_session_t *s)
 {
     if (!s->resp_no_body &&
-        (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+        (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
          has_upstream_body_filter(s)))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
 }
@@ -900,7 +903,7 @@ mx_session_on_response_done(mx_session_t *s)
     }
     /* The origin's trailers (gRPC status...) pass the script before they go out. */
     if (s->c != NULL && s->resp_trailers.n > 0 &&
-        mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER) &&
+        mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_TRAILER_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_TRAILER_FILTER) != MX_OK) {
         mx_session_respond_error(s, 500, MX_ELUA); /* the head went out: aborts the stream */
         return;
@@ -1047,7 +1050,7 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
     bool filters = !s->in_error_page && s->lua_phase < 0 && err != MX_EBADREQ &&
                    s->method.len > 0; /* a request that never parsed meets no script */
     s->in_error_page = 1;
-    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_FAIL_TO_PROXY) &&
+    if (filters && mx_vm_has(s->gen->vm, s->svc_index, MX_PH_FAIL_TO_PROXY) &&
         mx_lua_run(s, MX_PH_FAIL_TO_PROXY) == MX_OK && s->fail_status)
         status = s->fail_status;
     if (status >= 400 && status < 500 && status != 404)
@@ -1069,7 +1072,7 @@ mx_session_respond_error(mx_session_t *s, int status, int err)
         s->http_major = 1;
         s->http_minor = 1;
     }
-    if (filters && mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+    if (filters && mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
         /* The filter failed on the error page itself: send it plain. */
         mx_headers_init(&s->resp_headers);
@@ -1103,7 +1106,7 @@ send_local(mx_session_t *s)
     s->resp_no_body = s->llmethod == HTTP_HEAD || s->status == 204 || s->status == 304;
     if (s->resp_no_body && (s->status == 204 || s->status == 304))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
-    if (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
+    if (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_FILTER) &&
         mx_lua_run(s, MX_PH_RESPONSE_FILTER) != MX_OK) {
         s->local_status = 0;
         s->in_error_page = 1;
@@ -1173,7 +1176,7 @@ finish(mx_session_t *s)
 {
     if (s->state == MX_SESS_DONE)
         return;
-    if (s->method.len > 0 && mx_vm_has(s->w->vm, s->svc_index, MX_PH_LOGGING) &&
+    if (s->method.len > 0 && mx_vm_has(s->gen->vm, s->svc_index, MX_PH_LOGGING) &&
         s->lua_phase < 0)
         mx_lua_run(s, MX_PH_LOGGING); /* errors are logged only */
     set_state(s, MX_SESS_DONE);

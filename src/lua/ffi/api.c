@@ -696,7 +696,7 @@ moxy_worker_id(void)
 int
 moxy_worker_count(void)
 {
-    return mx_current_worker ? mx_current_worker->conf->threads : 1;
+    return mx_current_vm != NULL ? mx_vm_conf(mx_current_vm)->threads : 1;
 }
 
 
