@@ -293,6 +293,8 @@ upgrade_handoff(void)
         return;
     }
     server.handed_over = true;
+    for (int i = 0; i < server.nworkers; i++)
+        server.workers[i].linger_idle_ms = 1000;
     mx_log_info("SIGQUIT: the new process serves; draining (accepting for %.3gs more)",
                 server.conf->grace_period_seconds);
     set_phase(MX_PHASE_GRACEFUL_TERMINATE);

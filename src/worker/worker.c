@@ -195,12 +195,17 @@ on_async(uv_async_t *a)
         w->draining = 1;
         for (size_t i = 0; i < w->naccepts; i++)
             uv_close(&w->accepts[i].h.handle, on_accept_close);
-        /* Idle keepalive connections go now; busy ones after their response. */
+        /* Idle keepalive connections go now; busy ones after their response.
+         * After an upgrade they linger a moment: a client may be sending its
+         * next request right now, and closing under it would fail that
+         * request; it gets its answer with Connection: close instead. */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
             n = n->next;
-            if (c->s == NULL)
+            if (c->s == NULL && w->linger_idle_ms > 0)
+                mx_h1_set_timeout(c, (uint64_t)w->linger_idle_ms);
+            else if (c->s == NULL)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);

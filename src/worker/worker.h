@@ -53,6 +53,8 @@ struct mx_worker_s {
     uint64_t conn_seq;
     volatile int stop_accepting; /* set by the main thread, then async */
     volatile int force_stop;
+    volatile int linger_idle_ms; /* draining after an upgrade: idle keepalive conns wait this
+                                    long for one more request (answered with close) */
     bool draining; /* loop side: listeners closed, idle conns closing */
     bool async_closed;
     uint64_t now_ms; /* loop time cache */
