@@ -201,6 +201,28 @@ class Reload(Base):
             self.assertEqual(r.header("x-script"), "b")
             self.assertEqual(r.header("x-carried"), "5")
 
+    def test_a_worker_that_cannot_build_the_generation_keeps_the_old_one(self):
+        m = self.start_moxy(self.conf())
+        # init() passes in the check VM (worker id 0) and in worker 1, fails in worker 2.
+        self.write_script("b", script_text("b").replace(
+            "function app.init(config, previous)",
+            "function app.init(config, previous)\n"
+            "    if moxy.worker.id() == 1 then error(\"no room in worker 2\") end"))
+        since = m.log_size()
+        m.signal(signal.SIGHUP)
+        self.assertTrue(m.wait_log("generation 2 serving on 1 of 2 workers", since, 10 * SLOW),
+                        m.diagnostics())
+        log = m.error_log()[since:]
+        self.assertRegex(log, r"reload: worker 2 keeps generation 1: .*app\.lua:\d+: no room")
+        seen = set()
+        for _ in range(40):
+            seen.add(self.script_of(m.port))
+        self.assertLessEqual(seen, {"a", "b"})   # which worker accepts is the kernel's choice
+        # The next good reload brings both workers to one generation.
+        self.write_script("a")
+        self.reload(m, 3)
+        self.assertEqual({self.script_of(m.port) for _ in range(20)}, {"a"})
+
     # (d), reload half
     def test_long_requests_finish_on_their_generation_across_a_reload(self):
         m = self.start_moxy(self.conf())
