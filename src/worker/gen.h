@@ -7,8 +7,9 @@
  * A worker has one current generation, which new requests take; a
  * downstream connection and each session hold a reference to the generation
  * they run on, so after a reload in-flight requests (yielded in moxy.sleep,
- * waiting on an upstream) finish on the old one. An idle keepalive
- * connection moves to the current generation when its next request starts.
+ * waiting on an upstream) finish on the old one. A keepalive connection
+ * between requests moves to the new generation at the reload, a busy one
+ * when its next request starts.
  * The last reference gone, the generation retires from the loop: its timers
  * fire with premature = true, each script's shutdown() runs, the VM closes. */
 #ifndef MX_WORKER_GEN_H

@@ -180,8 +180,16 @@ take_reload(mx_worker_t *w, mx_genconf_t *gc)
     w->gen = g;
     mx_current_vm = g->vm;
     mx_log_debug("worker %d serves generation %llu", w->id, (unsigned long long)g->seq);
+    /* Connections between requests move now (the client cannot tell: it is
+     * as if at their next request), so the old generation retires as soon
+     * as its requests in flight end. Busy ones move at their next request
+     * (mx_session_new). */
+    for (mx_list_t *n = w->conns.next; n != &w->conns; n = n->next) {
+        mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
+        if (c->s == NULL && !c->closing)
+            mx_gen_conn_adopt(c);
+    }
     mx_gen_unref(old);
-    /* Idle keepalive connections move at their next request (mx_session_new). */
     atomic_store(&w->gen_seq, g->seq);
     uv_async_send(w->notify);
 }

@@ -196,7 +196,9 @@ class Reload(Base):
                 self.assertEqual(r.header("x-carried"), "0")
             self.write_script("b")
             self.reload(m, 2)
-            # The idle keepalive connection moves at its next request.
+            # The idle keepalive connection moved with the reload: nothing holds
+            # generation 1 any more, so it retires at once.
+            self.assertTrue(m.wait_log("generation 1 retired", 0, 5 * SLOW), m.diagnostics())
             r = c.request("GET", "/echo")
             self.assertEqual(r.header("x-script"), "b")
             self.assertEqual(r.header("x-carried"), "5")
