@@ -296,6 +296,19 @@ class Upgrade(Base):
         self.assertTrue(new.alive())
         self.assertEqual(self.script_of(port), "b")
 
+    def test_upgrades_chain(self):
+        port = free_port()
+        first = self.start_moxy(self.upgrade_conf(port, self.script))
+        second = self.start_new(port, "b")
+        first.signal(signal.SIGQUIT)
+        self.assertEqual(first.wait_exit(15 * SLOW), 0, first.diagnostics())
+        self.assertEqual(self.script_of(port), "b")
+        third = self.start_new(port, "c")
+        second.signal(signal.SIGQUIT)
+        self.assertEqual(second.wait_exit(15 * SLOW), 0, second.diagnostics())
+        self.assertEqual(self.script_of(port), "c")
+        self.assertEqual(self.pid_file(), third.pid)
+
     def test_a_new_process_that_fails_leaves_the_old_one_serving(self):
         port = free_port()
         old = self.start_moxy(self.upgrade_conf(port, self.script))
