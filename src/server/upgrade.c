@@ -62,8 +62,7 @@ wait_fd(int fd, short events, int ms)
 
 
 int
-mx_upgrade_receive(const char *path, int wait_ms, mx_upgrade_fds_t *out, char *err,
-                   size_t errlen)
+mx_upgrade_receive(const char *path, int wait_ms, mx_upgrade_fds_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->conn = -1;
@@ -90,8 +89,7 @@ mx_upgrade_receive(const char *path, int wait_ms, mx_upgrade_fds_t *out, char *e
                 wait_ms / 1000, path);
     int rc = MX_OK;
     int conn = -1;
-    if (wait_fd(lfd, POLLIN, wait_ms) <= 0 ||
-        (conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+    if (wait_fd(lfd, POLLIN, wait_ms) <= 0 || (conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
         snprintf(err, errlen,
                  "upgrade: no running moxy handed over its sockets on %s within %ds (was it "
                  "sent SIGQUIT? is upgrade_sock the same in both configs?)",
@@ -102,10 +100,8 @@ mx_upgrade_receive(const char *path, int wait_ms, mx_upgrade_fds_t *out, char *e
     char buf[MAX_BYTES + 1];
     char cbuf[CMSG_SPACE(sizeof(int) * MX_UPGRADE_MAX_FDS)];
     struct iovec iov = {.iov_base = buf, .iov_len = MAX_BYTES};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = cbuf,
-                         .msg_controllen = sizeof(cbuf)};
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     if (wait_fd(conn, POLLIN, 10000) <= 0) {
         snprintf(err, errlen, "upgrade: the running moxy connected but sent nothing");
         rc = MX_ECONF;
@@ -135,7 +131,8 @@ mx_upgrade_receive(const char *path, int wait_ms, mx_upgrade_fds_t *out, char *e
             if (nl == NULL)
                 break;
             *nl = '\0';
-            size_t l = strlen(p) < sizeof(out->names[0]) - 1 ? strlen(p) : sizeof(out->names[0]) - 1;
+            size_t l =
+                strlen(p) < sizeof(out->names[0]) - 1 ? strlen(p) : sizeof(out->names[0]) - 1;
             memcpy(out->names[names], p, l);
             out->names[names++][l] = '\0';
             p = nl + 1;
