@@ -197,8 +197,12 @@ class Reload(Base):
             self.write_script("b")
             self.reload(m, 2)
             # The idle keepalive connection moved with the reload: nothing holds
-            # generation 1 any more, so it retires at once.
+            # generation 1 any more, so it retires at once, once its premature
+            # timer function finished waiting.
             self.assertTrue(m.wait_log("generation 1 retired", 0, 5 * SLOW), m.diagnostics())
+            log = m.error_log()
+            self.assertLess(log.index("flushed after premature in script a"),
+                            log.index("generation 1 retired"))
             r = c.request("GET", "/echo")
             self.assertEqual(r.header("x-script"), "b")
             self.assertEqual(r.header("x-carried"), "5")

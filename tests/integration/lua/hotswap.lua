@@ -14,6 +14,8 @@ function app.init(config, previous)
     moxy.timer.every(0.5, function(premature)
         if premature then
             moxy.log.warn("timer premature in script ", NAME)
+            moxy.sleep(0.3)   -- a last flush that waits: the VM stays open for it
+            moxy.log.warn("flushed after premature in script ", NAME)
         end
     end)
 end
