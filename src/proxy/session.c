@@ -449,7 +449,8 @@ after_upstream_peer(mx_session_t *s, int rc)
             s->ups = svc->upstream_ref ? svc->upstream_ref : &script_peer_defaults;
     } else {
         if (s->group == NULL && svc->upstream != NULL) {
-            s->group = mx_group_by_name(svc->upstream, strlen(svc->upstream));
+            s->group = mx_groups_find(s->gen->conf->groups, svc->upstream,
+                                      strlen(svc->upstream));
             if (s->group != NULL)
                 mx_group_ref(s->group);
         }

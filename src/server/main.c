@@ -216,6 +216,9 @@ reload(void)
         snprintf(err, sizeof(err), "%s: more than %d shared dicts", c->file, MX_SHDICT_MAX);
         goto fail;
     }
+    /* The new config's own groups (scripts may call moxy.upstream(name) as
+     * they load); backends that stay keep their health. */
+    c->groups = mx_groups_build(c);
     if (check_scripts(c, err, sizeof(err)) != MX_OK)
         goto fail;
     if (kept > 0)
@@ -234,6 +237,12 @@ reload(void)
     mx_genconf_t *old = server.gc;
     server.gc = gc;
     server.conf = c;
+    /* Health checks and discovery move to the new groups. */
+    mx_health_stop();
+    mx_groups_set_current(c->groups);
+    int hrc = mx_health_start(c);
+    if (hrc < 0)
+        mx_log_error("reload: cannot restart health checks (%s)", uv_err_name(hrc));
     mx_genconf_unref(old);
     mx_log_info("SIGHUP: %s checked: workers start generation %llu", c->file,
                 (unsigned long long)gc->seq);
@@ -242,8 +251,10 @@ reload(void)
 fail:
     mx_log_error("SIGHUP: reload rejected, still serving generation %llu: %s",
                  (unsigned long long)cur, err);
-    if (c != NULL)
+    if (c != NULL) {
+        mx_groups_unref(c->groups);
         mx_conf_free(c);
+    }
 }
 
 
@@ -642,6 +653,7 @@ main(int argc, char **argv)
     for (size_t i = 0, m = 0; i < conf->nservices; i++)
         for (size_t j = 0; j < conf->services[i].nlisteners; j++)
             map[m++] = i;
+    conf->groups = mx_groups_ref(mx_groups_current()); /* the generation's reference */
     server.gc = mx_genconf_new(conf, 1, map, server.nfds);
     server.reported = 1;
     static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};

@@ -10,6 +10,7 @@
 #include "lua/task.h"
 #include "lua/vm.h"
 #include "proxy/session.h"
+#include "upstream/group.h"
 #include "worker/worker.h"
 
 static void on_reap(uv_timer_t *t);
@@ -46,6 +47,7 @@ mx_genconf_unref(mx_genconf_t *gc)
     assert(was > 0);
     if (was != 1)
         return;
+    mx_groups_unref(gc->conf->groups);
     mx_conf_free(gc->conf);
     mx_free(gc->listener_svc);
     mx_free(gc);

@@ -26,7 +26,7 @@
 typedef struct mx_genconf_s {
     atomic_int refs;
     uint64_t seq;         /* 1 at start, +1 per accepted reload */
-    mx_conf_t *conf;      /* owned */
+    mx_conf_t *conf;      /* owned, with the groups reference in conf->groups */
     size_t *listener_svc; /* running listener k -> index in conf->services */
     size_t nlisteners;
 } mx_genconf_t;

@@ -71,12 +71,13 @@ class Base(MoxyTestCase):
             f.write(text if text is not None else script_text(name))
         os.replace(tmp, self.script)
 
-    def conf(self, port=None, script=None, more_listeners=(), svc_extra=None, **top):
+    def conf(self, port=None, script=None, more_listeners=(), svc_extra=None, origin_port=None,
+             **top):
         svc = {"name": "web", "listeners": [f"127.0.0.1:{port or free_port()}", *more_listeners],
                "script": script or self.script, "upstream": "origin", **(svc_extra or {})}
         top.setdefault("threads", 2)
         top.setdefault("log_level", "info")
-        return config([svc], {"origin": upstream(self.origin.port)}, **top)
+        return config([svc], {"origin": upstream(origin_port or self.origin.port)}, **top)
 
     def load(self, port, seconds, path="/echo"):
         ld = Load(port, seconds, path)
@@ -187,6 +188,22 @@ class Reload(Base):
         self.assertEqual(request(m.port, "GET", big).status, 414)
         self.assertIn(f"listener 127.0.0.1:{extra} (service \"web\") is new: not opened",
                       m.error_log()[since:])
+
+    def test_reload_builds_the_new_upstream_groups(self):
+        m = self.start_moxy(self.conf())
+        other = self.start_origin()
+        for _ in range(4):
+            self.assertEqual(request(m.port, "GET", "/echo").status, 200)
+        self.assertEqual(other.request_count, 0)
+        with open(m.config_path, "w") as f:
+            f.write(f"error_log: {json.dumps(m.error_log_path)}\n" + self.conf(
+                port=m.port, origin_port=other.port))
+        before = self.origin.request_count
+        self.reload(m, 2)
+        for _ in range(4):
+            self.assertEqual(request(m.port, "GET", "/echo").status, 200)
+        self.assertEqual(other.request_count, 4)
+        self.assertEqual(self.origin.request_count, before)
 
     def test_handover_carries_state_to_the_next_generation(self):
         m = self.start_moxy(self.conf(threads=1))
