@@ -113,9 +113,46 @@ function _M.timer_body(id, premature)
 end
 
 
--- Loads the script of service <svc> and runs its init(config), <config_json> being the
--- service's `config:` mapping; returns the bitmask of the phases it handles.
-function _M.load(svc, path, config_json)
+local names = {}                    -- service index -> service name (for handover)
+
+
+-- A reload replaces this VM generation (C): each script's handover() returns plain data
+-- (strings, numbers, booleans, tables of them) for the next generation's
+-- init(config, previous). Returns it as JSON text keyed by service name, or nil.
+function _M.handover()
+    local out, any = {}, false
+    for svc, app in pairs(apps) do
+        if type(app.handover) == "function" then
+            local ok, res = xpcall(app.handover, traceback)
+            if not ok then
+                live.log("err", "lua handover " .. tostring(res):match("^[^\n]*"))
+            elseif res ~= nil then
+                local json, err = cjson.encode(res)
+                if json == nil then
+                    live.log("err", "lua handover of service \"" .. tostring(names[svc])
+                             .. "\": cannot carry the returned value: " .. tostring(err))
+                else
+                    out[names[svc]] = json
+                    any = true
+                end
+            end
+        end
+    end
+    if not any then
+        return nil
+    end
+    local parts = {}
+    for name, json in pairs(out) do
+        parts[#parts + 1] = cjson.encode(name) .. ":" .. json
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+end
+
+
+-- Loads the script of service <svc> and runs its init(config, previous), <config_json>
+-- being the service's `config:` mapping and <previous_json> what the generation before
+-- handed over (keyed by service <name>); returns the bitmask of the phases it handles.
+function _M.load(svc, path, config_json, name, previous_json)
     local chunk, err = loadfile(path)
     if chunk == nil then
         error(err, 0)
@@ -124,8 +161,14 @@ function _M.load(svc, path, config_json)
     if type(app) ~= "table" then
         error(path .. ": a script must return a table of phase handlers, got " .. type(app), 0)
     end
+    names[svc] = name
     if type(app.init) == "function" then
-        app.init(config_json and cjson.decode(config_json) or {})
+        local previous
+        if previous_json ~= nil then
+            local all = cjson.decode(previous_json)
+            previous = type(all) == "table" and all[name] or nil
+        end
+        app.init(config_json and cjson.decode(config_json) or {}, previous)
     end
     local mask = 0
     session.check_app(app, path)

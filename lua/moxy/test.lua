@@ -137,7 +137,7 @@ end
 
 -- Loads a script as the server would and runs its init(config); returns the app table.
 -- config.shared_dicts = { name = size } declares moxy.shared dicts (see moxy.shared_fake).
-function _M.load(path, config)
+function _M.load(path, config, previous)
     if type(path) ~= "string" then
         error("bad argument #1 to 'load' (string expected, got " .. type(path) .. ")", 2)
     end
@@ -157,7 +157,7 @@ function _M.load(path, config)
         error(path .. " must return a table of handlers, got " .. type(app), 2)
     end
     if app.init ~= nil then
-        app.init(deep_copy(config or {}))
+        app.init(deep_copy(config or {}), previous ~= nil and deep_copy(previous) or nil)
     end
     return app
 end

@@ -161,8 +161,8 @@ services:
         end)
     end)
 
-    it("has no :reload (hot reload is not built)", function()
-        assert.is_nil(proxy.reload)
+    it("has :reload (SIGHUP; spec/integration/reload_spec.lua)", function()
+        assert.is_function(proxy.reload)
     end)
 end)
 

@@ -468,6 +468,25 @@ describe("t.load and t.request", function()
 
     teardown(function() os.remove(path) end)
 
+    it("passes a copy of what the old generation handed over to init's previous", function()
+        local f = assert(io.open(path, "w"))
+        f:write([[
+local app = { n = 0 }
+function app.init(config, previous) app.n = previous and previous.n or 0 end
+function app.handover() return { n = app.n + 1 } end
+return app
+]])
+        f:close()
+        local first = t.load(path)
+        assert.equal(0, first.n)
+        local handed = first.handover()
+        local second = t.load(path, {}, handed)
+        assert.equal(1, second.n)
+        handed.n = 99
+        assert.equal(1, second.n)
+        assert.equal(2, t.load(path, {}, second.handover()).n)
+    end)
+
     it("loads a script and runs init with a copy of the config", function()
         local f = assert(io.open(path, "w"))
         f:write([[

@@ -143,6 +143,10 @@ struct mx_conf_s {
     size_t nservices; /* >= 1 */
     mx_conf_shdict_t *shared_dicts; /* moxy.shared.dict(name), see lua/shdict.h */
     size_t nshared_dicts;
+
+    /* Run time, not YAML: the upstream groups built from this config (a reference,
+     * upstream/group.h), set by the server; NULL means the current registry. */
+    struct mx_groups_s *groups;
 };
 
 /* Loads and validates the YAML file at <path>. On success returns MX_OK and

@@ -31,6 +31,7 @@ typedef struct mx_h1conn_s mx_h1conn_t;
 typedef struct mx_upconn_s mx_upconn_t;
 typedef struct mx_pool_s mx_pool_t;
 typedef struct mx_upgroup_s mx_upgroup_t;
+typedef struct mx_gen_s mx_gen_t;
 
 /* clang-format off */
 #define mx_container_of(ptr, type, member) \

@@ -80,8 +80,10 @@ mx_h1_on_accept(uv_stream_t *server, int status)
     mx_h1conn_t *c = mx_calloc(1, sizeof(*c));
     c->w = w;
     c->id = ++w->conn_seq;
-    c->svc = a->svc;
-    if (a->lc->addr.kind == MX_ADDR_UNIX)
+    c->listener = a->index;
+    c->gen = mx_gen_ref(w->gen);
+    c->svc = mx_gen_service(c->gen, a->index);
+    if (a->is_unix)
         uv_pipe_init(&w->loop, &c->h.pipe, 0);
     else
         uv_tcp_init(&w->loop, &c->h.tcp);
@@ -97,7 +99,7 @@ mx_h1_on_accept(uv_stream_t *server, int status)
         mx_h1_close(c);
         return;
     }
-    if (a->lc->addr.kind == MX_ADDR_UNIX) {
+    if (a->is_unix) {
         snprintf(c->client_addr, sizeof(c->client_addr), "unix:");
     } else {
         struct sockaddr_storage ss;
@@ -475,7 +477,9 @@ on_close(uv_handle_t *h)
         return;
     mx_worker_t *w = c->w;
     if (c->lua_conn_ctx)
-        mx_vm_conn_closed(w->vm, c->id); /* a uv callback: no Lua is running */
+        mx_vm_conn_closed(c->gen->vm, c->id); /* a uv callback: no Lua is running */
+    mx_gen_unref(c->gen);
+    c->gen = NULL;
     if (c->rbuf != NULL)
         mx_worker_buf_put(w, c->rbuf);
     mx_buf_dispose(&c->span);

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -56,8 +57,8 @@ struct mx_shdict_s {
 
 #define EXPIRED_SCAN 64 /* expired entries looked for past the LRU tail when full */
 
-static mx_shdict_t **registry;
-static size_t nregistry;
+static mx_shdict_t **registry; /* MX_SHDICT_MAX slots: a reload appends, never moves */
+static size_t nregistry;         /* published with release order, read with acquire */
 
 
 static uint64_t
@@ -165,7 +166,8 @@ mx_shdict_create_all(const mx_conf_t *c)
     mx_shdict_free_all();
     if (c->nshared_dicts == 0)
         return;
-    registry = mx_calloc(c->nshared_dicts, sizeof(mx_shdict_t *));
+    registry = mx_calloc(c->nshared_dicts > MX_SHDICT_MAX ? c->nshared_dicts : MX_SHDICT_MAX,
+                         sizeof(mx_shdict_t *));
     for (size_t i = 0; i < c->nshared_dicts; i++)
         registry[i] = mx_shdict_new(c->shared_dicts[i].name, c->shared_dicts[i].size);
     nregistry = c->nshared_dicts;
@@ -183,10 +185,43 @@ mx_shdict_free_all(void)
 }
 
 
+int
+mx_shdict_sync(const mx_conf_t *c, char *note, size_t notelen)
+{
+    int kept = 0;
+    size_t n = nregistry;
+    if (note != NULL && notelen > 0)
+        note[0] = '\0';
+    if (registry == NULL)
+        registry = mx_calloc(MX_SHDICT_MAX, sizeof(mx_shdict_t *));
+    for (size_t i = 0; i < c->nshared_dicts; i++) {
+        const mx_conf_shdict_t *sd = &c->shared_dicts[i];
+        mx_shdict_t *d = mx_shdict_find(sd->name, strlen(sd->name));
+        if (d != NULL) {
+            if (d->capacity != sd->size) {
+                kept++;
+                if (note != NULL && kept == 1)
+                    snprintf(note, notelen,
+                             "shared dict \"%s\" keeps its size of %zu bytes (the new config "
+                             "says %zu: a new size needs an upgrade or restart)",
+                             sd->name, d->capacity, sd->size);
+            }
+            continue;
+        }
+        if (n >= MX_SHDICT_MAX)
+            return MX_ECONF;
+        registry[n++] = mx_shdict_new(sd->name, sd->size);
+        __atomic_store_n(&nregistry, n, __ATOMIC_RELEASE);
+    }
+    return kept;
+}
+
+
 mx_shdict_t *
 mx_shdict_find(const char *name, size_t len)
 {
-    for (size_t i = 0; i < nregistry; i++)
+    size_t nreg = __atomic_load_n(&nregistry, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; i < nreg; i++)
         if (strlen(registry[i]->name) == len && memcmp(registry[i]->name, name, len) == 0)
             return registry[i];
     return NULL;

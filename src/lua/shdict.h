@@ -68,6 +68,12 @@ void mx_shdict_set_clock(uint64_t (*now_ms)(void));
 void mx_shdict_create_all(const mx_conf_t *c);
 void mx_shdict_free_all(void);
 mx_shdict_t *mx_shdict_find(const char *name, size_t len);
+/* A reload (main thread, workers running): adds the dicts <c> declares that
+ * do not exist yet; existing ones keep their contents and size. Returns how
+ * many dicts keep a size <c> changes (the first described in <note>), or
+ * MX_ECONF past MX_SHDICT_MAX dicts. */
+#define MX_SHDICT_MAX 256
+int mx_shdict_sync(const mx_conf_t *c, char *note, size_t notelen);
 
 /* Reads key <k>. Returns MX_OK with the value in <*out> (a string copied
  * into <buf> when out->len <= <buflen>, else MX_AGAIN: nothing copied, call

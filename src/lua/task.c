@@ -52,7 +52,7 @@ mx_lua_task_current(int *rc)
         if ((*rc = mx_lua_ffi_check_wait(s)) != MX_OK)
             return NULL;
         if (s->lua_wait == NULL)
-            s->lua_wait = task_new(s->w->vm, s);
+            s->lua_wait = task_new(s->gen->vm, s);
         return s->lua_wait;
     }
     if (cur_timer_task != NULL)
@@ -106,9 +106,12 @@ timer_task_resume(mx_lua_task_t *t, int nargs)
 {
     mx_session_t *prev_s = mx_lua_cur_session;
     mx_lua_task_t *prev_t = cur_timer_task;
+    mx_vm_t *prev_vm = mx_current_vm;
     mx_lua_cur_session = NULL;
     cur_timer_task = t;
+    mx_current_vm = t->vm; /* a worker runs one VM per generation: moxy.timer finds it here */
     int st = lua_resume(t->co, nargs);
+    mx_current_vm = prev_vm;
     mx_lua_cur_session = prev_s;
     cur_timer_task = prev_t;
     if (st == LUA_YIELD) {

@@ -28,6 +28,7 @@ struct mx_vm_s {
     int body_ref;
     int conn_ctxs_ref; /* engine.conn_ctxs: connection id -> s.conn_ctx */
     int shutdown_ref;   /* engine.shutdown(): every script's shutdown() */
+    int handover_ref;   /* engine.handover(): what the scripts carry to the next generation */
     mx_list_t timers;   /* vm_timer_t.node */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
     size_t nsvc;
@@ -119,6 +120,14 @@ pcall(lua_State *L, int nargs, int nres, char *err, size_t errlen)
 int
 mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_t errlen)
 {
+    return mx_vm_new_from(conf, w, NULL, out, err, errlen);
+}
+
+
+int
+mx_vm_new_from(const mx_conf_t *conf, mx_worker_t *w, const char *previous, mx_vm_t **out,
+               char *err, size_t errlen)
+{
     mx_vm_t *vm = mx_calloc(1, sizeof(*vm));
     vm->w = w;
     vm->conf = conf;
@@ -165,7 +174,12 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
             lua_pushstring(L, conf->services[i].script_config);
         else
             lua_pushnil(L);
-        if (pcall(L, 3, 1, err, errlen) != MX_OK)
+        lua_pushstring(L, conf->services[i].name);
+        if (previous != NULL)
+            lua_pushstring(L, previous);
+        else
+            lua_pushnil(L);
+        if (pcall(L, 5, 1, err, errlen) != MX_OK)
             goto fail;
         vm->masks[i] = (uint32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
@@ -174,6 +188,8 @@ mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_
     vm->conn_ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "shutdown");
     vm->shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "handover");
+    vm->handover_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "body");
     vm->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
@@ -224,11 +240,22 @@ mx_vm_has(const mx_vm_t *vm, size_t svc, int phase)
 }
 
 
+/* Makes <vm> the thread's current VM (moxy.timer finds it there: a worker
+ * may run several generations' VMs) and returns the previous one. */
+static mx_vm_t *
+enter(mx_vm_t *vm)
+{
+    mx_vm_t *prev = mx_current_vm;
+    mx_current_vm = vm;
+    return prev;
+}
+
+
 /* Handles what lua_resume() left: a finished phase, a wait, or an error. */
 static int
 after_resume(mx_session_t *s, lua_State *co, int st)
 {
-    mx_vm_t *vm = s->w->vm;
+    mx_vm_t *vm = s->gen->vm;
     int phase = s->lua_phase;
     if (st == LUA_YIELD && lua_gettop(co) == 3 && lua_type(co, 1) == LUA_TBOOLEAN) {
         int ok = lua_toboolean(co, 2);
@@ -249,7 +276,7 @@ after_resume(mx_session_t *s, lua_State *co, int st)
         }
         lua_settop(co, 0);
         s->lua_phase = -1;
-        if (!ok && s->w->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
+        if (!ok && vm->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
             return MX_OK; /* logged above; the phase counts as skipped */
         return ok ? MX_OK : MX_ELUA;
     }
@@ -279,7 +306,9 @@ resume(mx_session_t *s, lua_State *co, int nargs)
 {
     mx_session_t *prev = mx_lua_cur_session;
     mx_lua_cur_session = s;
+    mx_vm_t *prev_vm = enter(s->gen->vm);
     int st = lua_resume(co, nargs);
+    mx_current_vm = prev_vm;
     mx_lua_cur_session = prev;
     return st;
 }
@@ -288,7 +317,7 @@ resume(mx_session_t *s, lua_State *co, int nargs)
 int
 mx_lua_run(mx_session_t *s, int phase)
 {
-    mx_vm_t *vm = s->w->vm;
+    mx_vm_t *vm = s->gen->vm;
     lua_State *L = vm->L;
     int nargs = 1;
     if (s->lua_co == NULL) {
@@ -429,8 +458,10 @@ run_shutdown(mx_vm_t *vm)
         return;
     char err[512];
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->shutdown_ref);
+    mx_vm_t *prev = enter(vm);
     if (pcall(vm->L, 0, 0, err, sizeof(err)) != MX_OK)
         mx_log_error("lua shutdown %s", err);
+    mx_current_vm = prev;
 }
 
 
@@ -457,14 +488,16 @@ mx_lua_release(mx_session_t *s)
     mx_lua_task_end_session(s); /* closes its sockets, stops its sleeps: nothing wakes it */
     if (s->lua_co == NULL)
         return;
-    mx_vm_t *vm = s->w->vm;
+    mx_vm_t *vm = s->gen->vm;
     lua_State *co = s->lua_co;
     bool reusable = s->lua_phase < 0;
     if (reusable) {
         /* Let the body drop its references to the request, then pool it. */
         s->lua_phase = MX_PH_RELEASE;
         lua_pushinteger(co, MX_PH_RELEASE);
+        mx_vm_t *prev = enter(vm);
         int st = lua_resume(co, 1);
+        mx_current_vm = prev;
         reusable = st == LUA_YIELD && lua_gettop(co) == 3;
         lua_settop(co, 0);
     }
@@ -480,4 +513,32 @@ mx_lua_release(mx_session_t *s)
     s->lua_co = NULL;
     s->lua_co_ref = 0;
     s->lua_phase = -1;
+}
+
+
+char *
+mx_vm_handover(mx_vm_t *vm)
+{
+    if (vm == NULL || vm->handover_ref == 0 || vm->w == NULL)
+        return NULL;
+    lua_State *L = vm->L;
+    char err[512];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->handover_ref);
+    mx_vm_t *prev = enter(vm);
+    int rc = pcall(L, 0, 1, err, sizeof(err));
+    mx_current_vm = prev;
+    if (rc != MX_OK) {
+        mx_log_error("lua handover %s", err);
+        return NULL;
+    }
+    char *out = NULL;
+    size_t len;
+    const char *p = lua_tolstring(L, -1, &len);
+    if (p != NULL) {
+        out = mx_alloc(len + 1);
+        memcpy(out, p, len);
+        out[len] = '\0';
+    }
+    lua_pop(L, 1);
+    return out;
 }

@@ -37,6 +37,14 @@ typedef struct mx_vm_s mx_vm_t;
 /* Creates a VM and loads the scripts of <conf>'s services (running init()).
  * Returns MX_OK, or MX_ECONF with "file:line: message" in <err>. */
 int mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_t errlen);
+/* The same for a reload: each script's init(config, previous) receives, as
+ * <previous>, its part of what the old generation's handover() returned
+ * (<previous>: JSON text from mx_vm_handover(), or NULL). */
+int mx_vm_new_from(const mx_conf_t *conf, mx_worker_t *w, const char *previous, mx_vm_t **out,
+                   char *err, size_t errlen);
+/* A reload replaces <vm>: runs each script's handover() and returns what
+ * they returned as JSON text (mx_alloc'ed, the caller frees), or NULL. */
+char *mx_vm_handover(mx_vm_t *vm);
 void mx_vm_free(mx_vm_t *vm);
 /* True when service <svc> has a handler for <phase>. */
 bool mx_vm_has(const mx_vm_t *vm, size_t svc, int phase);

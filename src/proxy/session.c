@@ -79,13 +79,15 @@ mx_session_new(mx_h1conn_t *c)
 {
     mx_session_t *s = mx_alloc(sizeof(*s) + ARENA_FIRST);
     memset(s, 0, sizeof(*s));
+    mx_gen_conn_adopt(c); /* a request after a reload runs on the new generation */
     s->c = c;
     s->w = c->w;
+    s->gen = mx_gen_ref(c->gen);
     s->id = ++c->w->req_seq;
     s->start_ms = uv_now(&c->w->loop);
     s->lua_phase = -1;
     s->pick_index = -1;
-    s->svc_index = (size_t)(c->svc - c->w->conf->services);
+    s->svc_index = (size_t)(c->svc - s->gen->conf->services);
     mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
     mx_headers_init(&s->req_headers);
     mx_headers_init(&s->resp_headers);
@@ -164,6 +166,7 @@ mx_session_free(mx_session_t *s)
     mx_buf_dispose(&s->rbf_queue);
     mx_buf_dispose(&s->resp_body_buf);
     mx_arena_dispose(&s->arena);
+    mx_gen_unref(s->gen);
     mx_free(s);
 }
 
@@ -464,7 +467,7 @@ lua_busy(const mx_session_t *s)
 static bool
 has_phase(const mx_session_t *s, int phase)
 {
-    return mx_vm_has(s->w->vm, s->svc_index, phase);
+    return mx_vm_has(s->gen->vm, s->svc_index, phase);
 }
 
 
@@ -482,7 +485,7 @@ can_run(const mx_session_t *s, int phase)
 static int
 run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
-    if (!mx_vm_has(s->w->vm, s->svc_index, phase)) {
+    if (!mx_vm_has(s->gen->vm, s->svc_index, phase)) {
         next(s, MX_OK);
         return MX_OK;
     }
@@ -810,7 +813,8 @@ after_upstream_peer(mx_session_t *s, int rc)
             apply_peer_timeouts(s);
     } else {
         if (s->group == NULL && svc->upstream != NULL) {
-            s->group = mx_group_by_name(svc->upstream, strlen(svc->upstream));
+            s->group = mx_groups_find(s->gen->conf->groups, svc->upstream,
+                                      strlen(svc->upstream));
             if (s->group != NULL)
                 mx_group_ref(s->group);
         }
@@ -1550,7 +1554,7 @@ static bool
 has_upstream_body_filter(mx_session_t *s)
 {
     return !s->local_status &&
-           mx_vm_has(s->w->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
+           mx_vm_has(s->gen->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
 }
 
 
@@ -1664,7 +1668,7 @@ static void
 prepare_body_filter(mx_session_t *s)
 {
     if (!s->resp_no_body &&
-        (mx_vm_has(s->w->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+        (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
          has_upstream_body_filter(s)))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
 }

@@ -41,7 +41,9 @@ struct mx_h1conn_s {
     mx_timeq_entry_t tq; /* header, body, keepalive and send timeouts, in w->conn_tq */
     int handles_open;    /* uv handles not yet closed; freed at 0 */
     mx_worker_t *w;
-    const mx_conf_service_t *svc;
+    mx_gen_t *gen;                /* the generation it serves on (a reference) */
+    size_t listener;              /* the running listener it came from */
+    const mx_conf_service_t *svc; /* in gen's config */
     mx_list_t node; /* in w->conns */
     mx_wstream_t ws;
     llhttp_t parser;
@@ -111,6 +113,7 @@ struct mx_upconn_s {
 struct mx_session_s {
     mx_h1conn_t *c;
     mx_worker_t *w;
+    mx_gen_t *gen; /* config and VM of the request (a reference; kept across a reload) */
     uint64_t id;
     mx_sess_state_t state;
     mx_arena_t arena;

@@ -33,6 +33,12 @@ struct mx_server_s {
     uv_timer_t timer;
     int *fds; /* listening sockets, in service/listener order */
     size_t nfds;
+    char (*lnames)[128]; /* their addresses (mx_addr_t.text), the running listener set */
+    mx_genconf_t *gc;      /* the newest generation's config (conf is gc->conf) */
+    const char *conf_path; /* what SIGHUP reloads */
+    uv_async_t notify;     /* a worker took (or failed) a reload */
+    uint64_t reported;     /* the last generation logged as serving */
+    bool handed_over;      /* an upgrade took the sockets: leave unix paths and pid file */
     mx_worker_t *workers;
     int nworkers;
     bool fast;

@@ -29,8 +29,17 @@ struct mx_group_s {
     uint64_t gen;
 };
 
-static mx_group_t **groups;
-static size_t ngroups;
+/* The YAML groups of one config. The current one (what mx_group_by_name(),
+ * mx_group_at() and the health checks see; main thread) holds a reference,
+ * and so does each config generation built with it (workers find it through
+ * conf->groups), so a reload's old requests keep their groups. */
+struct mx_groups_s {
+    _Atomic int refs;
+    size_t n;
+    mx_group_t **g;
+};
+
+static mx_groups_t *current;
 
 
 uint64_t
@@ -226,13 +235,36 @@ mx_group_unref(mx_group_t *g)
 }
 
 
-void
-mx_groups_init(const mx_conf_t *conf)
+/* Copies the health of <from>'s backends into <to>'s that have the same name
+ * and address (a reload keeps what checks and failures learnt). */
+static void
+carry_health(mx_group_t *from, mx_group_t *to)
 {
-    mx_groups_free();
-    ngroups = conf->nupstreams;
-    groups = mx_calloc(ngroups ? ngroups : 1, sizeof(*groups));
-    for (size_t i = 0; i < ngroups; i++) {
+    mx_group_view_t *a = mx_group_view(from), *b = mx_group_view(to);
+    for (size_t i = 0; i < b->n; i++)
+        for (size_t j = 0; j < a->n; j++) {
+            mx_backend_t *o = a->b[j], *n = b->b[i];
+            if (strcmp(o->name, n->name) != 0 || strcmp(o->addr.text, n->addr.text) != 0)
+                continue;
+            atomic_store(&n->healthy, atomic_load(&o->healthy));
+            atomic_store(&n->down_until_ms, atomic_load(&o->down_until_ms));
+            atomic_store(&n->fails, atomic_load(&o->fails));
+            break;
+        }
+    mx_group_view_release(a);
+    mx_group_view_release(b);
+}
+
+
+mx_groups_t *
+mx_groups_build(const mx_conf_t *conf)
+{
+    mx_groups_t *r = mx_calloc(1, sizeof(*r));
+    atomic_init(&r->refs, 1);
+    r->n = conf->nupstreams;
+    r->g = mx_calloc(r->n ? r->n : 1, sizeof(*r->g));
+    mx_group_t **groups = r->g;
+    for (size_t i = 0; i < r->n; i++) {
         const mx_conf_upstream_t *u = &conf->upstreams[i];
         char **names = mx_alloc(sizeof(char *) * u->nbackends);
         mx_addr_t *addrs = mx_alloc(sizeof(mx_addr_t) * u->nbackends);
@@ -251,44 +283,101 @@ mx_groups_init(const mx_conf_t *conf)
         mx_free(names);
         mx_free(addrs);
         mx_free(weights);
+        mx_group_t *old = mx_groups_find(current, u->name, strlen(u->name));
+        if (old != NULL)
+            carry_health(old, groups[i]);
     }
+    return r;
+}
+
+
+mx_groups_t *
+mx_groups_ref(mx_groups_t *r)
+{
+    atomic_fetch_add(&r->refs, 1);
+    return r;
+}
+
+
+void
+mx_groups_unref(mx_groups_t *r)
+{
+    if (r == NULL)
+        return;
+    int was = atomic_fetch_sub(&r->refs, 1);
+    if (was != 1)
+        return;
+    for (size_t i = 0; i < r->n; i++)
+        mx_group_unref(r->g[i]);
+    mx_free(r->g);
+    mx_free(r);
+}
+
+
+void
+mx_groups_set_current(mx_groups_t *r)
+{
+    mx_groups_t *old = current;
+    current = r != NULL ? mx_groups_ref(r) : NULL;
+    mx_groups_unref(old);
+}
+
+
+mx_groups_t *
+mx_groups_current(void)
+{
+    return current;
+}
+
+
+mx_group_t *
+mx_groups_find(const mx_groups_t *r, const char *name, size_t len)
+{
+    if (r == NULL)
+        r = current;
+    for (size_t i = 0; r != NULL && i < r->n; i++) {
+        const char *n = r->g[i]->conf.name;
+        if (strlen(n) == len && memcmp(n, name, len) == 0)
+            return r->g[i];
+    }
+    return NULL;
+}
+
+
+void
+mx_groups_init(const mx_conf_t *conf)
+{
+    mx_groups_t *r = mx_groups_build(conf);
+    mx_groups_set_current(r);
+    mx_groups_unref(r);
 }
 
 
 void
 mx_groups_free(void)
 {
-    for (size_t i = 0; i < ngroups; i++)
-        mx_group_unref(groups[i]);
-    mx_free(groups);
-    groups = NULL;
-    ngroups = 0;
+    mx_groups_set_current(NULL);
 }
 
 
 size_t
 mx_groups_count(void)
 {
-    return ngroups;
+    return current != NULL ? current->n : 0;
 }
 
 
 mx_group_t *
 mx_group_at(size_t i)
 {
-    return i < ngroups ? groups[i] : NULL;
+    return current != NULL && i < current->n ? current->g[i] : NULL;
 }
 
 
 mx_group_t *
 mx_group_by_name(const char *name, size_t len)
 {
-    for (size_t i = 0; i < ngroups; i++) {
-        const char *n = groups[i]->conf.name;
-        if (strlen(n) == len && memcmp(n, name, len) == 0)
-            return groups[i];
-    }
-    return NULL;
+    return mx_groups_find(current, name, len);
 }
 
 

@@ -40,7 +40,23 @@ uint64_t mx_group_now_ms(void);
 typedef struct mx_group_s mx_group_t;           /* opaque outside group.c */
 typedef struct mx_group_view_s mx_group_view_t; /* a refcounted backend-list snapshot */
 
-/* --- the YAML groups (registry) --- */
+/* --- the YAML groups of one config (a registry; one per reload generation) --- */
+typedef struct mx_groups_s mx_groups_t;
+/* Builds one group per conf->upstreams entry; a backend that keeps its name and
+ * address in a same-named group of the current registry keeps its health (a
+ * reload). Returns it with one reference. Main thread. */
+mx_groups_t *mx_groups_build(const mx_conf_t *conf);
+mx_groups_t *mx_groups_ref(mx_groups_t *r);
+/* Any thread; the last reference drops its groups' (requests hold their own). */
+void mx_groups_unref(mx_groups_t *r);
+/* Makes <r> (or none) the current registry, which the functions below and
+ * the health checks use. Main thread. */
+void mx_groups_set_current(mx_groups_t *r);
+mx_groups_t *mx_groups_current(void); /* borrowed */
+/* Group <name> of <r> (NULL: the current registry), or NULL. */
+mx_group_t *mx_groups_find(const mx_groups_t *r, const char *name, size_t len);
+
+/* --- the current registry --- */
 /* Builds one group per conf->upstreams entry. Main thread, once, before workers start
  * (it frees the groups of an earlier call, which no worker may still be using). */
 void mx_groups_init(const mx_conf_t *conf);

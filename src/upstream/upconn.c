@@ -418,6 +418,7 @@ mx_upconn_release(mx_upconn_t *u, bool reusable)
     u->idle_since_ms = uv_now(&u->w->loop);
     mx_upconn_read_pause(u, false);
     set_timer(u, TM_IDLE, u->ups->idle_timeout);
+    u->ups = NULL; /* idle: its group may belong to a generation a reload retires */
     mx_pool_put(u->w->pool, u);
 }
 

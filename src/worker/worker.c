@@ -25,28 +25,28 @@ static void on_accept_close(uv_handle_t *h);
 
 
 int
-mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
+mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds, mx_genconf_t *gc,
+                uv_async_t *notify)
 {
-    const mx_conf_t *conf = *(const mx_conf_t **)server; /* mx_server_t starts with its conf */
+    const mx_conf_t *conf = gc->conf;
     memset(w, 0, sizeof(*w));
     w->id = id;
     w->server = server;
-    w->conf = conf;
+    w->notify = notify;
     mx_list_init(&w->conns);
+    mx_list_init(&w->gens);
+    atomic_init(&w->next_gc, NULL);
+    atomic_init(&w->gen_seq, gc->seq);
+    atomic_init(&w->gen_failed, 0);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0)
         return rc;
     uv_async_init(&w->loop, &w->async, on_async);
     w->async.data = w;
-    for (size_t i = 0; i < conf->nservices; i++) {
-        if (conf->services[i].script == NULL)
-            continue;
-        char err[1024];
-        if (mx_vm_new(conf, w, &w->vm, err, sizeof(err)) != MX_OK) {
-            mx_log_error("worker %d: %s", id, err);
-            return MX_ECONF;
-        }
-        break;
+    char err[1024];
+    if (mx_gen_new(w, gc, NULL, &w->gen, err, sizeof(err)) != MX_OK) {
+        mx_log_error("worker %d: %s", id, err);
+        return MX_ECONF;
     }
     w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
 
@@ -61,8 +61,8 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds)
             mx_accept_t *a = &w->accepts[k];
             const mx_conf_listener_t *lc = &svc->listeners[j];
             a->w = w;
-            a->svc = svc;
-            a->lc = lc;
+            a->index = k;
+            a->is_unix = lc->addr.kind == MX_ADDR_UNIX;
             int fd = dup(fds[k]);
             if (lc->addr.kind == MX_ADDR_UNIX) {
                 uv_pipe_init(&w->loop, &a->h.pipe, 0);
@@ -92,26 +92,40 @@ worker_main(void *arg)
     mx_worker_t *w = arg;
     mx_log_worker = w->id;
     mx_current_worker = w;
-    mx_current_vm = w->vm;
+    mx_current_vm = w->gen->vm;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uv_update_time(&w->loop);
     w->epoch_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - (int64_t)uv_now(&w->loop);
     mx_log_debug("worker %d running", w->id);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* Every connection is closed: the current generation retires too. */
+    mx_gen_t *g = w->gen;
+    w->gen = NULL;
+    mx_gen_unref(g);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (!mx_list_empty(&w->gens))
+        mx_log_warn("worker %d stopped with a generation still referenced", w->id);
+    mx_genconf_unref(atomic_exchange(&w->next_gc, NULL));
     /* Everything is closed: free what the loop no longer references. */
     uv_run(&w->loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&w->loop) != 0)
         mx_log_warn("worker %d loop closed with handles open", w->id);
     mx_pool_free(w->pool);
     w->pool = NULL;
-    mx_vm_free(w->vm);
-    w->vm = NULL;
     for (size_t i = 0; i < w->nfree; i++)
         mx_free(w->free_bufs[i]);
     mx_free(w->free_bufs);
     mx_free(w->accepts);
     mx_log_info("worker %d stopped after %llu requests", w->id, (unsigned long long)w->req_seq);
+}
+
+
+void
+mx_worker_reload(mx_worker_t *w, mx_genconf_t *gc)
+{
+    mx_genconf_unref(atomic_exchange(&w->next_gc, mx_genconf_ref(gc)));
+    uv_async_send(&w->async);
 }
 
 
@@ -136,14 +150,49 @@ static void
 maybe_exit(mx_worker_t *w)
 {
     /* A timer function or a request's logging still waiting keeps the worker (until forced). */
-    if (!w->draining || w->nconns > 0 || w->async_closed || mx_lua_tasks_running(w->vm) ||
-        mx_session_orphans_pending())
+    if (!w->draining || w->nconns > 0 || w->async_closed || mx_session_orphans_pending())
         return;
+    for (mx_list_t *n = w->gens.next; n != &w->gens; n = n->next)
+        if (mx_lua_tasks_running(mx_container_of(n, mx_gen_t, node)->vm))
+            return;
     mx_pool_close_idle(w->pool);
     mx_h1_worker_exit(w);
     mx_worker_timers_close(w);
     w->async_closed = 1;
     uv_close((uv_handle_t *)&w->async, NULL);
+}
+
+
+/* A reload: the new generation becomes current; the old one lives on for
+ * the requests and connections that still hold it. */
+static void
+take_reload(mx_worker_t *w, mx_genconf_t *gc)
+{
+    char err[1024];
+    mx_gen_t *g;
+    if (mx_gen_new(w, gc, w->gen, &g, err, sizeof(err)) != MX_OK) {
+        mx_log_error("reload: worker %d keeps generation %llu: %s", w->id,
+                     (unsigned long long)w->gen->seq, err);
+        atomic_store(&w->gen_failed, gc->seq);
+        uv_async_send(w->notify);
+        return;
+    }
+    mx_gen_t *old = w->gen;
+    w->gen = g;
+    mx_current_vm = g->vm;
+    mx_log_debug("worker %d serves generation %llu", w->id, (unsigned long long)g->seq);
+    /* Connections between requests move now (the client cannot tell: it is
+     * as if at their next request), so the old generation retires as soon
+     * as its requests in flight end. Busy ones move at their next request
+     * (mx_session_new). */
+    for (mx_list_t *n = w->conns.next; n != &w->conns; n = n->next) {
+        mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
+        if (c->s == NULL && !c->closing)
+            mx_gen_conn_adopt(c);
+    }
+    mx_gen_unref(old);
+    atomic_store(&w->gen_seq, g->seq);
+    uv_async_send(w->notify);
 }
 
 
@@ -155,21 +204,37 @@ on_async(uv_async_t *a)
         w->draining = 1;
         for (size_t i = 0; i < w->naccepts; i++)
             uv_close(&w->accepts[i].h.handle, on_accept_close);
-        /* Idle keepalive connections go now; busy ones after their response. */
+        /* Idle keepalive connections go now; busy ones after their response.
+         * After an upgrade they linger a moment: a client may be sending its
+         * next request right now, and closing under it would fail that
+         * request; it gets its answer with Connection: close instead. */
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);
             n = n->next;
-            if (c->s == NULL)
+            if (c->s == NULL && w->linger_idle_ms > 0)
+                mx_h1_set_timeout(c, (uint64_t)w->linger_idle_ms);
+            else if (c->s == NULL)
                 mx_h1_close(c);
         }
         mx_pool_close_idle(w->pool);
         mx_lua_tcp_pool_close(); /* idle moxy.tcp connections would keep the loop alive */
-        mx_vm_timers_retire(w->vm); /* premature = true, then closed */
+        /* premature = true, then closed; shutdown() runs */
+        for (mx_list_t *n = w->gens.next; n != &w->gens; n = n->next)
+            mx_vm_timers_retire(mx_container_of(n, mx_gen_t, node)->vm);
+    }
+    mx_genconf_t *gc = atomic_exchange(&w->next_gc, NULL);
+    if (gc != NULL) {
+        if (!w->draining)
+            take_reload(w, gc);
+        mx_genconf_unref(gc);
     }
     if (w->force_stop) {
-        mx_lua_tasks_cancel(w->vm); /* timer functions still waiting: stop them */
-        mx_session_orphans_abort(); /* logging that still waits after its response */
+        /* timer functions still waiting: stop them; logging that still waits after its
+         * response: abort it */
+        for (mx_list_t *n = w->gens.next; n != &w->gens; n = n->next)
+            mx_lua_tasks_cancel(mx_container_of(n, mx_gen_t, node)->vm);
+        mx_session_orphans_abort();
         mx_list_t *n = w->conns.next;
         while (n != &w->conns) {
             mx_h1conn_t *c = mx_container_of(n, mx_h1conn_t, node);

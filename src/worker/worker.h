@@ -10,6 +10,7 @@
 #include "core/list.h"
 #include "core/timeq.h"
 #include "core/types.h"
+#include "worker/gen.h"
 
 #define MX_RBUF_SIZE (32 * 1024)
 
@@ -21,8 +22,8 @@ typedef struct {
         uv_pipe_t pipe;
     } h;
     mx_worker_t *w;
-    const mx_conf_service_t *svc;
-    const mx_conf_listener_t *lc;
+    size_t index; /* running listener k: its service comes from the generation */
+    bool is_unix;
 } mx_accept_t;
 
 struct mx_worker_s {
@@ -31,14 +32,18 @@ struct mx_worker_s {
     uv_thread_t thread;
     uv_async_t async;
     mx_server_t *server;
-    const mx_conf_t *conf;
+    mx_gen_t *gen;  /* the current generation: new requests run on it */
+    mx_list_t gens; /* every generation not yet retired (mx_gen_t.node) */
+    _Atomic(mx_genconf_t *) next_gc; /* a reload from the main thread, taken in on_async */
+    atomic_ullong gen_seq;           /* the generation this worker serves (main reads) */
+    atomic_ullong gen_failed;        /* the last generation this worker could not build */
+    uv_async_t *notify;              /* the main thread's: a reload was taken */
 
     mx_accept_t *accepts;
     size_t naccepts;
     mx_list_t conns; /* downstream connections (mx_h1conn_t.node) */
     size_t nconns;
     mx_pool_t *pool;
-    struct mx_vm_s *vm; /* NULL when no service has a script */
 
     void **free_bufs; /* MX_RBUF_SIZE blocks */
     size_t nfree;
@@ -48,6 +53,8 @@ struct mx_worker_s {
     uint64_t conn_seq;
     volatile int stop_accepting; /* set by the main thread, then async */
     volatile int force_stop;
+    volatile int linger_idle_ms; /* draining after an upgrade: idle keepalive conns wait this
+                                    long for one more request (answered with close) */
     bool draining; /* loop side: listeners closed, idle conns closing */
     bool async_closed;
     uint64_t now_ms; /* loop time cache */
@@ -59,9 +66,15 @@ struct mx_worker_s {
     bool conn_timer_ready;
 };
 
-/* Starts the worker thread for <server>'s config, accepting on <fds>
- * (listening sockets owned by the main thread; each worker dups them). */
-int mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds);
+/* Starts the worker thread for config <gc> (its first generation), accepting
+ * on <fds> (listening sockets owned by the main thread, in <gc>'s
+ * service/listener order; each worker dups them). <notify> is sent when the
+ * worker has taken a reload. */
+int mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds,
+                    mx_genconf_t *gc, uv_async_t *notify);
+/* From the main thread: build a generation from <gc> and serve new requests
+ * with it (old ones finish on theirs). Takes a reference on <gc>. */
+void mx_worker_reload(mx_worker_t *w, mx_genconf_t *gc);
 /* From the main thread: stop accepting and exit once idle (graceful), or
  * close everything now (<force>). */
 void mx_worker_stop(mx_worker_t *w, bool force);

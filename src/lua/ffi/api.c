@@ -676,7 +676,7 @@ moxy_set_upstream(mx_session_t *s, const char *name, size_t len)
 {
     if (allowed(s, PEER) != MX_OK)
         return MX_EBADPHASE;
-    mx_group_t *g = mx_group_by_name(name, len);
+    mx_group_t *g = mx_groups_find(s->gen->conf->groups, name, len); /* its generation's */
     if (g != NULL) {
         mx_group_ref(g);
         mx_session_lb_release(s);
@@ -870,7 +870,7 @@ moxy_worker_id(void)
 int
 moxy_worker_count(void)
 {
-    return mx_current_worker ? mx_current_worker->conf->threads : 1;
+    return mx_current_vm != NULL ? mx_vm_conf(mx_current_vm)->threads : 1;
 }
 
 

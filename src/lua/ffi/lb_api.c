@@ -25,11 +25,13 @@ int moxy_set_group_peer(mx_session_t *s, void *g, int index, double gen, const c
                         size_t len);
 
 
-/* The YAML group <name>, or NULL. It lives as long as the process serves. */
+/* The YAML group <name> of the calling VM's config generation, or NULL. It lives as long
+ * as that generation (a reload builds the next one its own groups). */
 void *
 moxy_upstream_group(const char *name, size_t len)
 {
-    return mx_group_by_name(name, len);
+    const mx_conf_t *conf = mx_current_vm != NULL ? mx_vm_conf(mx_current_vm) : NULL;
+    return mx_groups_find(conf != NULL ? conf->groups : NULL, name, len); /* the VM's generation */
 }
 
 
@@ -201,7 +203,7 @@ moxy_set_group_peer(mx_session_t *s, void *p, int index, double gen, const char 
         s->pick_key = (mx_str_t){copy, len};
     }
     const char *name = mx_group_name(g);
-    if (mx_group_by_name(name, strlen(name)) == g)
+    if (mx_groups_find(s->gen->conf->groups, name, strlen(name)) == g)
         s->ups = mx_group_conf(g); /* a YAML group: its timeouts */
     s->peer_set = 0;
     return MX_OK;

@@ -164,6 +164,60 @@ Test(group, registry_from_config)
 }
 
 
+/* A reload builds the new config its own groups (old requests keep the old
+ * ones): a backend that stays keeps the health the checks and failures gave
+ * it, a new one starts up, and the groups outlive the registry that made them
+ * while a request holds them. */
+Test(group, reload_builds_new_groups_that_keep_health)
+{
+    static const char y1[] = "version: 1\n"
+                             "upstreams:\n"
+                             "  origin: { backends: [127.0.0.1:9001, 127.0.0.1:9002] }\n"
+                             "services:\n"
+                             "  - listeners: [127.0.0.1:1]\n"
+                             "    upstream: origin\n";
+    static const char y2[] = "version: 1\n"
+                             "upstreams:\n"
+                             "  origin: { backends: [127.0.0.1:9002, 127.0.0.1:9003], "
+                             "read_timeout: 7 }\n"
+                             "services:\n"
+                             "  - listeners: [127.0.0.1:1]\n"
+                             "    upstream: origin\n";
+    mx_conf_t *c1, *c2;
+    char err[256];
+    cr_assert_eq(mx_conf_load_string("1.yaml", y1, sizeof(y1) - 1, &c1, err, sizeof(err)), MX_OK);
+    cr_assert_eq(mx_conf_load_string("2.yaml", y2, sizeof(y2) - 1, &c2, err, sizeof(err)), MX_OK);
+    mx_groups_t *r1 = mx_groups_build(c1);
+    mx_groups_set_current(r1);
+    mx_group_t *g1 = mx_groups_find(r1, "origin", 6);
+    mx_group_ref(g1); /* a request in flight holds its group */
+    mx_group_view_t *v = mx_group_view(g1);
+    mx_backend_set_healthy(mx_group_view_backend(v, 1), false); /* 9002 is down */
+    mx_group_view_release(v);
+
+    mx_groups_t *r2 = mx_groups_build(c2);
+    mx_groups_set_current(r2);
+    mx_groups_unref(r1); /* the old generation goes */
+    mx_group_t *g2 = mx_groups_find(r2, "origin", 6);
+    cr_assert_neq(g2, g1);
+    cr_assert_eq(mx_group_by_name("origin", 6), g2);
+    cr_assert_float_eq(mx_group_conf(g2)->read_timeout, 7.0, 1e-9);
+    v = mx_group_view(g2);
+    cr_assert_str_eq(mx_group_view_backend(v, 0)->name, "127.0.0.1:9002");
+    cr_assert_not(atomic_load(&mx_group_view_backend(v, 0)->healthy), "9002 came back up");
+    cr_assert(atomic_load(&mx_group_view_backend(v, 1)->healthy), "9003 starts up");
+    mx_group_view_release(v);
+    v = mx_group_view(g1); /* still usable by its request */
+    cr_assert_eq(mx_group_view_count(v), 2);
+    mx_group_view_release(v);
+    mx_group_unref(g1);
+    mx_groups_free();
+    mx_groups_unref(r2);
+    mx_conf_free(c1);
+    mx_conf_free(c2);
+}
+
+
 Test(group, bad_hash_key_is_a_config_error)
 {
     static const char yaml[] = "version: 1\n"
