@@ -139,6 +139,72 @@ local OPTS = { backends = "table", algorithm = "string", hash_key = "string",
 local PASSIVE = { max_fails = "number", fail_timeout = "number", on_5xx = "boolean" }
 
 
+-- A YAML flow scalar for a Lua value: strings double-quoted (JSON escapes are YAML's).
+local function yaml_scalar(v)
+    local t = type(v)
+    if t == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then
+            return nil
+        end
+        return (v % 1 == 0 and v > -2^53 and v < 2^53) and format("%d", v)
+               or format("%.17g", v)
+    elseif t == "boolean" then
+        return tostring(v)
+    elseif t == "string" then
+        return '"' .. v:gsub('[%c"\\]', function(c)
+            return format("\\u%04x", c:byte())
+        end) .. '"'
+    end
+    return nil
+end
+
+
+local function yaml_flow(v, path)
+    if type(v) ~= "table" then
+        local text = yaml_scalar(v)
+        if text == nil then
+            return nil, format("%s: not a string, number or boolean (%s)", path, type(v))
+        end
+        return text
+    end
+    local n, keys = #v, {}
+    for k in pairs(v) do
+        if type(k) ~= "string" and not (type(k) == "number" and k % 1 == 0 and k >= 1
+                                        and k <= n) then
+            return nil, format("%s: keys must be strings (a list or a mapping)", path)
+        end
+        keys[#keys + 1] = k
+    end
+    local out = {}
+    if n > 0 and #keys == n then
+        for i = 1, n do
+            local text, why = yaml_flow(v[i], format("%s[%d]", path, i - 1))
+            if not text then return nil, why end
+            out[i] = text
+        end
+        return "[" .. table.concat(out, ", ") .. "]"
+    end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for i, k in ipairs(keys) do
+        if type(k) ~= "string" then
+            return nil, format("%s: keys must be strings (a list or a mapping)", path)
+        end
+        local text, why = yaml_flow(v[k], path .. "." .. k)
+        if not text then return nil, why end
+        out[i] = yaml_scalar(k) .. ": " .. text
+    end
+    return "{" .. table.concat(out, ", ") .. "}"
+end
+
+
+-- health_check = {...} as the YAML flow mapping the engines check with the rules of an
+-- upstream group's health_check: (keys sorted: equal tables give equal text). Returns the
+-- text, or nil and the reason.
+function _M.health_yaml(h)
+    return yaml_flow(h, "health_check")
+end
+
+
 local function int_in(v, lo, hi)
     return v % 1 == 0 and v >= lo and v <= hi
 end
@@ -146,7 +212,10 @@ end
 
 -- moxy.balancer.new{ backends = { "127.0.0.1:8081", "127.0.0.1:8082 weight=2" },
 -- algorithm = "round_robin", hash_key = "uri", max_retries = 1,
--- passive_health = { max_fails = 1, fail_timeout = 10, on_5xx = false } }. Backends are numeric "ip:port",
+-- passive_health = { max_fails = 1, fail_timeout = 10, on_5xx = false },
+-- health_check = { type = "http", path = "/health", interval = 2, rise = 2, fall = 3, ... } }
+-- (the keys and rules of YAML's health_check:). Equal definitions share one group and one
+-- set of checks across all workers (docs/lua-api.md). Backends are numeric "ip:port",
 -- "[v6]:port" or "unix:/path", optionally followed by " weight=N" (1..1000), or tables
 -- { addr =, weight = }. Phases: all (and load time).
 function _M.new(opts)
@@ -161,9 +230,13 @@ function _M.new(opts)
             error(format("moxy.balancer.new: %s must be a %s, got %s", k, OPTS[k], type(v)), 2)
         end
     end
+    local health
     if opts.health_check ~= nil then
-        error("moxy.balancer.new: health_check is not supported yet (use a YAML upstream group)",
-              2)
+        local why
+        health, why = _M.health_yaml(opts.health_check)
+        if not health then
+            error("moxy.balancer.new: " .. why, 2)
+        end
     end
     local algorithm = opts.algorithm or "round_robin"
     if ALG_ID[algorithm] == nil then
@@ -225,7 +298,7 @@ function _M.new(opts)
               .. " fail_timeout 0.001..86400 seconds", 2)
     end
     local handle, err = engine().group_new(ALG_ID[algorithm], HASH_ID[kind], name, names,
-                                           weights, o)
+                                           weights, o, health, opts.health_check)
     if not handle then
         error("moxy.balancer.new: " .. err, 2)
     end

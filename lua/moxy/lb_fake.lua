@@ -4,8 +4,11 @@
 -- { backends = {...}, algorithm =, hash_key = } as in YAML. moxy.fake merges it in.
 local lb = require "moxy.lb"
 
+local format = string.format
 local ipairs = ipairs
 local match = string.match
+local pairs = pairs
+local tostring = tostring
 local tonumber = tonumber
 local type = type
 
@@ -26,8 +29,108 @@ local function new_group(algorithm, names, weights)
 end
 
 
--- A group for moxy.balancer.new{}: the same checks as the C side.
-function _M.group_new(algorithm, _, _, names, weights)
+-- health_check checked as the C side does (src/conf/conf.c health_keys, on_health): the
+-- fake has no checker, so this twin of the rules is what moxy.test can offer. Returns
+-- nil or the reason, naming the key.
+local NUM = { interval = { 0.01, 86400 }, timeout = { 0.001, 3600 } }
+local INT = { rise = { 1, 100 }, fall = { 1, 100 }, port = { 1, 65535 } }
+local OWN = { host = true, connection = true, ["content-length"] = true,
+              ["transfer-encoding"] = true }
+
+local function status_item(v)
+    local s = tostring(v)
+    if type(v) ~= "number" and type(v) ~= "string" then
+        return false
+    end
+    if match(s, "^[1-5][xX][xX]$") then
+        return true
+    end
+    local lo, hi = match(s, "^(%d%d%d)%-(%d%d%d)$")
+    if lo then
+        lo, hi = tonumber(lo), tonumber(hi)
+        return lo >= 100 and hi <= 599 and lo <= hi
+    end
+    local n = match(s, "^%d+$") and tonumber(s)
+    return n ~= nil and n >= 100 and n <= 599
+end
+
+local function check_health(h)
+    for k, v in pairs(h) do
+        local key = "health_check." .. tostring(k)
+        local t = type(v)
+        if k == "type" then
+            if v ~= "tcp" and v ~= "http" then
+                return key .. ": unknown value (expected one of: tcp, http)"
+            end
+        elseif k == "path" or k == "host" or k == "expected_body" then
+            if (t ~= "string" and t ~= "number") or tostring(v) == "" then
+                return key .. ": expected a non-empty string"
+            end
+            if k == "expected_body" and #tostring(v) > 127 then
+                return key .. ": longer than 127 bytes"
+            end
+        elseif NUM[k] then
+            local x = tonumber(v)
+            if x == nil or x < NUM[k][1] or x > NUM[k][2] then
+                return format("%s: expected a duration in seconds in %g..%g", key, NUM[k][1],
+                              NUM[k][2])
+            end
+        elseif INT[k] then
+            local x = tonumber(v)
+            if x == nil or x % 1 ~= 0 or x < INT[k][1] or x > INT[k][2] then
+                return format("%s: expected an integer in %d..%d", key, INT[k][1], INT[k][2])
+            end
+        elseif k == "expected_statuses" then
+            local list = t == "table" and v or { v }
+            if #list == 0 then
+                return key .. ": expected a status, a class or a range (or a list of them)"
+            end
+            for _, item in ipairs(list) do
+                if not status_item(item) then
+                    return key .. ": expected a status (204), a class (\"2xx\") or a range"
+                           .. " (\"200-299\")"
+                end
+            end
+        elseif k == "method" then
+            if v ~= "GET" and v ~= "HEAD" then
+                return key .. ": unknown value (expected one of: GET, HEAD)"
+            end
+        elseif k == "headers" then
+            if t ~= "table" then
+                return key .. ": expected a mapping of header names to values"
+            end
+            for name, value in pairs(v) do
+                if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+%-.^_`|~]+$") then
+                    return key .. "." .. tostring(name) .. ": not a valid header name"
+                end
+                if OWN[name:lower()] then
+                    return key .. "." .. name .. ": set by the check itself"
+                end
+                if type(value) ~= "string" or match(value, "[\r\n]") then
+                    return key .. "." .. name .. ": a header value must be one line"
+                end
+            end
+        else
+            return format("%s: unknown key", key)
+        end
+    end
+    if h.expected_body ~= nil and h.method == "HEAD" then
+        return "health_check: expected_body needs a body to look in: not with method HEAD"
+    end
+    return nil
+end
+
+
+-- A group for moxy.balancer.new{}: the same checks as the C side. With a health_check
+-- (<health_table>) every backend stays healthy unless a spec marks it (lb_fake has no
+-- checker; balancer:backends() shows the flags).
+function _M.group_new(algorithm, _, _, names, weights, _, _, health_table)
+    if health_table ~= nil then
+        local why = check_health(health_table)
+        if why then
+            return nil, why
+        end
+    end
     for i = 1, #names do
         local a = names[i]
         local host = match(a, "^%[(.+)%]:%d+$") or match(a, "^([^:]+):%d+$")

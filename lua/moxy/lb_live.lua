@@ -13,7 +13,8 @@ local tonumber = tonumber
 ffi.cdef[[
 void *moxy_upstream_group(const char *name, size_t len);
 void *moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                        const int *weights, int n, const double *opts, char *err, size_t errlen);
+                        const int *weights, int n, const double *opts, const char *health,
+                        char *err, size_t errlen);
 void moxy_balancer_free(void *g);
 int moxy_group_info(void *g, int *out);
 int moxy_group_select(void *g, const char *key, size_t len, int *index, double *gen, char *buf,
@@ -43,9 +44,11 @@ function _M.group_upstream(name)
 end
 
 
--- A C group for moxy.balancer.new{}; nil, reason on a bad backend. <o>: max_retries,
--- max_fails, fail_timeout, on_5xx.
-function _M.group_new(algorithm, hash_kind, hash_name, names, weights, o)
+-- A C group for moxy.balancer.new{}; nil, reason on a bad backend or health_check. <o>:
+-- max_retries, max_fails, fail_timeout, on_5xx. <health>: health_check as a YAML flow
+-- mapping (nil: none), checked in C by the config's rules. Equal definitions share one
+-- group process-wide (lb_api.c); each handle is released by ffi.gc.
+function _M.group_new(algorithm, hash_kind, hash_name, names, weights, o, health)
     local n = #names
     local cnames = ffi.new("const char *[?]", n)
     local cweights = ffi.new("int[?]", n)
@@ -56,7 +59,7 @@ function _M.group_new(algorithm, hash_kind, hash_name, names, weights, o)
     local copts = ffi.new("double[4]", o.max_retries, o.max_fails, o.fail_timeout,
                           o.on_5xx and 1 or 0)
     local g = C.moxy_balancer_new(algorithm, hash_kind, hash_name, cnames, cweights, n, copts,
-                                  buf, 512)
+                                  health, buf, 512)
     if g == nil then
         return nil, ffi_str(buf)
     end

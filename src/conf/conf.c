@@ -1242,6 +1242,50 @@ mx_conf_load_string(const char *name, const char *yaml, size_t len, mx_conf_t **
 }
 
 
+/* The health_check of moxy.balancer.new{} (lb_api.c): <yaml> is a flow mapping the Lua side
+ * wrote from its table; it goes through the very keys and checks of an upstream group's
+ * health_check: (on_health), so YAML and Lua cannot drift. Fills <h> (defaults first; free
+ * its path and host with mx_free). */
+int
+mx_conf_health_parse(const char *yaml, size_t len, mx_conf_health_t *h, char *err, size_t errlen)
+{
+    ld_t ld = {.file = "health_check", .err = err, .errlen = errlen};
+    mx_conf_upstream_t u = {0};
+    yaml_parser_t p;
+    yaml_document_t doc;
+    int rc = MX_ECONF;
+
+    upstream_init(&u, "(balancer)");
+    mx_free(u.name);
+    if (!yaml_parser_initialize(&p)) {
+        snprintf(err, errlen, "cannot initialize the YAML parser");
+        return MX_ECONF;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
+    if (!yaml_parser_load(&p, &doc)) {
+        rc = syntax_error(&ld, &p);
+        yaml_parser_delete(&p);
+        return rc;
+    }
+    ld.doc = &doc;
+    push(&ld, "health_check", 0);
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root == NULL || root->type != YAML_MAPPING_NODE)
+        rc = root ? type_error(&ld, root, "a table") : fail(&ld, &(yaml_node_t){0}, "empty");
+    else
+        rc = on_health(&ld, root, &u);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&p);
+    *h = u.health;
+    if (rc != MX_OK) {
+        mx_free(h->path);
+        mx_free(h->host);
+        h->path = h->host = NULL;
+    }
+    return rc;
+}
+
+
 int
 mx_conf_load(const char *path, mx_conf_t **out, char *err, size_t errlen)
 {

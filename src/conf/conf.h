@@ -160,6 +160,11 @@ int mx_conf_load(const char *path, mx_conf_t **out, char *err, size_t errlen);
 int mx_conf_load_string(const char *name, const char *yaml, size_t len, mx_conf_t **out,
                         char *err, size_t errlen);
 
+/* A health_check mapping alone (moxy.balancer.new{}), with the rules of an upstream
+ * group's health_check:. Errors name the key: "health_check:1:10: health_check.rise: ...". */
+int mx_conf_health_parse(const char *yaml, size_t len, mx_conf_health_t *h, char *err,
+                         size_t errlen);
+
 void mx_conf_free(mx_conf_t *c);
 
 const char *mx_log_level_str(mx_log_level_t l);

@@ -501,6 +501,8 @@ struct hgroup_s {
     size_t nmembers;
     int lookups;  /* in flight */
     bool changed; /* an answer differed from the last: replace once all are in */
+    hgroup_t *next; /* dynamic groups (moxy.balancer.new{}): s->dyn list */
+    int closing;    /* dynamic: handles still to close before it is freed */
 };
 
 /* One running service (start to stop). */
@@ -513,15 +515,29 @@ struct hsvc_s {
     bool stopping;     /* service thread: on_stop ran */
     uv_async_t answer; /* a resolver thread queued an answer */
     lookup_t *answers; /* under lookups_lock */
+    uv_async_t changes; /* mx_health_add/remove queued an op */
+    hgroup_t *dyn;      /* the dynamic groups checked now (service thread) */
 };
 
-static hsvc_t *svc; /* the running service; NULL when stopped (main thread) */
+static hsvc_t *svc; /* the running service; NULL when stopped (under dyn_lock) */
+
+/* Dynamic groups (moxy.balancer.new{}): any thread queues an add or a remove; the
+ * service thread applies them in order. The queue holds a reference per add. */
+typedef struct dyn_op_s {
+    bool add;
+    mx_group_t *g;
+    struct dyn_op_s *next;
+} dyn_op_t;
+
+static pthread_mutex_t dyn_lock = PTHREAD_MUTEX_INITIALIZER;
+static dyn_op_t *dyn_ops, **dyn_tail = &dyn_ops;
 
 static void on_check_tick(uv_timer_t *t);
 static void on_resolve_tick(uv_timer_t *t);
 static void on_answer(uv_async_t *a);
 static void on_probe_result(void *arg, int rc, int status);
 static void on_stop(uv_async_t *a);
+static void on_changes(uv_async_t *a);
 static void service_main(void *arg);
 
 
@@ -956,6 +972,24 @@ svc_free(hsvc_t *s)
         mx_free(hg->members);
     }
     mx_free(s->groups);
+    /* Dynamic groups still registered (a restart of the service): queued again, with
+     * their reference, for the next start. */
+    pthread_mutex_lock(&dyn_lock);
+    for (hgroup_t *hg = s->dyn, *next; hg != NULL; hg = next) {
+        next = hg->next;
+        for (size_t j = 0; j < hg->ntargets; j++)
+            target_free(hg->targets[j]);
+        mx_free(hg->targets);
+        dyn_op_t *op = mx_calloc(1, sizeof(*op));
+        op->add = true;
+        op->g = hg->g;
+        op->next = dyn_ops;
+        if (dyn_ops == NULL)
+            dyn_tail = &op->next;
+        dyn_ops = op;
+        mx_free(hg);
+    }
+    pthread_mutex_unlock(&dyn_lock);
     for (lookup_t *l = s->answers, *next; l != NULL; l = next) {
         next = l->next;
         lookup_free(l);
@@ -1001,10 +1035,7 @@ mx_health_start(const mx_conf_t *conf)
             s->ngroups--;
         }
     }
-    if (s->ngroups == 0) {
-        svc_free(s);
-        return MX_OK;
-    }
+    /* The thread runs even with no group to check: moxy.balancer.new{} may bring some. */
     if ((rc = uv_loop_init(&s->loop)) < 0) {
         svc_free(s);
         return rc;
@@ -1013,6 +1044,8 @@ mx_health_start(const mx_conf_t *conf)
     s->stop.data = s;
     uv_async_init(&s->loop, &s->answer, on_answer);
     s->answer.data = s;
+    uv_async_init(&s->loop, &s->changes, on_changes);
+    s->changes.data = s;
     for (size_t i = 0; i < s->ngroups; i++) {
         hgroup_t *hg = &s->groups[i];
         uv_timer_init(&s->loop, &hg->check_timer);
@@ -1038,6 +1071,7 @@ mx_health_start(const mx_conf_t *conf)
     if ((rc = uv_thread_create(&s->thread, service_main, s)) < 0) {
         uv_close((uv_handle_t *)&s->stop, NULL);
         uv_close((uv_handle_t *)&s->answer, NULL);
+        uv_close((uv_handle_t *)&s->changes, NULL);
         for (size_t i = 0; i < s->ngroups; i++) {
             uv_close((uv_handle_t *)&s->groups[i].check_timer, NULL);
             uv_close((uv_handle_t *)&s->groups[i].resolve_timer, NULL);
@@ -1047,7 +1081,10 @@ mx_health_start(const mx_conf_t *conf)
         svc_free(s);
         return rc;
     }
+    pthread_mutex_lock(&dyn_lock);
     svc = s;
+    uv_async_send(&s->changes); /* groups queued before the start */
+    pthread_mutex_unlock(&dyn_lock);
     return MX_OK;
 }
 
@@ -1072,7 +1109,18 @@ on_stop(uv_async_t *a)
 {
     hsvc_t *s = a->data;
 
+    on_changes(&s->changes); /* removes queued before the stop: their references go */
     s->stopping = true;
+    for (hgroup_t *hg = s->dyn; hg != NULL; hg = hg->next) {
+        for (size_t j = 0; j < hg->ntargets; j++) {
+            if (hg->targets[j]->probe != NULL) {
+                mx_health_probe_cancel(hg->targets[j]->probe);
+                hg->targets[j]->probe = NULL;
+            }
+        }
+        uv_close((uv_handle_t *)&hg->check_timer, NULL);
+    }
+    uv_close((uv_handle_t *)&s->changes, NULL);
     for (size_t i = 0; i < s->ngroups; i++) {
         hgroup_t *hg = &s->groups[i];
         for (size_t j = 0; j < hg->ntargets; j++) {
@@ -1104,8 +1152,116 @@ mx_health_stop(void)
 
     if (s == NULL)
         return;
+    pthread_mutex_lock(&dyn_lock);
     svc = NULL;
+    pthread_mutex_unlock(&dyn_lock);
     uv_async_send(&s->stop);
     uv_thread_join(&s->thread);
     svc_free(s);
+}
+
+
+/* ------------------------------------------------------- dynamic groups */
+
+static void
+dyn_closed(uv_handle_t *h)
+{
+    hgroup_t *hg = h->data;
+
+    mx_group_unref(hg->g);
+    mx_free(hg);
+}
+
+
+/* Service thread: applies the queued adds and removes, in order. */
+static void
+on_changes(uv_async_t *a)
+{
+    hsvc_t *s = a->data;
+
+    pthread_mutex_lock(&dyn_lock);
+    dyn_op_t *ops = dyn_ops;
+    dyn_ops = NULL;
+    dyn_tail = &dyn_ops;
+    pthread_mutex_unlock(&dyn_lock);
+    for (dyn_op_t *op = ops, *next; op != NULL; op = next) {
+        next = op->next;
+        if (op->add) {
+            const mx_conf_upstream_t *u = mx_group_conf(op->g);
+            hgroup_t *hg = mx_calloc(1, sizeof(*hg));
+            hg->s = s;
+            hg->g = op->g; /* the op's reference, now the hgroup's */
+            hg->name = mx_group_name(op->g);
+            hg->h = &u->health;
+            hg->check = true;
+            uv_timer_init(&s->loop, &hg->check_timer);
+            hg->check_timer.data = hg;
+            sync_targets(hg);
+            uv_timer_start(&hg->check_timer, on_check_tick, 0, hg->tick);
+            hg->next = s->dyn;
+            s->dyn = hg;
+            mx_log_info("upstream %s: %s health checks every %gs (rise %d, fall %d)", hg->name,
+                        hg->h->type, hg->h->interval, hg->h->rise, hg->h->fall);
+        } else {
+            for (hgroup_t **pp = &s->dyn; *pp != NULL; pp = &(*pp)->next) {
+                hgroup_t *hg = *pp;
+                if (hg->g != op->g)
+                    continue;
+                *pp = hg->next;
+                for (size_t j = 0; j < hg->ntargets; j++)
+                    target_free(hg->targets[j]); /* a check in flight is cancelled */
+                mx_free(hg->targets);
+                hg->targets = NULL;
+                hg->ntargets = 0;
+                uv_close((uv_handle_t *)&hg->check_timer, dyn_closed);
+                break;
+            }
+        }
+        mx_free(op);
+    }
+}
+
+
+/* Queues <op>; a remove that meets the add of the same group still queued cancels it. */
+static void
+dyn_queue(bool add, mx_group_t *g)
+{
+    pthread_mutex_lock(&dyn_lock);
+    if (!add) {
+        for (dyn_op_t **pp = &dyn_ops; *pp != NULL; pp = &(*pp)->next) {
+            dyn_op_t *op = *pp;
+            if (op->add && op->g == g) {
+                *pp = op->next;
+                if (dyn_tail == &op->next)
+                    dyn_tail = pp;
+                pthread_mutex_unlock(&dyn_lock);
+                mx_group_unref(g);
+                mx_free(op);
+                return;
+            }
+        }
+    }
+    dyn_op_t *op = mx_calloc(1, sizeof(*op));
+    op->add = add;
+    op->g = g;
+    *dyn_tail = op;
+    dyn_tail = &op->next;
+    if (svc != NULL)
+        uv_async_send(&svc->changes);
+    pthread_mutex_unlock(&dyn_lock);
+}
+
+
+void
+mx_health_add(mx_group_t *g)
+{
+    mx_group_ref(g);
+    dyn_queue(true, g);
+}
+
+
+void
+mx_health_remove(mx_group_t *g)
+{
+    dyn_queue(false, g);
 }

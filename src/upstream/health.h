@@ -109,4 +109,13 @@ int mx_health_start(const mx_conf_t *conf);
  * to call when not started. */
 void mx_health_stop(void);
 
+/* Groups outside the config (moxy.balancer.new{} with a health_check, lb_api.c): checks
+ * <g> with its conf's health_check until mx_health_remove(g). Any thread; the service
+ * thread applies it (queued while the service is stopped; it keeps a reference to <g>).
+ * The thread runs from mx_health_start() even when no YAML group is checked. A remove
+ * cancels the group's checks in flight. Pair each add with one remove. */
+typedef struct mx_group_s mx_group_t;
+void mx_health_add(mx_group_t *g);
+void mx_health_remove(mx_group_t *g);
+
 #endif

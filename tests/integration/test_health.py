@@ -588,3 +588,69 @@ class DnsStop(HealthCheckBase):
         took = time.monotonic() - t0
         self.assertLess(took, 3 * SLOW, m.diagnostics())
         print(f"    fast stop with a DNS lookup hanging: {took:.2f}s")
+
+
+class LuaBalancerHealthCheck(HealthCheckBase):
+    """moxy.balancer.new{ health_check = {...} } made at load time in each of 2 workers'
+    VMs: one shared group, one set of checks (one log line per transition, not one per
+    worker), and traffic leaves a stopped origin after its first failed check."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "balancer.lua")
+
+    def test_lua_balancer_health_check_shared_by_workers(self):
+        a, b = self.start_named("a"), self.start_named("b")
+        check = {"type": "http", "path": "/health", "interval": 0.3, "rise": 2, "fall": 1}
+        cfg = {"backends": [a.addr, b.addr], "health_check": check}
+        conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
+                      {"origin": {"backends": [a.addr], "connect_timeout": 1, "read_timeout": 5}},
+                      threads=2)
+        m = self.start_moxy(conf)
+        started = "upstream (balancer): http health checks every 0.3s (rise 2, fall 1)"
+        self.assertTrue(wait_for(lambda: started in m.error_log(), 5 * SLOW), m.diagnostics())
+        self.assertTrue(wait_for(lambda: a.checks >= 2 and b.checks >= 2, 5 * SLOW),
+                        f"no checks: {a.checks} {b.checks}\n{m.diagnostics()}")
+        traffic = Traffic(m.port)
+        self.addCleanup(traffic.stop)
+        self.assertTrue(wait_for(lambda: min(a.hits, b.hits) >= 3, 10 * SLOW),
+                        f"not every origin got traffic: {a.hits} {b.hits}\n{m.diagnostics()}")
+
+        b.stop()
+        down = f"upstream (balancer) backend {b.addr} is down (http check: connection refused, 1 fail)"
+        t_down = self.wait_log_at(m, down, 10 * SLOW)
+        self.assertIsNotNone(t_down, f"no '{down}' in the error log\n{m.diagnostics()}")
+        hits_a = a.hits
+        time.sleep(1.5 * SLOW)
+        self.assertGreater(a.hits - hits_a, 20, "a got the traffic while b was down")
+        n_restart = m.log_size()
+        hits_down = b.hits
+        b.start()
+        up = f"upstream (balancer) backend {b.addr} is up (2 checks passed)"
+        self.assertIsNotNone(self.wait_log_at(m, up, 10 * SLOW), m.diagnostics())
+        self.assertTrue(wait_for(lambda: b.hits > hits_down + 3, 5 * SLOW),
+                        f"the restarted origin gets no traffic\n{m.diagnostics()}")
+        traffic.stop()
+
+        after = traffic.since(t_down)
+        self.assertGreater(len(after), 50, "too little traffic to say anything")
+        self.assertEqual(bad(after), [], f"a client saw an error after the down check\n{m.diagnostics()}")
+        log = m.error_log()
+        tried = [l for l in log[log.find(down):n_restart].splitlines() if f'upstream: "{b.addr}"' in l]
+        self.assertEqual(tried, [], "requests still tried the down backend")
+        # Shared: the two workers' balancers are one group with one checker.
+        self.assertEqual(log.count(started), 1, "checks started more than once")
+        self.assertEqual(log.count(down), 1, "down logged more than once")
+        self.assertEqual(log.count(up), 1, "up logged more than once")
+        self.assertNotIn(f"backend {a.addr} is down", log)
+
+    def test_lua_balancer_bad_health_check_names_the_key(self):
+        a = self.start_named("a")
+        cfg = {"backends": [a.addr], "health_check": {"type": "http", "rise": 0}}
+        conf = config([service("web", free_port(), script=self.SCRIPT, config=cfg)],
+                      {"origin": {"backends": [a.addr]}}, threads=1)
+        m = Moxy(conf, start=False)
+        self.addCleanup(m.cleanup)
+        with self.assertRaises(MoxyError):
+            m.start(timeout=5 * SLOW)
+        text = m.stderr() + m.error_log()
+        self.assertIn("health_check.rise", text)
+        self.assertIn("out of range (1..100)", text)

@@ -2,6 +2,7 @@
  * YAML groups by name, groups made by moxy.balancer.new{} (a handle the Lua side frees
  * with ffi.gc), selection through the same C algorithms, and upstream_peer's answer.
  * Handles are void * so that the ABI check (tests/integration/test_abi.py) sees them. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,10 +13,12 @@
 #include "net/addr.h"
 #include "proxy/session.h"
 #include "upstream/group.h"
+#include "upstream/health.h"
 
 void *moxy_upstream_group(const char *name, size_t len);
 void *moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                        const int *weights, int n, const double *opts, char *err, size_t errlen);
+                        const int *weights, int n, const double *opts, const char *health,
+                        char *err, size_t errlen);
 void moxy_balancer_free(void *g);
 int moxy_group_info(void *g, int *out);
 int moxy_group_select(void *g, const char *key, size_t len, int *index, double *gen, char *buf,
@@ -55,9 +58,117 @@ numeric(const char *text)
  * mx_hash_key_kind_t (<hash_name> for header:/arg:/cookie:, else NULL); <opts> are
  * max_retries, max_fails, fail_timeout (seconds), on_5xx (0/1). Returns the group (free
  * with moxy_balancer_free), or NULL with the reason in <err>. */
+/* Balancers are shared by definition: every worker's VM makes the same ones at load time,
+ * and they must be one group with one set of health checks. The registry maps a
+ * canonical text of the definition to its group and counts the handles Lua holds. */
+typedef struct shared_s {
+    char *key;
+    mx_group_t *g;
+    int handles;
+    bool checked; /* registered with the health service */
+    struct shared_s *next;
+} shared_t;
+
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static shared_t *shared_list;
+
+
+/* The canonical text of a definition: every argument, in order. */
+static char *
+definition(int algorithm, int hash_key, const char *hash_name, const char **names,
+           const int *weights, int n, const double *opts, const char *health)
+{
+    size_t len = 128 + (hash_name ? strlen(hash_name) : 0) + (health ? strlen(health) : 0);
+    for (int i = 0; i < n; i++)
+        len += strlen(names[i]) + 16;
+    char *key = mx_alloc(len), *p = key, *end = key + len;
+    p += snprintf(p, (size_t)(end - p), "%d|%d|%s|%.17g|%.17g|%.17g|%.17g|%s", algorithm,
+                  hash_key, hash_name ? hash_name : "", opts[0], opts[1], opts[2], opts[3],
+                  health ? health : "");
+    for (int i = 0; i < n; i++)
+        p += snprintf(p, (size_t)(end - p), "|%s %d", names[i], weights[i]);
+    return key;
+}
+
+
+static void *balancer_make(int algorithm, int hash_key, const char *hash_name,
+                           const char **names, const int *weights, int n, const double *opts,
+                           const char *health, char *err, size_t errlen);
+
+
+/* A group over <n> backends for moxy.balancer.new{} (see balancer_make); a definition
+ * equal to one made before (in any VM) returns the same group. <health> is the
+ * health_check as a YAML flow mapping (NULL: none), checked by the config's rules.
+ * Each handle returned is released with moxy_balancer_free. */
 void *
 moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char **names,
-                  const int *weights, int n, const double *opts, char *err, size_t errlen)
+                  const int *weights, int n, const double *opts, const char *health, char *err,
+                  size_t errlen)
+{
+    if (n < 1 || n > 100000) {
+        snprintf(err, errlen, "invalid arguments");
+        return NULL;
+    }
+    char *key = definition(algorithm, hash_key, hash_name, names, weights, n, opts, health);
+    pthread_mutex_lock(&shared_lock);
+    for (shared_t *e = shared_list; e != NULL; e = e->next) {
+        if (strcmp(e->key, key) == 0) {
+            e->handles++;
+            pthread_mutex_unlock(&shared_lock);
+            mx_free(key);
+            return e->g;
+        }
+    }
+    mx_group_t *g = balancer_make(algorithm, hash_key, hash_name, names, weights, n, opts,
+                                  health, err, errlen);
+    if (g == NULL) {
+        pthread_mutex_unlock(&shared_lock);
+        mx_free(key);
+        return NULL;
+    }
+    shared_t *e = mx_calloc(1, sizeof(*e));
+    e->key = key;
+    e->g = g;
+    e->handles = 1;
+    e->checked = mx_group_conf(g)->health.enabled;
+    e->next = shared_list;
+    shared_list = e;
+    if (e->checked)
+        mx_health_add(g);
+    pthread_mutex_unlock(&shared_lock);
+    return g;
+}
+
+
+/* One handle of moxy_balancer_new goes (ffi.gc: the balancer was collected or its VM
+ * closed); the last one unregisters the checks and drops the registry's reference
+ * (sessions still using the group hold their own). */
+void
+moxy_balancer_free(void *g)
+{
+    pthread_mutex_lock(&shared_lock);
+    for (shared_t **pp = &shared_list; *pp != NULL; pp = &(*pp)->next) {
+        shared_t *e = *pp;
+        if (e->g != g)
+            continue;
+        if (--e->handles > 0)
+            break;
+        *pp = e->next;
+        if (e->checked)
+            mx_health_remove(e->g);
+        mx_group_unref(e->g);
+        mx_free(e->key);
+        mx_free(e);
+        break;
+    }
+    pthread_mutex_unlock(&shared_lock);
+}
+
+
+static void *
+balancer_make(int algorithm, int hash_key, const char *hash_name, const char **names,
+              const int *weights, int n, const double *opts, const char *health, char *err,
+              size_t errlen)
 {
     if (!(opts[0] >= 0 && opts[0] <= 16) || !(opts[1] >= 0 && opts[1] <= 1000) ||
         !(opts[2] >= 0.001 && opts[2] <= 86400)) {
@@ -104,17 +215,23 @@ moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char
         .write_timeout = 30,
         .idle_timeout = 60,
     };
+    if (health != NULL) {
+        char why2[512];
+        if (mx_conf_health_parse(health, strlen(health), &conf.health, why2, sizeof(why2)) !=
+            MX_OK) {
+            /* "health_check:1:10: health_check.rise: ...": the key path is what tells */
+            const char *msg = strstr(why2, ": health_check");
+            snprintf(err, errlen, "%s", msg ? msg + 2 : why2);
+            mx_free(addrs);
+            return NULL;
+        }
+    }
     mx_group_t *g = mx_group_new(&conf, (mx_lb_algorithm_t)algorithm, names, addrs, weights,
                                  (size_t)n);
+    mx_free(conf.health.path);
+    mx_free(conf.health.host);
     mx_free(addrs);
     return g;
-}
-
-
-void
-moxy_balancer_free(void *g)
-{
-    mx_group_unref(g);
 }
 
 

@@ -12,7 +12,8 @@ local app = {}
 function app.init(config)
     pool = moxy.balancer.new { backends = config.backends, algorithm = config.algorithm,
                                hash_key = config.hash_key, max_retries = config.max_retries,
-                               passive_health = config.passive_health }
+                               passive_health = config.passive_health,
+                               health_check = config.health_check }
 end
 
 
