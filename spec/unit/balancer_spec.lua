@@ -18,7 +18,10 @@ describe("moxy.balancer.new", function()
             { { backends = { "10.0.0.1" } }, "expected \"ip:port\"" },
             { { backends = B3, hash_key = "query" }, "unknown hash_key \"query\"" },
             { { backends = B3, timeout = 1 }, "unknown option timeout" },
-            { { backends = B3, health_check = { type = "tcp" } }, "not supported yet" },
+            { { backends = B3, health_check = { type = "udp" } }, "health_check.type" },
+            { { backends = B3, health_check = { rise = 0 } }, "health_check.rise" },
+            { { backends = B3, health_check = { every = 1 } }, "health_check.every" },
+            { { backends = B3, health_check = 1 }, "health_check must be a table" },
             { { backends = B3, max_retries = 17 }, "max_retries must be an integer 0..16" },
             { { backends = B3, passive_health = { max_fails = -1 } }, "max_fails must be" },
             { { backends = B3, passive_health = { on_5xx = 1 } }, "passive_health.on_5xx" },
@@ -29,6 +32,17 @@ describe("moxy.balancer.new", function()
             assert.is_false(ok)
             assert.matches(c[2], err, 1, true)
         end
+    end)
+
+    it("accepts a health_check (the fake runs no checks: every backend stays healthy)",
+       function()
+        local pool = moxy.balancer.new { backends = B3, health_check = {
+            type = "http", path = "/health", interval = 0.3, rise = 2, fall = 1,
+            expected_statuses = { 200, "2xx" } } }
+        for _, b in ipairs(pool:backends()) do
+            assert.is_true(b.healthy)
+        end
+        assert.matches("^10%.0%.0%.%d:80$", tostring(pool:select()))
     end)
 
     it("select(key) is stable for fnv and ketama and names the backend", function()
