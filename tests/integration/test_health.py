@@ -19,6 +19,7 @@ getaddrinfo path; only the hosts file is the test's.
 import json
 import os
 import re
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -654,3 +655,48 @@ class LuaBalancerHealthCheck(HealthCheckBase):
         text = m.stderr() + m.error_log()
         self.assertIn("health_check.rise", text)
         self.assertIn("out of range (1..100)", text)
+
+    def test_lua_balancer_dropped_while_its_check_is_in_flight(self):
+        """Balancers made per request and collected at once: each is registered with the
+        health thread and unregistered while its check hangs on an origin that never
+        answers (the check is cancelled; ASan watches the frees), and on a graceful stop."""
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)                 # never accepts: a check connects, then waits
+        self.addCleanup(hole.close)
+        port = hole.getsockname()[1]
+        d = tempfile.mkdtemp(prefix="moxy-balhc-")
+        self.addCleanup(shutil.rmtree, d, True)
+        script = os.path.join(d, "churn.lua")
+        with open(script, "w") as f:
+            f.write("""local moxy = require "moxy"
+local keep = moxy.balancer.new { backends = { "127.0.0.1:%d" },
+                                 health_check = { type = "http", interval = 0.05, timeout = 5 } }
+local app = {}
+local held = {}
+function app.request_filter(s)
+    local n, k = tonumber(s.req:arg("n") or "0"), tonumber(s.req:arg("k") or "0")
+    held = {}                   -- the last request's balancers go, their checks hanging
+    collectgarbage()
+    for i = 1, n do
+        held[i] = moxy.balancer.new { backends = { "127.0.0.1:%d" },
+                                      health_check = { type = "http", timeout = 5,
+                                                       interval = 0.01 + (k * n + i) / 10000 } }
+    end
+    return s:respond(200, tostring(#keep:backends()))
+end
+return app
+""" % (port, port))
+        conf = config([service("web", free_port(), script=script)],
+                      {"origin": {"backends": [f"127.0.0.1:{port}"]}}, threads=2)
+        m = self.start_moxy(conf)
+        for k in range(20):
+            r = request(m.port, "GET", f"/?n=5&k={k}", timeout=5 * SLOW)
+            self.assertEqual(r.status, 200, m.diagnostics())
+            time.sleep(0.03)
+        self.assertTrue(wait_for(lambda: m.error_log().count("health checks every") >= 101, 5 * SLOW),
+                        m.diagnostics())
+        t0 = time.monotonic()
+        m.stop()
+        self.assertLess(time.monotonic() - t0, 5 * SLOW, "the stop waited for the hung checks")
+        self.assertEqual(m.sanitizer_lines(), [], m.diagnostics())
