@@ -58,9 +58,11 @@ numeric(const char *text)
  * mx_hash_key_kind_t (<hash_name> for header:/arg:/cookie:, else NULL); <opts> are
  * max_retries, max_fails, fail_timeout (seconds), on_5xx (0/1). Returns the group (free
  * with moxy_balancer_free), or NULL with the reason in <err>. */
-/* Balancers are shared by definition: every worker's VM makes the same ones at load time,
- * and they must be one group with one set of health checks. The registry maps a
- * canonical text of the definition to its group and counts the handles Lua holds. */
+/* Balancers with a health_check are shared by definition: every worker's VM makes the
+ * same ones at load time, and they must be one group with one set of checks. The
+ * registry maps a canonical text of the definition to its group and counts the handles
+ * Lua holds. (Without health_check each call keeps its own group, as before: a balancer
+ * made per request starts its round robin afresh, in both engines.) */
 typedef struct shared_s {
     char *key;
     mx_group_t *g;
@@ -96,8 +98,8 @@ static void *balancer_make(int algorithm, int hash_key, const char *hash_name,
                            const char *health, char *err, size_t errlen);
 
 
-/* A group over <n> backends for moxy.balancer.new{} (see balancer_make); a definition
- * equal to one made before (in any VM) returns the same group. <health> is the
+/* A group over <n> backends for moxy.balancer.new{} (see balancer_make); with a
+ * health_check, a definition equal to one still held (in any VM) returns the same group. <health> is the
  * health_check as a YAML flow mapping (NULL: none), checked by the config's rules.
  * Each handle returned is released with moxy_balancer_free. */
 void *
@@ -109,6 +111,9 @@ moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char
         snprintf(err, errlen, "invalid arguments");
         return NULL;
     }
+    if (health == NULL) /* no checks to share: a group of its own, as ever */
+        return balancer_make(algorithm, hash_key, hash_name, names, weights, n, opts, NULL, err,
+                             errlen);
     char *key = definition(algorithm, hash_key, hash_name, names, weights, n, opts, health);
     pthread_mutex_lock(&shared_lock);
     for (shared_t *e = shared_list; e != NULL; e = e->next) {
@@ -146,11 +151,14 @@ moxy_balancer_new(int algorithm, int hash_key, const char *hash_name, const char
 void
 moxy_balancer_free(void *g)
 {
+    bool found = false;
+
     pthread_mutex_lock(&shared_lock);
     for (shared_t **pp = &shared_list; *pp != NULL; pp = &(*pp)->next) {
         shared_t *e = *pp;
         if (e->g != g)
             continue;
+        found = true;
         if (--e->handles > 0)
             break;
         *pp = e->next;
@@ -162,6 +170,8 @@ moxy_balancer_free(void *g)
         break;
     }
     pthread_mutex_unlock(&shared_lock);
+    if (!found) /* a balancer without health_check: its own group */
+        mx_group_unref(g);
 }
 
 
