@@ -973,3 +973,118 @@ Test(health_probe, ipv6_backends_and_port_override)
     check(&h, &a);
     cr_assert_eq(fx.rc, MX_OK, "%s", mx_strerror(fx.rc));
 }
+
+
+/* ---- groups outside the config (moxy.balancer.new{}): mx_health_add/remove ---- */
+
+static int
+dyn_healthy(mx_group_t *g, const char *name)
+{
+    seen_t s = {.healthy = -1};
+    snprintf(s.name, sizeof(s.name), "%s", name);
+    mx_group_foreach(g, on_backend, &s);
+    return s.healthy;
+}
+
+
+static mx_group_t *
+dyn_group(const char *check, const char *const *names, size_t n)
+{
+    mx_conf_upstream_t u = {.name = "(balancer)", .max_retries = 1, .max_fails = 1,
+                            .fail_timeout = 10};
+    mx_addr_t addrs[4];
+    int weights[4] = {1, 1, 1, 1};
+    char why[160];
+    cr_assert_eq(mx_conf_health_parse(check, strlen(check), &u.health, err, sizeof(err)), MX_OK,
+                 "%s", err);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(mx_addr_parse(names[i], &addrs[i], why, sizeof(why)), MX_OK);
+    mx_group_t *g = mx_group_new(&u, MX_LB_ROUND_ROBIN, names, addrs, weights, n);
+    mx_free(u.health.path);
+    mx_free(u.health.host);
+    return g;
+}
+
+
+Test(health_dynamic, parse_uses_the_yaml_rules_and_names_the_key)
+{
+    mx_conf_health_t h;
+    const char *ok = "{type: http, interval: 0.3, rise: 2, fall: 1, expected_statuses: [204]}";
+    cr_assert_eq(mx_conf_health_parse(ok, strlen(ok), &h, err, sizeof(err)), MX_OK, "%s", err);
+    cr_assert(h.enabled);
+    cr_assert_str_eq(h.path, "/");
+    cr_assert_eq(h.rise, 2);
+    cr_assert_eq(h.timeout, 1);
+    cr_assert(mx_health_status_expected(&h, 204));
+    cr_assert(!mx_health_status_expected(&h, 200));
+    mx_free(h.path);
+    const char *bad[][2] = {
+        {"{rise: 0}", "health_check.rise: 0 is out of range (1..100)"},
+        {"{type: udp}", "health_check.type: unknown value \"udp\""},
+        {"{every: 1}", "health_check.every"},
+        {"[1]", "health_check: expected a table"},
+        {"{method: HEAD, expected_body: ok}", "health_check: expected_body needs a body"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_neq(mx_conf_health_parse(bad[i][0], strlen(bad[i][0]), &h, err, sizeof(err)),
+                      MX_OK, "%s", bad[i][0]);
+        cr_assert(strstr(err, bad[i][1]) != NULL, "%s: %s", bad[i][0], err);
+    }
+}
+
+
+Test(health_dynamic, added_before_start_survives_a_restart_and_is_removed_mid_check)
+{
+    int live = listen_on(0), dead = listen_on(0), hole = listen_on(0);
+    int dead_port = port_of(dead);
+    close(dead);
+    char a[64], b[64], h[64];
+    snprintf(a, sizeof(a), "127.0.0.1:%d", port_of(live));
+    snprintf(b, sizeof(b), "127.0.0.1:%d", dead_port);
+    snprintf(h, sizeof(h), "127.0.0.1:%d", port_of(hole));
+    const char *names[] = {a, b};
+    mx_group_t *g = dyn_group("{type: tcp, interval: 0.05, rise: 1, fall: 1}", names, 2);
+    /* an http check on a socket that never accepts: always in flight (timeout 5 s) */
+    const char *hnames[] = {h};
+    mx_group_t *hg = dyn_group("{type: http, interval: 0.02, timeout: 5}", hnames, 1);
+    mx_health_add(g); /* queued: the service is not running */
+
+    const char *yaml = "version: 1\n"
+                       "upstreams: {u: {backends: [127.0.0.1:9]}}\n"
+                       "services: [{listeners: [127.0.0.1:8080], upstream: u}]\n";
+    mx_conf_t *c = NULL;
+    cr_assert_eq(mx_conf_load_string("t.yaml", yaml, strlen(yaml), &c, err, sizeof(err)), MX_OK,
+                 "%s", err);
+    mx_groups_init(c);
+    for (int round = 0; round < 2; round++) { /* round 1: as a reload restarts the service */
+        cr_assert_eq(mx_health_start(c), MX_OK, "the thread runs without YAML checks");
+        if (round == 0) {
+            for (int i = 0; i < 1000 && dyn_healthy(g, b) != 0; i++)
+                usleep(10000);
+            cr_assert_eq(dyn_healthy(g, b), 0, "the dead backend was not marked down");
+            dead = listen_on(dead_port);
+        } else {
+            for (int i = 0; i < 1000 && dyn_healthy(g, b) != 1; i++)
+                usleep(10000);
+            cr_assert_eq(dyn_healthy(g, b), 1, "still checked after the restart");
+        }
+        cr_assert_eq(dyn_healthy(g, a), 1);
+        mx_health_add(hg);
+        usleep(100000); /* its checks are in flight */
+        mx_health_remove(hg);
+        mx_health_add(hg);
+        usleep(50000);
+        mx_health_remove(hg); /* a remove with a check hanging: cancelled, no callback */
+        uint64_t t0 = uv_hrtime();
+        mx_health_stop();
+        cr_assert_lt((uv_hrtime() - t0) / 1000000, 1000, "stop took over a second");
+    }
+    mx_health_remove(g); /* stopped: cancels the add the stop queued again */
+    mx_group_unref(g);
+    mx_group_unref(hg);
+    close(live);
+    close(dead);
+    close(hole);
+    mx_groups_free();
+    mx_conf_free(c);
+}
