@@ -106,6 +106,9 @@ local function check_health(h)
                 if OWN[name:lower()] then
                     return key .. "." .. name .. ": set by the check itself"
                 end
+                if type(value) == "number" then
+                    value = tostring(value)
+                end
                 if type(value) ~= "string" or match(value, "[\r\n]") then
                     return key .. "." .. name .. ": a header value must be one line"
                 end
