@@ -151,6 +151,7 @@ local function header_map(list)
     end
     return m
 end
+_M.header_map = header_map
 
 
 -- moxy.http.request{ method = "GET", url, headers, body, timeout = 60 (seconds, for the

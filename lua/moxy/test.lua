@@ -49,22 +49,9 @@ local function deep_copy(v)
 end
 
 
--- Header list -> table keyed by lower-case name; a repeated name gives a list of values.
-local function header_map(list)
-    local m = {}
-    for i = 1, #list do
-        local k, v = lower(list[i][1]), list[i][2]
-        local old = m[k]
-        if old == nil then
-            m[k] = v
-        elseif type(old) == "table" then
-            old[#old + 1] = v
-        else
-            m[k] = { old, v }
-        end
-    end
-    return m
-end
+-- Header list -> table keyed by lower-case name; a repeated name gives a list of values
+-- (the one moxy.http uses for its responses).
+local header_map = require("moxy.http").header_map
 
 _M.header_map = header_map
 

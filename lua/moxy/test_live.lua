@@ -363,21 +363,7 @@ local function header_list_of(h)
 end
 
 
-local function header_map(list)
-    local m = {}
-    for i = 1, #list do
-        local k, v = lower(list[i][1]), list[i][2]
-        local old = m[k]
-        if old == nil then
-            m[k] = v
-        elseif type(old) == "table" then
-            old[#old + 1] = v
-        else
-            m[k] = { old, v }
-        end
-    end
-    return m
-end
+local header_map = require("moxy.http").header_map   -- lower-case keys, lists when repeated
 
 
 local function has_header(list, name)
