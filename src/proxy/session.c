@@ -1684,10 +1684,12 @@ rbf_kick(mx_session_t *s)
 
 
 int
-mx_session_on_response_body(mx_session_t *s, const char *p, size_t n)
+mx_session_on_response_body(mx_session_t *s, const char *p, size_t n, bool last)
 {
     if (s->c == NULL)
         return 0;
+    if (last)
+        lb_done(s); /* before the bytes go out: the client's next request sees the count */
     s->up_bytes_in += n;
     if (s->head_busy) {
         /* Only with s.resp:read_body() waiting (else the parser is held at the head). */

@@ -284,8 +284,9 @@ void mx_session_on_connected(mx_session_t *s, mx_upconn_t *u);
 void mx_session_on_upstream_error(mx_session_t *s, int err);
 int mx_session_on_response_head(mx_session_t *s);
 /* Returns HPE_PAUSED when a body filter waits (the caller pauses its parser
- * until mx_upconn_continue()), else 0. */
-int mx_session_on_response_body(mx_session_t *s, const char *p, size_t n);
+ * until mx_upconn_continue()), else 0. <last>: these bytes end a Content-Length
+ * body, so the client may have the whole response before the message completes. */
+int mx_session_on_response_body(mx_session_t *s, const char *p, size_t n, bool last);
 void mx_session_on_response_done(mx_session_t *s);
 /* s.resp:read_body{max}: MX_OK (<out>), MX_ETOOLARGE, or MX_AGAIN (wait). */
 int mx_session_read_resp_body(mx_session_t *s, size_t max, mx_str_t *out);

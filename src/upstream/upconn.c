@@ -573,7 +573,10 @@ on_body(llhttp_t *p, const char *at, size_t n)
     if ((p->flags & F_CHUNKED) && mx_h1_guard_body(&u->guard, at, n) < 0)
         return -1;
     mx_session_t *s = u->s;
-    int rc = mx_session_on_response_body(s, at, n);
+    /* llhttp has already taken these bytes off content_length. */
+    bool last = !(p->flags & F_CHUNKED) && (p->flags & F_CONTENT_LENGTH) &&
+                p->content_length == 0;
+    int rc = mx_session_on_response_body(s, at, n, last);
     if (u->s != s || u->closing)
         return -1;
     if (rc == HPE_PAUSED) {

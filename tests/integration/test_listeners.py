@@ -20,6 +20,13 @@ def unix_request(path, target):
         s.close()
 
 
+def free_port6():
+    """A TCP port on ::1 that was free a moment ago (a v4 check says nothing of v6)."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]
+
+
 def ipv6_loopback():
     try:
         s = socket.socket(socket.AF_INET6)
@@ -52,7 +59,7 @@ class Listeners(MoxyTestCase):
     def test_ipv6_listener(self):
         if not ipv6_loopback():
             self.skipTest("no IPv6 loopback here")
-        port, port6 = free_port(), free_port()
+        port, port6 = free_port(), free_port6()
         m = self.start_moxy(self.conf([f"127.0.0.1:{port}", f"[::1]:{port6}"]))
         s = socket.create_connection(("::1", port6), timeout=5)
         try:
@@ -92,6 +99,9 @@ class Signals(MoxyTestCase):
         m = self.start_moxy(conf)
         self.assert_status(request(m.port, "GET", "/echo?before"), 200, m)
         log = m.path("access.log")
+        # The line is written after the response goes out: wait for it, or it may land
+        # in the new file and the test would blame the reopen.
+        self.assertTrue(wait_for(lambda: "/echo?before" in m.read(log), 3))
         os.rename(log, log + ".1")           # what logrotate does
         m.signal(signal.SIGUSR1)
         self.assertTrue(wait_for(lambda: os.path.exists(log), 3), "log not reopened")
