@@ -36,17 +36,10 @@ local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
 local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
 local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
 local UPSTREAM_RESPONSE_BODY_FILTER, REQUEST_BODY_FILTER, ERROR_WHILE_PROXY = 14, 15, 16
-local RELEASE = 17
-local session_ptr = ffi.typeof("mx_session_t *")
+local slot_t = ffi.typeof("mx_session_t *[1]")
 
 local apps = {}                     -- service index -> the script's handler table
 
--- The backend of a session whose request ended: every call raises.
-local ENDED = setmetatable({}, { __index = function(_, name)
-    return function()
-        error("s:" .. name .. "(): the request this session belonged to has ended", 2)
-    end
-end })
 
 local _M = {}
 
@@ -232,37 +225,63 @@ local function set_peer(sp, peer, handler)
 end
 
 
-local function run(app, phase, s, ctx)
-    local name = PHASES[phase]
-    local handler = app[name]
-    if phase == REQUEST_FILTER then
-        local r = handler(s, ctx)
-        if r == true and not s:responded() then
-            error(where(handler) .. ": request_filter returned true without s:respond()", 0)
-        end
-    elseif phase == UPSTREAM_PEER then
-        local peer = handler(s, ctx)
-        if not s:responded() then
-            set_peer(s.sp, peer, handler)
-        end
-    elseif phase == UPSTREAM_REQUEST_FILTER then
-        handler(s, s.req, ctx)
-    elseif phase == RESPONSE_FILTER or phase == UPSTREAM_RESPONSE_FILTER then
-        handler(s, s.resp, ctx)
-    elseif phase == EARLY_REQUEST_FILTER then
-        handler(s, ctx)
-    elseif phase == CONNECTED_TO_UPSTREAM then
-        handler(s, live.upstream_reused(s.sp), live.peer(s.sp), ctx)
-    elseif phase == RESPONSE_TRAILER_FILTER then
-        handler(s, session.trailers(s.sp, s.b), ctx)
-    elseif phase == PROXY_UPSTREAM_FILTER then
-        if handler(s, ctx) == false then
-            live.no_proxy(s.sp)
-        end
-    elseif phase == LOGGING then
-        handler(s, live.error(s.sp), ctx)
-    elseif phase == RESPONSE_BODY_FILTER or phase == UPSTREAM_RESPONSE_BODY_FILTER
-            or phase == REQUEST_BODY_FILTER then
+-- One runner per phase: runners[phase](app, s, ctx) calls the script's handler with the
+-- phase's arguments and applies what it returned.
+local runners = {}
+
+runners[REQUEST_FILTER] = function(app, s, ctx)
+    local handler = app.request_filter
+    local r = handler(s, ctx)
+    if r == true and not s:responded() then
+        error(where(handler) .. ": request_filter returned true without s:respond()", 0)
+    end
+end
+
+runners[UPSTREAM_PEER] = function(app, s, ctx)
+    local handler = app.upstream_peer
+    local peer = handler(s, ctx)
+    if not s:responded() then
+        set_peer(s.sp, peer, handler)
+    end
+end
+
+runners[UPSTREAM_REQUEST_FILTER] = function(app, s, ctx)
+    app.upstream_request_filter(s, s.req, ctx)
+end
+
+runners[RESPONSE_FILTER] = function(app, s, ctx)
+    app.response_filter(s, s.resp, ctx)
+end
+
+runners[UPSTREAM_RESPONSE_FILTER] = function(app, s, ctx)
+    app.upstream_response_filter(s, s.resp, ctx)
+end
+
+runners[EARLY_REQUEST_FILTER] = function(app, s, ctx)
+    app.early_request_filter(s, ctx)
+end
+
+runners[CONNECTED_TO_UPSTREAM] = function(app, s, ctx)
+    app.connected_to_upstream(s, live.upstream_reused(s.sp), live.peer(s.sp), ctx)
+end
+
+runners[RESPONSE_TRAILER_FILTER] = function(app, s, ctx)
+    app.response_trailer_filter(s, session.trailers(s.sp, s.b), ctx)
+end
+
+runners[PROXY_UPSTREAM_FILTER] = function(app, s, ctx)
+    if app.proxy_upstream_filter(s, ctx) == false then
+        live.no_proxy(s.sp)
+    end
+end
+
+runners[LOGGING] = function(app, s, ctx)
+    app.logging(s, live.error(s.sp), ctx)
+end
+
+local function body_runner(name)
+    return function(app, s, ctx)
+        local handler = app[name]
         local chunk, eos = live.body_chunk(s.sp)
         local out = handler(s, chunk, eos, ctx)
         if out ~= nil then
@@ -272,65 +291,94 @@ local function run(app, phase, s, ctx)
             end
             live.body_replace(s.sp, out)
         end
-    elseif phase == FAIL_TO_CONNECT or phase == ERROR_WHILE_PROXY then
-        local err = setmetatable({ message = live.error(s.sp), sp = s.sp }, err_mt)
-        local r = handler(s, live.peer(s.sp), err, ctx)
+    end
+end
+
+runners[RESPONSE_BODY_FILTER] = body_runner("response_body_filter")
+runners[UPSTREAM_RESPONSE_BODY_FILTER] = body_runner("upstream_response_body_filter")
+runners[REQUEST_BODY_FILTER] = body_runner("request_body_filter")
+
+local function retry_runner(name)
+    return function(app, s, ctx)
+        local sp = s.sp
+        local err = setmetatable({ message = live.error(sp), sp = sp }, err_mt)
+        local r = app[name](s, live.peer(sp), err, ctx)
         if r == true or r == false then         -- nil keeps the default (failover or not)
-            live.set_retry(s.sp, r)
-        end
-    elseif phase == FAIL_TO_PROXY then
-        local status = handler(s, live.error(s.sp), ctx)
-        if status ~= nil then
-            if type(status) ~= "number" then
-                error(where(handler) .. ": fail_to_proxy must return a status number or nil, got "
-                      .. type(status), 0)
-            end
-            live.fail_status(s.sp, status)
+            live.set_retry(sp, r)
         end
     end
 end
 
+runners[FAIL_TO_CONNECT] = retry_runner("fail_to_connect")
+runners[ERROR_WHILE_PROXY] = retry_runner("error_while_proxy")
 
--- The coroutine body: one request at a time, all its phases, then pooled again.
-function _M.body(phase, p, svc)
-    local e                         -- this coroutine's sched entry, renewed per request
+runners[FAIL_TO_PROXY] = function(app, s, ctx)
+    local handler = app.fail_to_proxy
+    local status = handler(s, live.error(s.sp), ctx)
+    if status ~= nil then
+        if type(status) ~= "number" then
+            error(where(handler) .. ": fail_to_proxy must return a status number or nil, got "
+                  .. type(status), 0)
+        end
+        live.fail_status(s.sp, status)
+    end
+end
+
+
+-- The request's ctx: {} or what the script's new_ctx() returns; on failure nil and the
+-- error every phase of the request reports.
+local function new_ctx(app)
+    local ok, r = xpcall(app.new_ctx, on_error)
+    if not ok then
+        return nil, r
+    elseif type(r) ~= "table" then
+        return nil, where(app.new_ctx) .. ": new_ctx must return a table, got " .. type(r)
+    end
+    return r
+end
+
+
+-- The coroutine body: one request at a time, all its phases, then the next request.
+-- C starts a request with (phase, session pointer, service, connection id) and resumes
+-- each next phase of it with (phase) alone; each phase ends with a yield of (true, ok,
+-- err). The session objects and the sched entry stay with the coroutine, reused for
+-- each request: they hold the coroutine's slot, which C fills with the session when a
+-- request starts and empties when it ends (no resume, no allocation per request).
+function _M.body(phase, p, svc, cid)
+    local slot = ffi.new(slot_t)
+    live.register_slot(slot)
+    local s = session.new(slot, false, false, live)
+    local e = sched.enter(running(), slot)
     while true do
         local app = apps[svc]
-        local sp = ffi.cast(session_ptr, p)
-        local ctx, ctx_err = {}, nil
+        local ctx, ctx_err
         if app.new_ctx then
-            local ok, r = xpcall(app.new_ctx, on_error)
-            if not ok then
-                ctx_err = r             -- every phase of this request reports it
-            elseif type(r) ~= "table" then
-                ctx_err = where(app.new_ctx) .. ": new_ctx must return a table, got " .. type(r)
-            else
-                ctx = r
-            end
+            ctx, ctx_err = new_ctx(app)
         end
-        local cid = live.conn_id(sp)
+        ctx = ctx or {}
         local conn_ctx = conn_ctxs[cid]
         if conn_ctx == nil then
             conn_ctx = {}
-            conn_ctxs[cid] = conn_ctx
+            if cid ~= 0 then
+                conn_ctxs[cid] = conn_ctx
+            end
         end
-        local s = session.new(sp, ctx, conn_ctx)
-        e = e and sched.renew(e, sp) or sched.enter(running(), sp)
-        while phase ~= RELEASE do
+        session.attach(s, ctx, conn_ctx)
+        sched.renew(e, slot)
+        repeat
             local ok, err
             if ctx_err and phase ~= LOGGING then
                 ok, err = false, ctx_err
             else
-                ok, err = settle(e, xpcall(run, on_error, app, phase, s, ctx))
+                ok, err = xpcall(runners[phase], on_error, app, s, ctx)
+                if e.nalive > 0 then
+                    ok, err = settle(e, ok, err)
+                end
             end
-            phase = yield(true, ok, err)
-        end
-        e.sp = nil                  -- the entry stays with this pooled coroutine
-        -- A session kept past its request must not reach freed C memory.
-        s.b, s.req.b, s.resp.b = ENDED, ENDED, ENDED
-        phase, p, svc = yield(true, true, nil)
+            -- The next phase of this request, or the first of the next one (with p).
+            phase, p, svc, cid = yield(true, ok, err)
+        until p ~= nil
     end
 end
-
 
 return _M

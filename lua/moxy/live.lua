@@ -49,7 +49,7 @@ int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
-double moxy_conn_id(mx_session_t *s);
+void moxy_lua_slot(mx_session_t **slot);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
@@ -133,8 +133,26 @@ local function raise(rc, what)
 end
 
 
+-- The session of slot <sp>: session objects hold their coroutine's slot (engine.lua),
+-- which C empties when the request ends; one kept past it raises here.
+local function S(sp)
+    local s = sp[0]
+    if s == nil then
+        error("this session's request has ended (s, s.req and s.resp are valid only "
+              .. "while their request runs)", user_level())
+    end
+    return s
+end
+
+
+-- The request coroutine's body registers its slot once (C fills it per request).
+function _M.register_slot(slot)
+    C.moxy_lua_slot(slot)
+end
+
+
 local function req_str(sp, what)
-    C.moxy_req_str(sp, what, str1)
+    C.moxy_req_str(S(sp), what, str1)
     return ffi_str(str1[0].data, str1[0].len)
 end
 
@@ -146,7 +164,7 @@ function _M.req_scheme(sp) return req_str(sp, 3) end
 
 
 local function header(sp, resp, name, what)
-    local rc = C.moxy_header_get(sp, resp, name, #name, str1)
+    local rc = C.moxy_header_get(S(sp), resp, name, #name, str1)
     if rc == OK then
         return ffi_str(str1[0].data, str1[0].len)
     elseif rc == DECLINED then
@@ -157,7 +175,7 @@ end
 
 
 local function header_count(sp, resp, what)
-    local n = C.moxy_header_count(sp, resp)
+    local n = C.moxy_header_count(S(sp), resp)
     if n < 0 then
         raise(n, what)
     end
@@ -166,7 +184,7 @@ end
 
 
 local function header_at(sp, resp, i)
-    if C.moxy_header_at(sp, resp, i - 1, str1, str2) ~= OK then
+    if C.moxy_header_at(S(sp), resp, i - 1, str1, str2) ~= OK then
         return nil
     end
     return ffi_str(str1[0].data, str1[0].len), ffi_str(str2[0].data, str2[0].len)
@@ -175,7 +193,7 @@ end
 
 local function header_set(sp, resp, mode, name, value, what)
     value = value ~= nil and tostring(value) or ""
-    local rc = C.moxy_header_set(sp, resp, mode, name, #name, value, #value)
+    local rc = C.moxy_header_set(S(sp), resp, mode, name, #name, value, #value)
     if rc ~= OK then
         raise(rc, what)
     end
@@ -185,13 +203,13 @@ end
 -- set (mode 0) or add (1) a string value: true when C took it, false when it refused
 -- (bad phase, name or value), leaving session.lua to say why. Never raises.
 function _M.req_try_header(sp, mode, n, v)
-    return C.moxy_header_set(sp, 0, mode, n, #n, v, #v) == OK
+    return C.moxy_header_set(S(sp), 0, mode, n, #n, v, #v) == OK
 end
 function _M.resp_try_header(sp, mode, n, v)
-    return C.moxy_header_set(sp, 1, mode, n, #n, v, #v) == OK
+    return C.moxy_header_set(S(sp), 1, mode, n, #n, v, #v) == OK
 end
 function _M.trailer_try_header(sp, mode, n, v)
-    return C.moxy_header_set(sp, 2, mode, n, #n, v, #v) == OK
+    return C.moxy_header_set(S(sp), 2, mode, n, #n, v, #v) == OK
 end
 
 
@@ -218,33 +236,33 @@ function _M.trailer_remove_header(sp, n) header_set(sp, 2, 2, n, nil, "trailers:
 
 
 function _M.req_set_method(sp, m)
-    local rc = C.moxy_req_set(sp, 0, m, #m)
+    local rc = C.moxy_req_set(S(sp), 0, m, #m)
     if rc ~= OK then raise(rc, "s.req:set_method()") end
 end
 
 
 function _M.req_set_uri(sp, uri)
-    local rc = C.moxy_req_set(sp, 1, uri, #uri)
+    local rc = C.moxy_req_set(S(sp), 1, uri, #uri)
     if rc ~= OK then raise(rc, "s.req:set_uri()") end
 end
 
 
 function _M.resp_status(sp)
-    local n = C.moxy_resp_status(sp)
+    local n = C.moxy_resp_status(S(sp))
     if n < 0 then raise(n, "s.resp:status()") end
     return n
 end
 
 
 function _M.resp_set_status(sp, n)
-    local rc = C.moxy_resp_set_status(sp, n)
+    local rc = C.moxy_resp_set_status(S(sp), n)
     if rc ~= OK then raise(rc, "s.resp:set_status()") end
 end
 
 
 -- A local answer; the engine sends it once the phase returns.
 function _M.respond(sp, status, body, headers)
-    local rc = C.moxy_respond(sp, status, body, body and #body or 0)
+    local rc = C.moxy_respond(S(sp), status, body, body and #body or 0)
     if rc ~= OK then raise(rc, "s:respond()") end
     if headers then
         for k, v in pairs(headers) do
@@ -254,12 +272,12 @@ function _M.respond(sp, status, body, headers)
 end
 
 
-function _M.responded(sp) return C.moxy_responded(sp) ~= 0 end
-function _M.resp_source(sp) return SOURCES[C.moxy_resp_source(sp)] end
+function _M.responded(sp) return C.moxy_responded(S(sp)) ~= 0 end
+function _M.resp_source(sp) return SOURCES[C.moxy_resp_source(S(sp))] end
 
 
 local function conn_str(sp, what)
-    if C.moxy_conn_str(sp, what, str1) ~= OK then
+    if C.moxy_conn_str(S(sp), what, str1) ~= OK then
         return nil
     end
     return ffi_str(str1[0].data, str1[0].len)
@@ -268,11 +286,11 @@ end
 
 function _M.client_addr(sp) return conn_str(sp, 0) end
 function _M.server_addr(sp) return conn_str(sp, 1) end
-function _M.client_port(sp) return C.moxy_conn_num(sp, 0) end
-function _M.server_port(sp) return C.moxy_conn_num(sp, 1) end
-function _M.id(sp) return C.moxy_session_num(sp, 0) end
-function _M.start_time(sp) return C.moxy_session_num(sp, 1) end
-function _M.phase(sp) return PHASES[C.moxy_session_phase(sp)] or "none" end
+function _M.client_port(sp) return C.moxy_conn_num(S(sp), 0) end
+function _M.server_port(sp) return C.moxy_conn_num(S(sp), 1) end
+function _M.id(sp) return C.moxy_session_num(S(sp), 0) end
+function _M.start_time(sp) return C.moxy_session_num(S(sp), 1) end
+function _M.phase(sp) return PHASES[C.moxy_session_phase(S(sp))] or "none" end
 function _M.now() return C.moxy_now() end
 function _M.worker_id() return C.moxy_worker_id() end
 function _M.worker_count() return C.moxy_worker_count() end
@@ -298,9 +316,9 @@ end
 function _M.log(level, msg)
     msg = tostring(msg)
     local e = sched.current()
-    local sp = e and e.sp
-    if sp ~= nil then
-        msg = "#" .. tostring(C.moxy_session_num(sp, 0)) .. " " .. msg
+    local s = e and e.sp and e.sp[0]
+    if s ~= nil then
+        msg = "#" .. tostring(C.moxy_session_num(s, 0)) .. " " .. msg
     end
     C.moxy_log(LEVELS[level] or 1, msg, #msg)
 end
@@ -329,7 +347,7 @@ end
 -- The whole request body, waiting until it arrived; nil, "too_large" past max.
 function _M.req_body(sp, max)
     while true do
-        local rc = C.moxy_req_body(sp, max, str1)
+        local rc = C.moxy_req_body(S(sp), max, str1)
         if rc == OK then
             return ffi_str(str1[0].data, str1[0].len)
         elseif rc == AGAIN then
@@ -352,7 +370,7 @@ end
 -- end (waits, yielding, for more).
 function _M.req_body_chunk(sp, pos)
     while true do
-        local rc = C.moxy_req_body_chunk(sp, pos, str1)
+        local rc = C.moxy_req_body_chunk(S(sp), pos, str1)
         if rc == OK then
             return ffi_str(str1[0].data, str1[0].len)
         elseif rc == DECLINED then
@@ -375,7 +393,7 @@ end
 -- nil, "too_large" past max (the body then streams as usual after the phases).
 function _M.resp_read_body(sp, max)
     while true do
-        local rc = C.moxy_resp_read_body(sp, max, str1)
+        local rc = C.moxy_resp_read_body(S(sp), max, str1)
         if rc == OK then
             return ffi_str(str1[0].data, str1[0].len)
         elseif rc == AGAIN then
@@ -393,29 +411,29 @@ end
 
 
 function _M.resp_set_body(sp, body)
-    local rc = C.moxy_resp_set_body(sp, body, #body)
+    local rc = C.moxy_resp_set_body(S(sp), body, #body)
     if rc ~= OK then raise(rc, "s.resp:set_body()") end
 end
 
 
 function _M.req_set_body(sp, body)
-    local rc = C.moxy_req_set_body(sp, body, #body)
+    local rc = C.moxy_req_set_body(S(sp), body, #body)
     if rc ~= OK then raise(rc, "s.req:set_body()") end
 end
 
 
 function _M.downstream_reused(sp)
-    return C.moxy_downstream_reused(sp) ~= 0
+    return C.moxy_downstream_reused(S(sp)) ~= 0
 end
 
 
 -- s:upstream(): what moxy knows about the upstream exchange, or nil before a peer.
 function _M.upstream_info(sp)
-    if C.moxy_peer_str(sp, str1) ~= OK then
+    if C.moxy_peer_str(S(sp), str1) ~= OK then
         return nil
     end
     local function num(i)
-        local v = C.moxy_upstream_num(sp, i)
+        local v = C.moxy_upstream_num(S(sp), i)
         if v < 0 then return nil end
         return v
     end
@@ -433,21 +451,21 @@ end
 
 
 function _M.set_peer_timeouts(sp, c, r, w, i)
-    local rc = C.moxy_set_peer_timeouts(sp, c or -1, r or -1, w or -1, i or -1)
+    local rc = C.moxy_set_peer_timeouts(S(sp), c or -1, r or -1, w or -1, i or -1)
     if rc ~= OK then raise(rc, "upstream_peer") end
 end
 
 
 -- upstream_peer's answer.
 function _M.set_peer(sp, addr)
-    local rc = C.moxy_set_peer(sp, addr, #addr)
+    local rc = C.moxy_set_peer(S(sp), addr, #addr)
     if rc ~= OK then raise(rc, "upstream_peer") end
 end
 
 
 -- What went wrong in this request, or nil (logging's and fail_to_proxy's err).
 function _M.error(sp)
-    local n = C.moxy_session_error(sp, errbuf, 256)
+    local n = C.moxy_session_error(S(sp), errbuf, 256)
     if n <= 0 then
         return nil
     end
@@ -457,20 +475,20 @@ end
 
 -- response_body_filter's chunk and whether it is the last call (eos).
 function _M.body_chunk(sp)
-    local eos = C.moxy_body_chunk(sp, str1)
+    local eos = C.moxy_body_chunk(S(sp), str1)
     if eos < 0 then raise(eos, "response_body_filter") end
     return ffi_str(str1[0].data, str1[0].len), eos == 1
 end
 
 
 function _M.body_replace(sp, chunk)
-    C.moxy_body_replace(sp, chunk, #chunk)
+    C.moxy_body_replace(S(sp), chunk, #chunk)
 end
 
 
 -- The peer tried, as { addr = "host:port" | "unix:/path" } (fail_to_connect's peer).
 function _M.peer(sp)
-    if C.moxy_peer_str(sp, str1) ~= OK then
+    if C.moxy_peer_str(S(sp), str1) ~= OK then
         return nil
     end
     return { addr = ffi_str(str1[0].data, str1[0].len) }
@@ -479,13 +497,8 @@ end
 
 function _M.log_field(sp, key, value)
     value = value == nil and "" or tostring(value)
-    local rc = C.moxy_log_field(sp, key, #key, value, #value)
+    local rc = C.moxy_log_field(S(sp), key, #key, value, #value)
     if rc ~= OK then raise(rc, "s:log_field()") end
-end
-
-
-function _M.conn_id(sp)
-    return C.moxy_conn_id(sp)
 end
 
 
@@ -524,30 +537,30 @@ end
 
 
 function _M.upstream_reused(sp)
-    return C.moxy_upstream_reused(sp) ~= 0
+    return C.moxy_upstream_reused(S(sp)) ~= 0
 end
 
 
 function _M.no_proxy(sp)
-    local rc = C.moxy_no_proxy(sp)
+    local rc = C.moxy_no_proxy(S(sp))
     if rc ~= OK then raise(rc, "proxy_upstream_filter") end
 end
 
 
 function _M.set_retry(sp, retry)
-    local rc = C.moxy_set_retry(sp, retry and 1 or 0)
+    local rc = C.moxy_set_retry(S(sp), retry and 1 or 0)
     if rc ~= OK then raise(rc, "err:set_retry()") end
 end
 
 
 function _M.fail_status(sp, status)
-    local rc = C.moxy_fail_status(sp, status)
+    local rc = C.moxy_fail_status(S(sp), status)
     if rc ~= OK then raise(rc, "fail_to_proxy") end
 end
 
 
 function _M.set_upstream(sp, name)
-    local rc = C.moxy_set_upstream(sp, name, #name)
+    local rc = C.moxy_set_upstream(S(sp), name, #name)
     if rc ~= OK then raise(rc, "upstream_peer") end
 end
 

@@ -664,6 +664,20 @@ local S = {}
 local s_mt = { __index = S }
 
 
+-- Sessions take no new fields: the live engine reuses a coroutine's session objects for
+-- its next request, so a field set here would leak into another request.
+local function no_new_field(what)
+    return function(t, k, v)
+        error(format("%s.%s: a session object takes no new fields (keep per-request state "
+                     .. "in ctx, per-connection state in s.conn_ctx)", what, tostring(k)), 2)
+    end
+end
+
+s_mt.__newindex = no_new_field("s")
+req_mt.__newindex = no_new_field("s.req")
+resp_mt.__newindex = no_new_field("s.resp")
+
+
 -- Answers from Lua: <body> a string, or a table sent as JSON (content-type
 -- application/json unless given); <headers> a table name -> value (or list of values).
 -- Ends request processing; response_filter, response_body_filter and logging still run.
@@ -847,8 +861,17 @@ function _M.new(sp, ctx, conn_ctx, b)
         resp = setmetatable({ sp = sp, b = b }, resp_mt),
         ctx = ctx or {},
         conn_ctx = conn_ctx or {},
-        log_fields = nil,
+        log_fields = false,             -- s:log_field() makes the table
     }, s_mt)
+end
+
+
+-- Puts session <s> (made by new()) to work for another request: the live engine keeps one
+-- per coroutine instead of making three tables per request (its handle stays: C points
+-- it at each request's session). Engines only.
+function _M.attach(s, ctx, conn_ctx)
+    s.ctx, s.conn_ctx, s.log_fields = ctx, conn_ctx, false
+    return s
 end
 
 

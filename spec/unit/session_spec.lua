@@ -411,9 +411,20 @@ describe("s connection and request facts", function()
         assert.not_equal(req().conn_ctx, req().conn_ctx)
     end)
 
+    it("takes no new fields (the live engine reuses session objects)", function()
+        local s = req()
+        for _, obj in ipairs { s, s.req, s.resp } do
+            local ok, err = pcall(function() obj.user = "bob" end)
+            assert.is_false(ok)
+            assert.matches("takes no new fields", err)
+        end
+        s.ctx.user = "bob"                  -- what ctx is for
+        assert.equal("bob", s.ctx.user)
+    end)
+
     it("log_field keeps a per-request table", function()
         local s = req()
-        assert.is_nil(s.log_fields)
+        assert.falsy(s.log_fields)            -- false until the first field
         s:log_field("user", "bob")
         s:log_field("n", 3)
         s:log_field("n", nil)

@@ -1,6 +1,6 @@
 /* The per-worker LuaJIT VM: script loading, the coroutine pool and phase
  * dispatch. The Lua half is lua/moxy/engine.lua: C resumes a pooled
- * coroutine running engine.body with (phase, session, service) for a
+ * coroutine running engine.body with (phase, session, service, connection id) for a
  * request's first phase and (phase) for the next ones; the body yields
  * (true, ok, err) when a phase is done and nothing when a handler waits
  * (moxy.sleep), in which case C resumes it from the loop. */
@@ -21,6 +21,12 @@
 #include "lua/task.h"
 #include "proxy/session.h"
 
+/* An idle request coroutine: its registry ref and its session slot (see mx_lua_run). */
+typedef struct {
+    int ref;
+    mx_session_t **slot;
+} vm_co_t;
+
 struct mx_vm_s {
     lua_State *L;
     const mx_conf_t *conf;
@@ -32,7 +38,7 @@ struct mx_vm_s {
     mx_list_t timers;   /* vm_timer_t.node */
     uint32_t *masks; /* per service: bit <phase> set when it has a handler */
     size_t nsvc;
-    int *pool; /* refs of idle coroutines */
+    vm_co_t *pool; /* idle coroutines */
     size_t npool;
     size_t cap;
 };
@@ -292,6 +298,9 @@ after_resume(mx_session_t *s, lua_State *co, int st)
                      mx_phase_name(phase), msg ? msg : "?");
     }
     /* The coroutine is not reusable: drop it. */
+    if (s->lua_slot != NULL)
+        *s->lua_slot = NULL; /* its session objects raise from now on */
+    s->lua_slot = NULL;
     luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     s->lua_co_ref = 0;
     s->lua_co = NULL;
@@ -323,26 +332,39 @@ mx_lua_run(mx_session_t *s, int phase)
     if (s->lua_co == NULL) {
         lua_State *co;
         if (vm->npool > 0) {
-            s->lua_co_ref = vm->pool[--vm->npool];
+            vm_co_t *pc = &vm->pool[--vm->npool];
+            s->lua_co_ref = pc->ref;
+            s->lua_slot = pc->slot;
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_co_ref);
             co = lua_tothread(L, -1);
             lua_pop(L, 1);
         } else {
             co = lua_newthread(L);
             s->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            s->lua_slot = NULL; /* the body registers it: moxy_lua_slot() */
             lua_rawgeti(co, LUA_REGISTRYINDEX, vm->body_ref);
         }
+        if (s->lua_slot != NULL)
+            *s->lua_slot = s;
         s->lua_co = co;
-        nargs = 3;
+        nargs = 4;
     }
     lua_State *co = s->lua_co;
     s->lua_phase = phase;
     lua_pushinteger(co, phase);
-    if (nargs == 3) {
+    if (nargs == 4) {
         /* A number, not a lightuserdata: ffi.cast of a lightuserdata is NYI and
          * would keep the coroutine body out of the JIT (pointers < 2^53). */
         lua_pushnumber(co, (lua_Number)(uintptr_t)s);
         lua_pushinteger(co, (lua_Integer)s->svc_index);
+        /* The connection id, for s.conn_ctx (0 without a connection); from now on
+         * the connection drops its Lua table when it closes. */
+        if (s->c != NULL) {
+            s->c->lua_conn_ctx = 1;
+            lua_pushnumber(co, (lua_Number)s->c->id);
+        } else {
+            lua_pushinteger(co, 0);
+        }
     }
     return after_resume(s, co, resume(s, co, nargs));
 }
@@ -489,29 +511,23 @@ mx_lua_release(mx_session_t *s)
     if (s->lua_co == NULL)
         return;
     mx_vm_t *vm = s->gen->vm;
-    lua_State *co = s->lua_co;
-    bool reusable = s->lua_phase < 0;
-    if (reusable) {
-        /* Let the body drop its references to the request, then pool it. */
-        s->lua_phase = MX_PH_RELEASE;
-        lua_pushinteger(co, MX_PH_RELEASE);
-        mx_vm_t *prev = enter(vm);
-        int st = lua_resume(co, 1);
-        mx_current_vm = prev;
-        reusable = st == LUA_YIELD && lua_gettop(co) == 3;
-        lua_settop(co, 0);
-    }
-    if (reusable) {
+    /* The session objects of the coroutine raise from now on (their slot is NULL), so
+     * it goes back to the pool without a resume: a coroutine between phases sits at
+     * the yield that also takes its next request. One that waits is dropped. */
+    if (s->lua_slot != NULL)
+        *s->lua_slot = NULL;
+    if (s->lua_phase < 0 && s->lua_slot != NULL) {
         if (vm->npool == vm->cap) {
             vm->cap = vm->cap ? vm->cap * 2 : 64;
-            vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(int));
+            vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(*vm->pool));
         }
-        vm->pool[vm->npool++] = s->lua_co_ref;
+        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_slot};
     } else {
         luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     }
     s->lua_co = NULL;
     s->lua_co_ref = 0;
+    s->lua_slot = NULL;
     s->lua_phase = -1;
 }
 

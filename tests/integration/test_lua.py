@@ -5,7 +5,7 @@ import threading
 import time
 
 from harness import (Client, MoxyTestCase, config, free_port, request, run_moxy, upstream,
-                     wait_for)
+                     wait_for, SLOW)
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
 
@@ -413,3 +413,21 @@ class UpstreamBodyFilter(MoxyTestCase):
         self.assert_status(r, 200, m)
         self.assertIn(b'"TARGET": "/ECH0?F00"', r.body)
         self.assertEqual(request(m.port, "GET", "/local").body, b"LOCAL BODY")
+
+
+class KeptSessions(MoxyTestCase):
+    def test_a_session_kept_past_its_request_raises_and_takes_no_fields(self):
+        o = self.start_origin()
+        m = self.start_moxy(scripted("kept.lua", {"origin": upstream(o.port)},
+                                     service={"upstream": "origin"}))
+        self.assertEqual(request(m.port, "GET", "/keep").body, b"kept")
+        self.assertTrue(wait_for(lambda: "kept session:" in m.error_log(), 3 * SLOW))
+        log = m.error_log()
+        self.assertIn("kept session: false", log)
+        self.assertIn("this session's request has ended", log)
+        r = request(m.port, "GET", "/field")
+        self.assertIn(b"s.user: a session object takes no new fields", r.body)
+        # The coroutine's session serves the next request without the refused field.
+        self.assertEqual(request(m.port, "GET", "/after-field").body, b"nil")
+        self.assert_status(request(m.port, "GET", "/echo"), 200, m)
+        self.assertTrue(m.alive())

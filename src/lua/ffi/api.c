@@ -70,7 +70,7 @@ int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
-double moxy_conn_id(mx_session_t *s);
+void moxy_lua_slot(mx_session_t **slot);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
@@ -551,15 +551,18 @@ moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t 
 }
 
 
-/* The downstream connection's id, for s.conn_ctx; 0 without one. From now on
- * the connection drops its Lua table when it closes. */
-double
-moxy_conn_id(mx_session_t *s)
+/* The request coroutine's body registers its session slot, an FFI array it owns and
+ * its session objects hold: C writes the session there when a request starts on the
+ * coroutine and NULL when it ends (vm.c), so a session kept past its request raises
+ * instead of reaching freed memory. */
+void
+moxy_lua_slot(mx_session_t **slot)
 {
-    if (s->c == NULL)
-        return 0;
-    s->c->lua_conn_ctx = 1;
-    return (double)s->c->id;
+    mx_session_t *s = mx_lua_cur_session;
+    if (s == NULL || s->lua_co == NULL)
+        return;
+    s->lua_slot = slot;
+    *slot = s;
 }
 
 
