@@ -238,12 +238,10 @@ mx_headers_mark_hop_by_hop(mx_headers_t *h)
 
 
 bool
-mx_str_caseeq(mx_str_t a, mx_str_t b)
+mx_str_caseeq_bytes(const char *a, const char *b, size_t n)
 {
-    if (a.len != b.len)
-        return false;
-    for (size_t i = 0; i < a.len; i++) {
-        if (ascii_lower(a.data[i]) != ascii_lower(b.data[i]))
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != b[i] && ascii_lower(a[i]) != ascii_lower(b[i]))
             return false;
     }
     return true;

@@ -43,7 +43,15 @@ void mx_headers_mark_hop_by_hop(mx_headers_t *h);
 void mx_headers_serialize(const mx_headers_t *h, mx_buf_t *b);
 
 /* Case-insensitive equality of two views. */
-bool mx_str_caseeq(mx_str_t a, mx_str_t b);
+bool mx_str_caseeq_bytes(const char *a, const char *b, size_t n);
+
+/* ASCII case-insensitive equality. Inline: most calls compare names of different
+ * lengths (hop-by-hop and managed header lists) and stop at the length test. */
+static inline bool
+mx_str_caseeq(mx_str_t a, mx_str_t b)
+{
+    return a.len == b.len && mx_str_caseeq_bytes(a.data, b.data, a.len);
+}
 /* True when the comma-separated list <value> holds <token> (any case, OWS
  * around elements ignored): mx_header_has_token("keep-alive, Upgrade", "upgrade"). */
 bool mx_header_has_token(mx_str_t value, mx_str_t token);

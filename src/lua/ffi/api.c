@@ -239,9 +239,11 @@ valid_field(const char *p, size_t n, bool name)
 {
     if (name && mx_h1_guard_name((mx_str_t){p, n}) != 0)
         return false;
-    for (size_t i = 0; i < n; i++)
-        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c <= '\r' && (c == '\r' || c == '\n' || c == '\0'))
             return false;
+    }
     return true;
 }
 
