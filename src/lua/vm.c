@@ -246,6 +246,13 @@ mx_vm_has(const mx_vm_t *vm, size_t svc, int phase)
 }
 
 
+uint32_t
+mx_vm_mask(const mx_vm_t *vm, size_t svc)
+{
+    return vm != NULL && svc < vm->nsvc ? vm->masks[svc] : 0;
+}
+
+
 /* Makes <vm> the thread's current VM (moxy.timer finds it there: a worker
  * may run several generations' VMs) and returns the previous one. */
 static mx_vm_t *

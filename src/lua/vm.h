@@ -48,6 +48,8 @@ char *mx_vm_handover(mx_vm_t *vm);
 void mx_vm_free(mx_vm_t *vm);
 /* True when service <svc> has a handler for <phase>. */
 bool mx_vm_has(const mx_vm_t *vm, size_t svc, int phase);
+/* The phases service <svc>'s script handles, one bit per phase (0 without a VM). */
+uint32_t mx_vm_mask(const mx_vm_t *vm, size_t svc);
 
 /* Runs <phase> of session <s>. Returns MX_OK (done), MX_AGAIN (the handler
  * yielded: mx_lua_on_phase_done() follows later), or MX_ELUA (the error is

@@ -88,6 +88,7 @@ mx_session_new(mx_h1conn_t *c)
     s->lua_phase = -1;
     s->pick_index = -1;
     s->svc_index = (size_t)(c->svc - s->gen->conf->services);
+    s->phase_mask = mx_vm_mask(s->gen->vm, s->svc_index);
     mx_arena_init(&s->arena, s + 1, ARENA_FIRST);
     mx_headers_init(&s->req_headers);
     mx_headers_init(&s->resp_headers);
@@ -467,7 +468,7 @@ lua_busy(const mx_session_t *s)
 static bool
 has_phase(const mx_session_t *s, int phase)
 {
-    return mx_vm_has(s->gen->vm, s->svc_index, phase);
+    return (s->phase_mask >> phase) & 1;
 }
 
 
@@ -485,7 +486,7 @@ can_run(const mx_session_t *s, int phase)
 static int
 run_phase(mx_session_t *s, int phase, void (*next)(mx_session_t *, int))
 {
-    if (!mx_vm_has(s->gen->vm, s->svc_index, phase)) {
+    if (!has_phase(s, phase)) {
         next(s, MX_OK);
         return MX_OK;
     }
@@ -1554,7 +1555,7 @@ static bool
 has_upstream_body_filter(mx_session_t *s)
 {
     return !s->local_status &&
-           mx_vm_has(s->gen->vm, s->svc_index, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
+           has_phase(s, MX_PH_UPSTREAM_RESPONSE_BODY_FILTER);
 }
 
 
@@ -1668,7 +1669,7 @@ static void
 prepare_body_filter(mx_session_t *s)
 {
     if (!s->resp_no_body &&
-        (mx_vm_has(s->gen->vm, s->svc_index, MX_PH_RESPONSE_BODY_FILTER) ||
+        (has_phase(s, MX_PH_RESPONSE_BODY_FILTER) ||
          has_upstream_body_filter(s)))
         mx_headers_remove(&s->resp_headers, MX_STR("content-length"));
 }

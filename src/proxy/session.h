@@ -175,6 +175,7 @@ struct mx_session_s {
 
     /* Lua (lua/vm.c) */
     size_t svc_index;
+    uint32_t phase_mask; /* bit <phase> set when the service's script handles it */
     int lua_co_ref;  /* registry ref of the request's coroutine, 0 if none */
     void *lua_co;    /* its lua_State */
     int lua_phase;   /* the phase running or yielded, -1 when none */
