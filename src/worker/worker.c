@@ -116,6 +116,8 @@ worker_main(void *arg)
     for (size_t i = 0; i < w->nfree; i++)
         mx_free(w->free_bufs[i]);
     mx_free(w->free_bufs);
+    while (w->nfree_sessions > 0)
+        mx_free(w->free_sessions[--w->nfree_sessions]);
     mx_free(w->accepts);
     mx_log_info("worker %d stopped after %llu requests", w->id, (unsigned long long)w->req_seq);
 }

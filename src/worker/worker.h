@@ -47,6 +47,8 @@ struct mx_worker_s {
 
     void **free_bufs; /* MX_RBUF_SIZE blocks */
     size_t nfree;
+    void *free_sessions[16]; /* session blocks (session.c): no malloc per request */
+    int nfree_sessions;
     size_t cap_free;
 
     uint64_t req_seq;
