@@ -12,13 +12,13 @@
 #   BENCH_PATHS ["/ /1k"]   paths to load: / is a 12-byte body, /1k a 1 KiB one
 #   BENCH_ONLY              comma list of rows to run, e.g. "nginx,moxy"
 #   MOXY_SCRIPT             Lua script for the "moxy+lua" row (else examples/bench.lua
-#                           if it exists; scripts/bench/moxy_bench.lua is the workload)
-#   BENCH_CALLGRIND [0]     1: also count instructions per request under callgrind
+#                           if it exists, else scripts/bench/moxy_bench.lua, the workload)
+#   BENCH_CALLGRIND [1]     count instructions per request under callgrind (0: skip)
 #   BENCH_CALLGRIND_REQUESTS [2000], BENCH_CALLGRIND_WARMUP [200]
 #
 # Output: a markdown table on stdout and in build/bench/results.md (raw numbers
-# in build/bench/results.json). With the defaults a run takes about 2.5 minutes
-# (+ about 1 minute with BENCH_CALLGRIND=1).
+# in build/bench/results.json). With the defaults a run takes about 4 minutes
+# (1 of them under callgrind; BENCH_CALLGRIND=0 skips it).
 #
 # Numbers on this 2-core shared machine swing 10-50% from run to run (wrk, the
 # proxy and the origin share the cores; nothing is pinned on purpose), so only

@@ -378,7 +378,7 @@ class Bench:
         # slots for the idle clients, wrk and the upstream side
         self.worker_conns = self.idle + 2048
         self.paths = os.environ.get("BENCH_PATHS", "/ /1k").split()
-        self.cg = os.environ.get("BENCH_CALLGRIND", "0") == "1"
+        self.cg = os.environ.get("BENCH_CALLGRIND", "1") == "1"
         self.reuse_on = os.environ.get("BENCH_REUSE", "1") == "1"
         self.reuse_threads = env_int("BENCH_REUSE_THREADS", 2)
         self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
@@ -394,7 +394,11 @@ class Bench:
         if s:
             return os.path.abspath(s)
         ex = os.path.join(self.a.root, "examples", "bench.lua")
-        return ex if os.path.exists(ex) else None
+        if os.path.exists(ex):
+            return ex
+        # The workload the nginx+lua row runs, written for moxy.
+        ws = os.path.join(self.a.root, "scripts", "bench", "moxy_bench.lua")
+        return ws if os.path.exists(ws) else None
 
     def prefix(self, name):
         d = os.path.join(self.tmp, name)
