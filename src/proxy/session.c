@@ -1189,6 +1189,13 @@ idempotent(const mx_session_t *s)
 }
 
 
+bool
+mx_session_idempotent(const mx_session_t *s)
+{
+    return idempotent(s);
+}
+
+
 /* upstream_peer ran again after fail_to_connect asked for a retry: the new
  * try starts from the request as it was before upstream_request_filter. */
 static void

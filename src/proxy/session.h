@@ -278,6 +278,9 @@ void mx_session_respond_error(mx_session_t *s, int status, int err);
 void mx_session_tunnel_down(mx_session_t *s, const char *p, size_t n);
 void mx_session_tunnel_eof(mx_session_t *s, bool from_upstream);
 
+/* GET, HEAD, OPTIONS, TRACE, PUT, DELETE: may be sent again. */
+bool mx_session_idempotent(const mx_session_t *s);
+
 /* Ends the request's claim on its load-balanced backend (inflight) and group. */
 void mx_session_lb_release(mx_session_t *s);
 
@@ -352,7 +355,8 @@ mx_pool_t *mx_pool_new(mx_worker_t *w, size_t cap);
 /* Closes every idle connection and frees the pool once they are closed. */
 void mx_pool_free(mx_pool_t *p);
 /* An idle connection to <addr> that is still open, or NULL. */
-mx_upconn_t *mx_pool_get(mx_pool_t *p, const mx_addr_t *addr);
+/* <peek>: check with a non-blocking peek that the origin has not closed it. */
+mx_upconn_t *mx_pool_get(mx_pool_t *p, const mx_addr_t *addr, bool peek);
 void mx_pool_put(mx_pool_t *p, mx_upconn_t *u);
 void mx_pool_remove(mx_pool_t *p, mx_upconn_t *u);
 void mx_pool_close_idle(mx_pool_t *p);

@@ -1,7 +1,8 @@
 /* The per-worker keepalive pool of idle upstream connections, most recently
  * used first. Idle connections keep reading so that an origin's close is
- * seen; before one is handed out, a non-blocking peek makes sure the origin
- * has not closed it in the meantime (a FIN not yet seen by the loop). */
+ * seen; before one is handed out for a request that could not be resent, a
+ * non-blocking peek makes sure the origin has not closed it in the meantime
+ * (a FIN not yet seen by the loop). */
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -62,7 +63,7 @@ still_open(mx_upconn_t *u)
 
 
 mx_upconn_t *
-mx_pool_get(mx_pool_t *p, const mx_addr_t *addr)
+mx_pool_get(mx_pool_t *p, const mx_addr_t *addr, bool peek)
 {
     mx_list_t *n = p->idle.next;
     while (n != &p->idle) {
@@ -71,7 +72,7 @@ mx_pool_get(mx_pool_t *p, const mx_addr_t *addr)
         if (u->addr != addr && strcmp(u->addr->text, addr->text) != 0)
             continue;
         mx_pool_remove(p, u);
-        if (still_open(u))
+        if (!peek || still_open(u))
             return u;
         mx_upconn_close(u);
     }

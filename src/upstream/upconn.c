@@ -88,7 +88,10 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
                   bool fresh)
 {
     mx_worker_t *w = s->w;
-    mx_upconn_t *u = fresh ? NULL : mx_pool_get(w->pool, addr);
+    /* An idempotent request that meets a pooled connection the origin closed is
+     * resent once on a new one (mx_session_on_upstream_error), as nginx does: no
+     * peek syscall for it. Others are not resent, so their connection is peeked. */
+    mx_upconn_t *u = fresh ? NULL : mx_pool_get(w->pool, addr, !mx_session_idempotent(s));
     mx_stats_add(upstream_requests, 1);
     if (u != NULL) {
         mx_stats_add(upstream_reused, 1);

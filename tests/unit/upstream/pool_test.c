@@ -87,12 +87,29 @@ Test(pool, hands_out_a_live_connection_and_not_a_closed_one)
     int peer;
     mx_upconn_t *u = connect_one(&w, &addr, &peer);
     mx_pool_put(p, u);
-    cr_assert_eq(mx_pool_get(p, &addr), u, "a live idle connection is reused");
+    cr_assert_eq(mx_pool_get(p, &addr, true), u, "a live idle connection is reused");
     mx_pool_put(p, u);
 
     close(peer); /* the origin closes; the loop has not seen the FIN yet */
     usleep(20000);
-    cr_assert_null(mx_pool_get(p, &addr), "a connection the origin closed was handed out");
+    cr_assert_null(mx_pool_get(p, &addr, true), "a connection the origin closed was handed out");
+    mx_pool_free(p);
+    uv_run(&w.loop, UV_RUN_NOWAIT);
+}
+
+
+/* Without the peek (an idempotent request, resent once if the connection turns out
+ * closed) the pool hands out what it has: no syscall. */
+Test(pool, without_peek_hands_out_the_idle_connection_as_is)
+{
+    mx_pool_t *p = mx_pool_new(&w, 4);
+    int peer;
+    mx_upconn_t *u = connect_one(&w, &addr, &peer);
+    mx_pool_put(p, u);
+    close(peer);
+    usleep(20000);
+    cr_assert_eq(mx_pool_get(p, &addr, false), u, "no peek: the idle connection is handed out");
+    mx_upconn_close(u);
     mx_pool_free(p);
     uv_run(&w.loop, UV_RUN_NOWAIT);
 }
@@ -106,7 +123,7 @@ Test(pool, refuses_a_connection_with_stray_bytes)
     mx_pool_put(p, u);
     cr_assert_eq(write(peer, "HTTP/1.1 200 OK\r\n", 17), 17);
     usleep(20000);
-    cr_assert_null(mx_pool_get(p, &addr), "an idle connection with unread bytes was reused");
+    cr_assert_null(mx_pool_get(p, &addr, true), "an idle connection with unread bytes was reused");
     close(peer);
     mx_pool_free(p);
     uv_run(&w.loop, UV_RUN_NOWAIT);
@@ -123,10 +140,10 @@ Test(pool, evicts_the_oldest_past_its_cap_and_keeps_peers_apart)
         mx_pool_put(p, u[i]);
     }
     cr_assert(u[0]->closing, "the oldest connection was not evicted");
-    cr_assert_null(mx_pool_get(p, &other), "a connection to another peer was handed out");
-    cr_assert_eq(mx_pool_get(p, &addr), u[2], "not most recently used first");
-    cr_assert_eq(mx_pool_get(p, &addr), u[1]);
-    cr_assert_null(mx_pool_get(p, &addr));
+    cr_assert_null(mx_pool_get(p, &other, true), "a connection to another peer was handed out");
+    cr_assert_eq(mx_pool_get(p, &addr, true), u[2], "not most recently used first");
+    cr_assert_eq(mx_pool_get(p, &addr, true), u[1]);
+    cr_assert_null(mx_pool_get(p, &addr, true));
     mx_upconn_close(u[1]);
     mx_upconn_close(u[2]);
     for (int i = 0; i < 3; i++)
