@@ -62,20 +62,27 @@ mx_h1_guard_value_done(mx_h1_guard_t *g)
 static inline int
 mx_h1_guard_name(mx_str_t name)
 {
-    static const char *extra = "!#$%&'*+-.^_`|~";
+    /* RFC 9110 tchar: ALPHA / DIGIT / "!#$%&'*+-.^_`|~", one table load per byte. */
+#define T1(c) [c] = 1
+    static const unsigned char tchar[256] = {
+        T1('!'), T1('#'), T1('$'), T1('%'), T1('&'), T1('\''), T1('*'), T1('+'), T1('-'),
+        T1('.'), T1('^'), T1('_'), T1('`'), T1('|'), T1('~'),
+        T1('0'), T1('1'), T1('2'), T1('3'), T1('4'), T1('5'), T1('6'), T1('7'), T1('8'),
+        T1('9'),
+        T1('A'), T1('B'), T1('C'), T1('D'), T1('E'), T1('F'), T1('G'), T1('H'), T1('I'),
+        T1('J'), T1('K'), T1('L'), T1('M'), T1('N'), T1('O'), T1('P'), T1('Q'), T1('R'),
+        T1('S'), T1('T'), T1('U'), T1('V'), T1('W'), T1('X'), T1('Y'), T1('Z'),
+        T1('a'), T1('b'), T1('c'), T1('d'), T1('e'), T1('f'), T1('g'), T1('h'), T1('i'),
+        T1('j'), T1('k'), T1('l'), T1('m'), T1('n'), T1('o'), T1('p'), T1('q'), T1('r'),
+        T1('s'), T1('t'), T1('u'), T1('v'), T1('w'), T1('x'), T1('y'), T1('z'),
+    };
+#undef T1
     if (name.len == 0)
         return -1;
-    for (size_t i = 0; i < name.len; i++) {
-        unsigned char ch = (unsigned char)name.data[i];
-        if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'))
-            continue;
-        const char *e = extra;
-        while (*e && *e != ch)
-            e++;
-        if (*e == '\0')
-            return -1;
-    }
-    return 0;
+    unsigned char ok = 1;
+    for (size_t i = 0; i < name.len; i++)
+        ok &= tchar[(unsigned char)name.data[i]];
+    return ok ? 0 : -1;
 }
 
 
