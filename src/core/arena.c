@@ -25,16 +25,8 @@ mx_arena_init(mx_arena_t *a, void *first, size_t len)
 
 
 void *
-mx_arena_alloc(mx_arena_t *a, size_t n)
+mx_arena_alloc_block(mx_arena_t *a, size_t n)
 {
-    n = (n + 7) & ~(size_t)7;
-    if (a->p != NULL) {
-        uintptr_t p = ((uintptr_t)a->p + 7) & ~(uintptr_t)7;
-        if (p + n <= (uintptr_t)a->end) {
-            a->p = (char *)(p + n);
-            return (void *)p;
-        }
-    }
     size_t len = n > BLOCK_MIN ? n : BLOCK_MIN;
     mx_arena_block_t *b = mx_alloc(sizeof(*b) + len);
     b->len = len;
@@ -43,16 +35,6 @@ mx_arena_alloc(mx_arena_t *a, size_t n)
     a->p = b->data + n;
     a->end = b->data + len;
     return b->data;
-}
-
-
-char *
-mx_arena_strndup(mx_arena_t *a, const char *s, size_t n)
-{
-    char *p = mx_arena_alloc(a, n + 1);
-    memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
 }
 
 
