@@ -402,17 +402,21 @@ prepare_upstream_headers(mx_session_t *s)
         h->v[i].flags |= MX_HDR_HOP;
 
     if (svc->x_forwarded_for) {
-        mx_buf_t v;
-        mx_buf_init(&v);
+        /* "<each X-Forwarded-For value>, " then the client, built in the arena. */
+        size_t addr_len = strlen(s->c->client_addr), len = addr_len;
+        for (ssize_t i = mx_headers_find(h, MX_STR("x-forwarded-for"), 0); i >= 0;
+             i = mx_headers_find(h, MX_STR("x-forwarded-for"), (size_t)i + 1))
+            len += h->v[i].value.len + 2;
+        char *v = mx_arena_alloc(a, len), *p = v;
         for (ssize_t i = mx_headers_find(h, MX_STR("x-forwarded-for"), 0); i >= 0;
              i = mx_headers_find(h, MX_STR("x-forwarded-for"), (size_t)i + 1)) {
-            mx_buf_append_str(&v, h->v[i].value);
-            mx_buf_append_str(&v, MX_STR(", "));
+            memcpy(p, h->v[i].value.data, h->v[i].value.len);
+            p += h->v[i].value.len;
+            memcpy(p, ", ", 2);
+            p += 2;
         }
-        mx_buf_append(&v, s->c->client_addr, strlen(s->c->client_addr));
-        char *copy = mx_arena_strndup(a, v.data, v.len);
-        mx_headers_set(h, a, MX_STR("X-Forwarded-For"), (mx_str_t){copy, v.len});
-        mx_buf_dispose(&v);
+        memcpy(p, s->c->client_addr, addr_len);
+        mx_headers_set(h, a, MX_STR("X-Forwarded-For"), (mx_str_t){v, len});
     }
     if (svc->via) {
         const char *via = s->http_minor >= 1 ? "1.1 moxy" : "1.0 moxy";
