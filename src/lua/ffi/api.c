@@ -237,8 +237,8 @@ moxy_header_at(mx_session_t *s, int resp, int i, mx_str_t *name, mx_str_t *value
 static bool
 valid_field(const char *p, size_t n, bool name)
 {
-    if (name && mx_h1_guard_name((mx_str_t){p, n}) != 0)
-        return false;
+    if (name)
+        return mx_h1_guard_name((mx_str_t){p, n}) == 0; /* a token has no CR, LF, NUL */
     /* memchr scans a word or a vector at a time: three of them beat a byte loop. */
     return memchr(p, '\n', n) == NULL && memchr(p, '\r', n) == NULL &&
            memchr(p, '\0', n) == NULL;
