@@ -3,6 +3,8 @@
  * <stop_accepting>/<force_stop> and uv_async_send. */
 #include "worker/worker.h"
 
+#include <malloc.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -30,6 +32,7 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds, mx_
 {
     const mx_conf_t *conf = gc->conf;
     memset(w, 0, sizeof(*w));
+    mx_timeq_entry_init(&w->trim_tq);
     w->id = id;
     w->server = server;
     w->notify = notify;
@@ -271,11 +274,29 @@ mx_worker_buf_get(mx_worker_t *w)
 }
 
 
+/* A second after a burst freed many read buffers, hand the free pages back to the
+ * kernel: glibc keeps them otherwise (long-lived connection structs sit between
+ * them, so its heaps cannot shrink from the top), and RSS would stay at the burst's
+ * peak. Steady load reuses the kept buffers and never gets here. */
+#define TRIM_AFTER_BYTES (8u << 20)
+
+static void
+on_trim(mx_timeq_entry_t *e)
+{
+    mx_worker_t *w = mx_container_of(e, mx_worker_t, trim_tq);
+    w->freed_bytes = 0;
+    malloc_trim(0);
+}
+
+
 void
 mx_worker_buf_put(mx_worker_t *w, void *buf)
 {
     if (w->nfree == FREE_BUFS_MAX) {
         mx_free(buf);
+        w->freed_bytes += MX_RBUF_SIZE;
+        if (w->freed_bytes >= TRIM_AFTER_BYTES && !mx_timeq_armed(&w->trim_tq))
+            mx_worker_timeout(w, &w->trim_tq, 1000, on_trim);
         return;
     }
     if (w->nfree == w->cap_free) {

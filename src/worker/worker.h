@@ -48,6 +48,8 @@ struct mx_worker_s {
     void **free_bufs; /* MX_RBUF_SIZE blocks */
     size_t nfree;
     void *free_sessions[16]; /* session blocks (session.c): no malloc per request */
+    size_t freed_bytes;      /* read buffers given back to malloc since the last trim */
+    mx_timeq_entry_t trim_tq; /* a malloc_trim() pending after a burst */
     int nfree_sessions;
     size_t cap_free;
 
