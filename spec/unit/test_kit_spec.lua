@@ -612,3 +612,17 @@ describe("t.run upstream_response_body_filter", function()
         assert.equal("LOCAL BODY", res.body)
     end)
 end)
+
+
+describe("t.run sessions", function()
+    it("sessions take no new fields, as the live ones", function()
+        local app = {
+            request_filter = function(s)
+                local ok, err = pcall(function() s.user = "bob" end)
+                return s:respond(200, tostring(ok) .. " " .. tostring(err))
+            end,
+        }
+        local res = t.run(app, t.request { uri = "/x" })
+        assert.matches("^false .*s%.user: a session object takes no new fields", res.body)
+    end)
+end)
