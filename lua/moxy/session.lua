@@ -514,26 +514,32 @@ function Req.set_args(self, args)
 end
 
 
--- Replaces the method (a token, e.g. "POST"). Phases: REQ_WRITE.
 local BODY = set_of { "early_request_filter", "request_filter", "upstream_peer",
                       "upstream_request_filter" }
 local BODY_MAX = 1048576
+
+
+-- opts.max of s.req:body() and s.resp:read_body() (<fname>): bytes, default 1 MiB.
+local function body_max(opts, fname)
+    if opts == nil then
+        return BODY_MAX
+    end
+    if type(opts) ~= "table" then
+        arg_error(1, fname, "table or nil", opts, 4)
+    end
+    local max = opts.max or BODY_MAX
+    if type(max) ~= "number" or max < 0 then
+        arg_error(1, fname, "a max >= 0", max, 4)
+    end
+    return max
+end
 
 
 -- The whole request body as a string (waits for it: the handler yields until it
 -- arrived). opts.max (bytes, default 1 MiB): past it, nil, "too_large".
 -- Phases: request_filter, upstream_peer, upstream_request_filter.
 function Req.body(self, opts)
-    local max = BODY_MAX
-    if opts ~= nil then
-        if type(opts) ~= "table" then
-            arg_error(1, "body", "table or nil", opts)
-        end
-        max = opts.max or max
-        if type(max) ~= "number" or max < 0 then
-            arg_error(1, "body", "a max >= 0", max)
-        end
-    end
+    local max = body_max(opts, "body")
     local b, sp = self.b, self.sp
     check_phase(b, sp, BODY, "s.req:body()")
     return b.req_body(sp, max)
@@ -575,6 +581,7 @@ function Req.set_body(self, body)
 end
 
 
+-- Replaces the method (a token, e.g. "POST"). Phases: REQ_WRITE.
 function Req.set_method(self, method)
     check_token(1, "set_method", method)
     local b, sp = self.b, self.sp
@@ -621,16 +628,7 @@ end
 -- streams as usual once the phase is done. A local answer gives its body, an error page
 -- or a response without a body "". Phases: upstream_response_filter, response_filter.
 function Resp.read_body(self, opts)
-    local max = BODY_MAX
-    if opts ~= nil then
-        if type(opts) ~= "table" then
-            arg_error(1, "read_body", "table or nil", opts)
-        end
-        max = opts.max or max
-        if type(max) ~= "number" or max < 0 then
-            arg_error(1, "read_body", "a max >= 0", max)
-        end
-    end
+    local max = body_max(opts, "read_body")
     local b, sp = self.b, self.sp
     check_phase(b, sp, RESP_WRITE, "s.resp:read_body()")
     return b.resp_read_body(sp, max)

@@ -239,13 +239,6 @@ mx_vm_conf(const mx_vm_t *vm)
 }
 
 
-bool
-mx_vm_has(const mx_vm_t *vm, size_t svc, int phase)
-{
-    return vm != NULL && svc < vm->nsvc && (vm->masks[svc] & (1u << phase)) != 0;
-}
-
-
 uint32_t
 mx_vm_mask(const mx_vm_t *vm, size_t svc)
 {

@@ -47,7 +47,6 @@ int mx_vm_new_from(const mx_conf_t *conf, mx_worker_t *w, const char *previous, 
 char *mx_vm_handover(mx_vm_t *vm);
 void mx_vm_free(mx_vm_t *vm);
 /* True when service <svc> has a handler for <phase>. */
-bool mx_vm_has(const mx_vm_t *vm, size_t svc, int phase);
 /* The phases service <svc>'s script handles, one bit per phase (0 without a VM). */
 uint32_t mx_vm_mask(const mx_vm_t *vm, size_t svc);
 

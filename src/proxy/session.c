@@ -738,15 +738,12 @@ wake_waiter(mx_session_t *s)
 }
 
 
-/* s.resp:read_body() waits: wake it (from the loop). */
+/* s.resp:read_body() waits (it sets body_waiting too): wake it (from the loop). */
 static void
 wake_body_reader(mx_session_t *s)
 {
-    if (!s->resp_body_waiting)
-        return;
-    s->resp_body_waiting = 0;
-    s->body_waiting = 0;
-    mx_lua_resume(s);
+    if (s->resp_body_waiting)
+        wake_waiter(s);
 }
 
 
@@ -1176,8 +1173,8 @@ failover_allowed(mx_session_t *s)
 }
 
 
-static bool
-idempotent(const mx_session_t *s)
+bool
+mx_session_idempotent(const mx_session_t *s)
 {
     switch (s->llmethod) {
     case HTTP_GET:
@@ -1190,13 +1187,6 @@ idempotent(const mx_session_t *s)
     default:
         return false;
     }
-}
-
-
-bool
-mx_session_idempotent(const mx_session_t *s)
-{
-    return idempotent(s);
 }
 
 
@@ -1265,7 +1255,7 @@ lua_retry(mx_session_t *s, int err, const char *who)
 static bool
 resendable(const mx_session_t *s)
 {
-    return idempotent(s) && !s->resp_head_sent && (!s->req_has_body || s->body_set);
+    return mx_session_idempotent(s) && !s->resp_head_sent && (!s->req_has_body || s->body_set);
 }
 
 
@@ -1290,7 +1280,7 @@ mx_session_on_upstream_error(mx_session_t *s, int err)
     bool fresh = !s->resp_head_sent && !got_bytes && !s->up_body_started;
     if (fresh) {
         /* A pooled connection the origin had closed: resend once on a fresh one. */
-        if (reused && idempotent(s) && err != UV_ETIMEDOUT && !lua_busy(s)) {
+        if (reused && mx_session_idempotent(s) && err != UV_ETIMEDOUT && !lua_busy(s)) {
             mx_log_info("#%llu reused upstream connection failed (%s), retrying on a new one",
                         (unsigned long long)s->id, mx_strerror(err));
             s->reused = 0;
@@ -1353,7 +1343,7 @@ after_error_while_proxy(mx_session_t *s, int rc)
         }
         mx_log_info("#%llu error_while_proxy asked for a retry, but the request cannot be "
                     "resent (%s)", (unsigned long long)s->id,
-                    !idempotent(s)       ? "method not idempotent"
+                    !mx_session_idempotent(s)       ? "method not idempotent"
                     : s->resp_head_sent ? "response already sent"
                                         : "its body was streamed");
     }
