@@ -37,6 +37,7 @@ local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
 local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
 local UPSTREAM_RESPONSE_BODY_FILTER, REQUEST_BODY_FILTER, ERROR_WHILE_PROXY = 14, 15, 16
 local slot_t = ffi.typeof("mx_session_t *[1]")
+local io_t = ffi.typeof("mx_lua_io_t")
 
 local apps = {}                     -- service index -> the script's handler table
 
@@ -339,23 +340,22 @@ end
 
 
 -- The coroutine body: one request at a time, all its phases, then the next request.
--- C starts a request with (phase, session pointer, service, connection id) and resumes
--- each next phase of it with (phase) alone; each phase ends with a yield of (true, ok,
--- err). The session objects and the sched entry stay with the coroutine, reused for
--- each request: they hold the coroutine's slot, which C fills with the session when a
--- request starts and empties when it ends (no resume, no allocation per request).
-function _M.body(phase, p, svc, cid)
-    local slot = ffi.new(slot_t)
-    live.register_slot(slot)
+-- C resumes it with no arguments: the phase to run is in the coroutine's io block
+-- (mx_lua_io_t, src/lua/vm.h), with io.start set and the service and connection id
+-- when a request starts. A phase ends with io.done = 1 and a yield(), or io.done = 2
+-- and a yield of the error. The session objects and the sched entry stay with the
+-- coroutine, reused for each request: they hold the coroutine's slot, which C fills
+-- with the session when a request starts and empties when it ends (no resume, no
+-- allocation per request).
+function _M.body()
+    local slot, io = ffi.new(slot_t), ffi.new(io_t)
+    live.register_slot(slot, io)
     local s = session.new(slot, false, false, live)
     local e = sched.enter(running(), slot)
     while true do
+        io.start = 0
+        local svc, cid = io.svc, io.cid
         local app = apps[svc]
-        local ctx, ctx_err
-        if app.new_ctx then
-            ctx, ctx_err = new_ctx(app)
-        end
-        ctx = ctx or {}
         local conn_ctx = conn_ctxs[cid]
         if conn_ctx == nil then
             conn_ctx = {}
@@ -363,9 +363,15 @@ function _M.body(phase, p, svc, cid)
                 conn_ctxs[cid] = conn_ctx
             end
         end
+        local ctx, ctx_err
+        if app.new_ctx then
+            ctx, ctx_err = new_ctx(app)
+        end
+        ctx = ctx or {}
         session.attach(s, ctx, conn_ctx)
         sched.renew(e, slot)
         repeat
+            local phase = io.phase
             local ok, err
             if ctx_err and phase ~= LOGGING then
                 ok, err = false, ctx_err
@@ -375,9 +381,15 @@ function _M.body(phase, p, svc, cid)
                     ok, err = settle(e, ok, err)
                 end
             end
-            -- The next phase of this request, or the first of the next one (with p).
-            phase, p, svc, cid = yield(true, ok, err)
-        until p ~= nil
+            if ok then
+                io.done = 1
+                yield()
+            else
+                io.done = 2
+                yield(err)
+            end
+            -- C wrote the next phase of this request, or the first of the next one.
+        until io.start ~= 0
     end
 end
 

@@ -49,7 +49,11 @@ int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
-void moxy_lua_slot(mx_session_t **slot);
+typedef struct {
+    double cid;
+    int32_t phase, svc, start, done;
+} mx_lua_io_t;
+void moxy_lua_slot(mx_session_t **slot, mx_lua_io_t *io);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
@@ -145,9 +149,10 @@ local function S(sp)
 end
 
 
--- The request coroutine's body registers its slot once (C fills it per request).
-function _M.register_slot(slot)
-    C.moxy_lua_slot(slot)
+-- The request coroutine's body registers its slot and io block once (C fills them per
+-- request; src/lua/vm.h says how).
+function _M.register_slot(slot, io)
+    C.moxy_lua_slot(slot, io)
 end
 
 

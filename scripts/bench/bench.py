@@ -27,6 +27,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+NOOP_SCRIPT = os.path.join(HERE, "moxy_noop.lua")
 TPL = os.path.join(HERE, "templates")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UA = "moxy-bench/1"
@@ -473,6 +474,8 @@ class Bench:
             ("nginx", "nginx", lambda: self.start_nginx("nginx")),
             ("haproxy", "nginx", lambda: self.start_haproxy("haproxy")),
             ("moxy", "nginx", lambda: self.start_moxy("moxy")),
+            # right after moxy: the Lua overhead is this row against that one
+            ("moxy+noop", "moxy", lambda: self.start_moxy("moxy_noop", script=NOOP_SCRIPT)),
         ]
         if self.lua_mods:
             rows.append(("nginx+lua", "nginx+lua", lambda: self.start_nginx("nginx_lua", lua=True)))
@@ -642,6 +645,8 @@ class Bench:
             targets.append(("nginx+lua", lambda w: self.start_nginx("cg_nginx_lua", lua=True,
                                                                      wrap=w, callgrind=True)))
         targets.append(("moxy", lambda w: self.start_moxy("cg_moxy", wrap=w)))
+        targets.append(("moxy+noop", lambda w: self.start_moxy("cg_moxy_noop", script=NOOP_SCRIPT,
+                                                                wrap=w)))
         if self.moxy_script:
             targets.append(("moxy+lua", lambda w: self.start_moxy("cg_moxy_lua", script=self.moxy_script,
                                                                    wrap=w)))
@@ -753,7 +758,7 @@ class Bench:
                 L.append("| proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s × base | CPU/req × base |")
                 L.append("|---|---:|---:|---:|---:|---:|---:|")
             for r in results:
-                label = r["name"] + (" †" if r["base"] != "nginx" else "")
+                label = r["name"] + {"nginx": "", "moxy": " ‡"}.get(r["base"], " †")
                 if r["status"] != "ok":
                     cols = 11 if first else 7
                     L.append(f"| {label} | failed |" + " |" * (cols - 2))
@@ -774,7 +779,8 @@ class Bench:
                     cells.append(ratio(r.get("rss_conns_kib"), bb.get("rss_conns_kib")))
                 L.append("| " + " | ".join(cells) + " |")
             L.append("")
-        L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua. "
+        L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua; "
+                 "‡ moxy+noop (four empty handlers, scripts/bench/moxy_noop.lua) against moxy. "
                  "CPU µs/req = the proxy's utime+stime (all threads, all its processes) over the wrk run "
                  "÷ requests completed. RSS = VmRSS of the serving process (for nginx the worker; "
                  f"the master adds about {master_rss(results)}), idle after start and with "
@@ -838,6 +844,11 @@ class Bench:
                           if c["name"].endswith("lua") else "")
                 L.append(f"| {c['name']} | {c['ir_per_req']:,.0f} | "
                          f"{ratio(c['ir_per_req'], cgby.get('nginx', {}).get('ir_per_req'))} | {vs_lua} |")
+            noop, plain = cgby.get("moxy+noop", {}), cgby.get("moxy", {})
+            if noop.get("ir_per_req") and plain.get("ir_per_req"):
+                L.append(f"\nLua overhead, four empty handlers (moxy+noop against moxy): "
+                         f"{noop['ir_per_req'] - plain['ir_per_req']:+,.0f} Ir/request, "
+                         f"{(noop['ir_per_req'] / plain['ir_per_req'] - 1) * 100:+.1f}%.")
             for c in cg:
                 if "error" in c:
                     L.append(f"\n- callgrind {c['name']} failed: " + c["error"].replace("\n", "\n  "))

@@ -1,9 +1,10 @@
 /* The per-worker LuaJIT VM: script loading, the coroutine pool and phase
  * dispatch. The Lua half is lua/moxy/engine.lua: C resumes a pooled
- * coroutine running engine.body with (phase, session, service, connection id) for a
- * request's first phase and (phase) for the next ones; the body yields
- * (true, ok, err) when a phase is done and nothing when a handler waits
- * (moxy.sleep), in which case C resumes it from the loop. */
+ * coroutine running engine.body, the phase to run (and for a request's first
+ * phase its service and connection id) written in the coroutine's io block
+ * (mx_lua_io_t); the body marks the phase done there before it yields. A
+ * handler that waits (moxy.sleep) yields through moxy.sched without marking
+ * anything, and C resumes it from the loop. */
 #include "lua/vm.h"
 
 #include <lauxlib.h>
@@ -21,10 +22,12 @@
 #include "lua/task.h"
 #include "proxy/session.h"
 
-/* An idle request coroutine: its registry ref and its session slot (see mx_lua_run). */
+/* An idle request coroutine: its registry ref, its session slot and io block (see
+ * mx_lua_run). */
 typedef struct {
     int ref;
     mx_session_t **slot;
+    mx_lua_io_t *io;
 } vm_co_t;
 
 struct mx_vm_s {
@@ -257,34 +260,44 @@ enter(mx_vm_t *vm)
 }
 
 
+/* Logs phase <phase>'s error <msg> (its first line; the traceback at debug) and keeps
+ * the line as the request's error. */
+static void
+phase_error(mx_session_t *s, int phase, const char *msg)
+{
+    char line[1024];
+    snprintf(line, sizeof(line), "%s", msg ? msg : "(error object is not a string)");
+    char *nl = strchr(line, '\n');
+    if (nl != NULL)
+        *nl = '\0';
+    s->lua_error = (mx_str_t){mx_arena_strndup(&s->arena, line, strlen(line)), strlen(line)};
+    mx_log_error("#%llu lua %s %s (request %llu, %.*s %.*s)", (unsigned long long)s->id,
+                 mx_phase_name(phase), line, (unsigned long long)s->id, (int)s->method.len,
+                 s->method.data, (int)s->target_raw.len, s->target_raw.data);
+    if (msg != NULL && mx_log_level <= MX_LOG_DEBUG)
+        mx_log_debug("#%llu lua traceback: %s", (unsigned long long)s->id, msg);
+}
+
+
 /* Handles what lua_resume() left: a finished phase, a wait, or an error. */
 static int
 after_resume(mx_session_t *s, lua_State *co, int st)
 {
     mx_vm_t *vm = s->gen->vm;
     int phase = s->lua_phase;
-    if (st == LUA_YIELD && lua_gettop(co) == 3 && lua_type(co, 1) == LUA_TBOOLEAN) {
-        int ok = lua_toboolean(co, 2);
-        if (!ok) {
-            const char *msg = lua_tostring(co, 3);
-            char line[1024];
-            snprintf(line, sizeof(line), "%s", msg ? msg : "(error object is not a string)");
-            char *nl = strchr(line, '\n');
-            if (nl != NULL)
-                *nl = '\0';
-            s->lua_error = (mx_str_t){mx_arena_strndup(&s->arena, line, strlen(line)), strlen(line)};
-            mx_log_error("#%llu lua %s %s (request %llu, %.*s %.*s)", (unsigned long long)s->id,
-                         mx_phase_name(phase), line, (unsigned long long)s->id,
-                         (int)s->method.len, s->method.data, (int)s->target_raw.len,
-                         s->target_raw.data);
-            if (msg != NULL && mx_log_level <= MX_LOG_DEBUG)
-                mx_log_debug("#%llu lua traceback: %s", (unsigned long long)s->id, msg);
-        }
-        lua_settop(co, 0);
+    mx_lua_io_t *io = s->lua_io;
+    if (st == LUA_YIELD && io != NULL && io->done != 0) {
+        /* The body ended the phase: yield() after done = 1, yield(err) after done = 2. */
+        bool ok = io->done == 1;
+        io->done = 0;
         s->lua_phase = -1;
-        if (!ok && vm->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
+        if (ok)
+            return MX_OK;
+        phase_error(s, phase, lua_tostring(co, -1));
+        lua_settop(co, 0);
+        if (vm->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
             return MX_OK; /* logged above; the phase counts as skipped */
-        return ok ? MX_OK : MX_ELUA;
+        return MX_ELUA;
     }
     if (st == LUA_YIELD) {
         lua_settop(co, 0);
@@ -301,6 +314,7 @@ after_resume(mx_session_t *s, lua_State *co, int st)
     if (s->lua_slot != NULL)
         *s->lua_slot = NULL; /* its session objects raise from now on */
     s->lua_slot = NULL;
+    s->lua_io = NULL;
     luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     s->lua_co_ref = 0;
     s->lua_co = NULL;
@@ -323,50 +337,64 @@ resume(mx_session_t *s, lua_State *co, int nargs)
 }
 
 
+/* A request starts on a coroutine: its slot holds the session and its io block says
+ * which service and connection; from now on the connection drops its Lua table
+ * (s.conn_ctx) when it closes. */
+static void
+start_request(mx_session_t *s)
+{
+    *s->lua_slot = s;
+    mx_lua_io_t *io = s->lua_io;
+    io->start = 1;
+    io->svc = (int32_t)s->svc_index;
+    io->cid = 0;
+    if (s->c != NULL) {
+        s->c->lua_conn_ctx = 1;
+        io->cid = (double)s->c->id;
+    }
+    io->phase = s->lua_phase;
+}
+
+
+void
+mx_lua_attach(mx_session_t *s, mx_session_t **slot, mx_lua_io_t *io)
+{
+    s->lua_slot = slot;
+    s->lua_io = io;
+    start_request(s);
+}
+
+
 int
 mx_lua_run(mx_session_t *s, int phase)
 {
-    mx_vm_t *vm = s->gen->vm;
-    lua_State *L = vm->L;
-    int nargs = 1;
-    if (s->lua_co == NULL) {
-        lua_State *co;
+    lua_State *co = s->lua_co;
+    s->lua_phase = phase;
+    if (co == NULL) {
+        mx_vm_t *vm = s->gen->vm;
+        lua_State *L = vm->L;
         if (vm->npool > 0) {
             vm_co_t *pc = &vm->pool[--vm->npool];
             s->lua_co_ref = pc->ref;
             s->lua_slot = pc->slot;
+            s->lua_io = pc->io;
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_co_ref);
             co = lua_tothread(L, -1);
             lua_pop(L, 1);
+            start_request(s);
         } else {
+            /* A new coroutine: its body registers its slot and io (mx_lua_attach). */
             co = lua_newthread(L);
             s->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-            s->lua_slot = NULL; /* the body registers it: moxy_lua_slot() */
+            s->lua_slot = NULL;
+            s->lua_io = NULL;
             lua_rawgeti(co, LUA_REGISTRYINDEX, vm->body_ref);
         }
-        if (s->lua_slot != NULL)
-            *s->lua_slot = s;
         s->lua_co = co;
-        nargs = 4;
+    } else {
+        s->lua_io->phase = phase;
     }
-    lua_State *co = s->lua_co;
-    s->lua_phase = phase;
-    lua_pushinteger(co, phase);
-    if (nargs == 4) {
-        /* A number, not a lightuserdata: ffi.cast of a lightuserdata is NYI and
-         * would keep the coroutine body out of the JIT (pointers < 2^53). */
-        lua_pushnumber(co, (lua_Number)(uintptr_t)s);
-        lua_pushinteger(co, (lua_Integer)s->svc_index);
-        /* The connection id, for s.conn_ctx (0 without a connection); from now on
-         * the connection drops its Lua table when it closes. */
-        if (s->c != NULL) {
-            s->c->lua_conn_ctx = 1;
-            lua_pushnumber(co, (lua_Number)s->c->id);
-        } else {
-            lua_pushinteger(co, 0);
-        }
-    }
-    return after_resume(s, co, resume(s, co, nargs));
+    return after_resume(s, co, resume(s, co, 0));
 }
 
 
@@ -521,13 +549,14 @@ mx_lua_release(mx_session_t *s)
             vm->cap = vm->cap ? vm->cap * 2 : 64;
             vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(*vm->pool));
         }
-        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_slot};
+        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_slot, s->lua_io};
     } else {
         luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     }
     s->lua_co = NULL;
     s->lua_co_ref = 0;
     s->lua_slot = NULL;
+    s->lua_io = NULL;
     s->lua_phase = -1;
 }
 

@@ -34,6 +34,23 @@ const char *mx_phase_name(int phase);
 
 typedef struct mx_vm_s mx_vm_t;
 
+/* What C and a request coroutine's body (lua/moxy/engine.lua) pass each other, in
+ * an FFI struct the coroutine owns (declared again in lua/moxy/live.lua): C writes
+ * the phase to run, and for a request's first phase its service and connection id,
+ * then resumes with no arguments; the body sets <done> before the yield that ends
+ * the phase. No Lua C API call per phase but the resume itself. */
+typedef struct mx_lua_io_s {
+    double cid;     /* C: the connection id of a new request (0 without one) */
+    int32_t phase;  /* C: the phase to run */
+    int32_t svc;    /* C: the service index of a new request */
+    int32_t start;  /* C: 1 when <phase> is a new request's first; the body clears it */
+    int32_t done;   /* body: 1 the phase returned, 2 it failed (the message is yielded) */
+} mx_lua_io_t;
+
+/* The request coroutine's body registers its slot and io block (moxy_lua_slot): <s>,
+ * the session it runs, learns them and fills them for its first phase. */
+void mx_lua_attach(mx_session_t *s, mx_session_t **slot, mx_lua_io_t *io);
+
 /* Creates a VM and loads the scripts of <conf>'s services (running init()).
  * Returns MX_OK, or MX_ECONF with "file:line: message" in <err>. */
 int mx_vm_new(const mx_conf_t *conf, mx_worker_t *w, mx_vm_t **out, char *err, size_t errlen);

@@ -180,6 +180,7 @@ struct mx_session_s {
     void *lua_co;    /* its lua_State */
     int lua_phase;   /* the phase running or yielded, -1 when none */
     struct mx_session_s **lua_slot; /* its coroutine's session slot (moxy_lua_slot) */
+    struct mx_lua_io_s *lua_io;     /* its coroutine's io block (vm.h) */
     void (*lua_next)(mx_session_t *s, int rc); /* continues the state machine */
     void *lua_wait;  /* its task (lua/task.c): armed waits, sockets; NULL if none */
     int local_status; /* s:respond() status, 0 when not responded */
