@@ -382,6 +382,9 @@ class Bench:
         self.cg = os.environ.get("BENCH_CALLGRIND", "1") == "1"
         self.reuse_on = os.environ.get("BENCH_REUSE", "1") == "1"
         self.reuse_threads = env_int("BENCH_REUSE_THREADS", 2)
+        self.overhead_on = os.environ.get("BENCH_OVERHEAD", "1") == "1"
+        self.overhead_rounds = env_int("BENCH_OVERHEAD_ROUNDS", 4)
+        self.overhead_seconds = env_int("BENCH_OVERHEAD_SECONDS", 3)
         self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
         self.cg_warm = env_int("BENCH_CALLGRIND_WARMUP", 200)
         self.only = set(os.environ.get("BENCH_ONLY", "").split(",")) - {""}
@@ -474,8 +477,6 @@ class Bench:
             ("nginx", "nginx", lambda: self.start_nginx("nginx")),
             ("haproxy", "nginx", lambda: self.start_haproxy("haproxy")),
             ("moxy", "nginx", lambda: self.start_moxy("moxy")),
-            # right after moxy: the Lua overhead is this row against that one
-            ("moxy+noop", "moxy", lambda: self.start_moxy("moxy_noop", script=NOOP_SCRIPT)),
         ]
         if self.lua_mods:
             rows.append(("nginx+lua", "nginx+lua", lambda: self.start_nginx("nginx_lua", lua=True)))
@@ -636,6 +637,47 @@ class Bench:
                 self.procs.stop(srv.proc)
         return row
 
+    # -- the Lua overhead: four empty handlers against no script, paired
+
+    def overhead(self):
+        """moxy and moxy+noop run side by side; wrk alternates between them, round after
+        round, so that both see the same machine: a few % is below this machine's
+        drift between two rows measured a minute apart."""
+        log("bench: Lua overhead (moxy against moxy+noop, alternating)")
+        row = {"rounds": [], "seconds": self.overhead_seconds}
+        srvs = []
+        try:
+            for name, script in (("moxy", None), ("moxy+noop", NOOP_SCRIPT)):
+                srv = self.start_moxy("ovh_" + name.replace("+", "_"), script=script)
+                srv.name = name
+                srvs.append(srv)
+                err = wait_ready(srv.port, srv.proc, 10)
+                if err:
+                    raise RuntimeError(f"{name}: {err}\n{tail(srv.log)}")
+                run_wrk(srv.port, "/", self.warmup, self.conns)
+            tot = {s.name: [0, 0] for s in srvs}
+            for i in range(self.overhead_rounds):
+                rnd = {}
+                # alternate which one goes first
+                for srv in (srvs if i % 2 == 0 else srvs[::-1]):
+                    pids = srv.pids()
+                    c0 = cpu_ticks(pids)
+                    r = run_wrk(srv.port, "/", self.overhead_seconds, self.conns)
+                    c1 = cpu_ticks(pids)
+                    if r["errors"] or not r["requests"]:
+                        raise RuntimeError(f"{srv.name}: " + ("; ".join(r["errors"]) or "no requests"))
+                    rnd[srv.name] = (c1 - c0) / CLK_TCK * 1e6 / r["requests"]
+                    tot[srv.name][0] += c1 - c0
+                    tot[srv.name][1] += r["requests"]
+                row["rounds"].append(rnd)
+            row["cpu_us_per_req"] = {n: t[0] / CLK_TCK * 1e6 / t[1] for n, t in tot.items()}
+        except Exception as e:   # noqa: BLE001
+            row["error"] = str(e).strip()
+        finally:
+            for srv in srvs:
+                self.procs.stop(srv.proc)
+        return row
+
     # -- callgrind: instructions per request
 
     def callgrind(self):
@@ -712,16 +754,18 @@ class Bench:
             self.procs.note_extra(k)
         results = [self.measure(n, b, s) for n, b, s in self.rows()]
         reuse = self.reuse() if self.reuse_on else None
+        overhead = (self.overhead() if self.overhead_on and (not self.only or "moxy+noop" in self.only)
+                    else None)
         cg = self.callgrind() if self.cg else None
         self.procs.stop(self.origin.proc)
-        report = self.report(results, cg, time.time() - t_start, reuse)
+        report = self.report(results, cg, time.time() - t_start, reuse, overhead)
         print(report)
         os.makedirs(self.a.out, exist_ok=True)
         with open(os.path.join(self.a.out, "results.md"), "w") as f:
             f.write(report)
         with open(os.path.join(self.a.out, "results.json"), "w") as f:
             json.dump({"settings": self.settings(), "rows": results, "callgrind": cg,
-                       "reuse": reuse}, f, indent=1)
+                       "reuse": reuse, "lua_overhead": overhead}, f, indent=1)
         log(f"bench: wrote {os.path.join(self.a.out, 'results.md')}")
         return 0
 
@@ -730,7 +774,7 @@ class Bench:
                 "idle_conns": self.idle, "paths": self.paths, "moxy": self.moxy,
                 "moxy_script": self.moxy_script}
 
-    def report(self, results, cg, elapsed, reuse=None):
+    def report(self, results, cg, elapsed, reuse=None, overhead=None):
         by = {r["name"]: r for r in results}
         L = []
         L.append("# moxy benchmark\n")
@@ -758,7 +802,7 @@ class Bench:
                 L.append("| proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s × base | CPU/req × base |")
                 L.append("|---|---:|---:|---:|---:|---:|---:|")
             for r in results:
-                label = r["name"] + {"nginx": "", "moxy": " ‡"}.get(r["base"], " †")
+                label = r["name"] + (" †" if r["base"] != "nginx" else "")
                 if r["status"] != "ok":
                     cols = 11 if first else 7
                     L.append(f"| {label} | failed |" + " |" * (cols - 2))
@@ -779,8 +823,7 @@ class Bench:
                     cells.append(ratio(r.get("rss_conns_kib"), bb.get("rss_conns_kib")))
                 L.append("| " + " | ".join(cells) + " |")
             L.append("")
-        L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua; "
-                 "‡ moxy+noop (four empty handlers, scripts/bench/moxy_noop.lua) against moxy. "
+        L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua. "
                  "CPU µs/req = the proxy's utime+stime (all threads, all its processes) over the wrk run "
                  "÷ requests completed. RSS = VmRSS of the serving process (for nginx the worker; "
                  f"the master adds about {master_rss(results)}), idle after start and with "
@@ -828,6 +871,21 @@ class Bench:
                          f"{reuse['upstream_requests'] - reuse['upstream_reused']} | {ratio_s} |")
                 if reuse["errors"]:
                     L.append("\n- note: " + "; ".join(reuse["errors"]))
+        if overhead is not None:
+            L.append("\n## Lua overhead: four empty handlers (scripts/bench/moxy_noop.lua)\n")
+            L.append(f"moxy with no script and moxy+noop (`request_filter`, `upstream_request_filter`, "
+                     f"`response_filter`, `logging`, each empty) run side by side; "
+                     f"`wrk -t1 -c{self.conns} -d{self.overhead_seconds}s` GET / alternates between "
+                     "them, the order swapped every round. CPU µs/req as above.\n")
+            if "error" in overhead:
+                L.append("- failed: " + overhead["error"].replace("\n", "\n  "))
+            else:
+                L.append("| round | moxy CPU µs/req | moxy+noop CPU µs/req | × moxy |")
+                L.append("|---|---:|---:|---:|")
+                rows = list(enumerate(overhead["rounds"], 1)) + [("all", overhead["cpu_us_per_req"])]
+                for i, rd in rows:
+                    a, b = rd.get("moxy"), rd.get("moxy+noop")
+                    L.append(f"| {i} | {f(a, '.2f')} | {f(b, '.2f')} | {ratio(b, a)} |")
         if cg is not None:
             L.append(f"\n## Instructions per request (callgrind)\n")
             L.append(f"{self.cg_reqs} sequential GET / on one keepalive connection after {self.cg_warm} "

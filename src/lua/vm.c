@@ -22,10 +22,11 @@
 #include "lua/task.h"
 #include "proxy/session.h"
 
-/* An idle request coroutine: its registry ref, its session slot and io block (see
- * mx_lua_run). */
+/* An idle request coroutine: its registry ref (which keeps it alive), its state, its
+ * session slot and io block (see mx_lua_run). */
 typedef struct {
     int ref;
+    lua_State *co;
     mx_session_t **slot;
     mx_lua_io_t *io;
 } vm_co_t;
@@ -378,9 +379,7 @@ mx_lua_run(mx_session_t *s, int phase)
             s->lua_co_ref = pc->ref;
             s->lua_slot = pc->slot;
             s->lua_io = pc->io;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_co_ref);
-            co = lua_tothread(L, -1);
-            lua_pop(L, 1);
+            co = pc->co;
             start_request(s);
         } else {
             /* A new coroutine: its body registers its slot and io (mx_lua_attach). */
@@ -549,7 +548,7 @@ mx_lua_release(mx_session_t *s)
             vm->cap = vm->cap ? vm->cap * 2 : 64;
             vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(*vm->pool));
         }
-        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_slot, s->lua_io};
+        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_co, s->lua_slot, s->lua_io};
     } else {
         luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     }
