@@ -431,3 +431,34 @@ class KeptSessions(MoxyTestCase):
         self.assertEqual(request(m.port, "GET", "/after-field").body, b"nil")
         self.assert_status(request(m.port, "GET", "/echo"), 200, m)
         self.assertTrue(m.alive())
+
+
+class RawYield(MoxyTestCase):
+    """What a handler yields outside moxy's waits cannot end its phase: the request is a
+    500 with a log line, the coroutine is dropped, and the next request is served."""
+
+    def test_a_bare_yield_is_a_500_and_the_worker_keeps_serving(self):
+        o = self.start_origin()
+        m = self.start_moxy(scripted("rawyield.lua", {"origin": upstream(o.port)},
+                                     service={"upstream": "origin"}))
+        for path in ("/yield", "/yield-value"):
+            since = m.log_size()
+            self.assertEqual(request(m.port, "GET", path).status, 500, path)
+            m.wait_log("yielded without waiting on anything", since)
+            r = request(m.port, "GET", "/ok")
+            self.assertEqual(r.status, 200, path)
+            self.assertIsNotNone(r.header("x-served"), path)
+        self.assertTrue(m.alive())
+
+    def test_an_error_object_that_is_not_a_string_is_a_500(self):
+        o = self.start_origin()
+        m = self.start_moxy(scripted("rawyield.lua", {"origin": upstream(o.port)},
+                                     service={"upstream": "origin"}))
+        since = m.log_size()
+        self.assertEqual(request(m.port, "GET", "/table-error").status, 500)
+        m.wait_log("lua request_filter", since)
+        # tostring() of the object, as with error(); a __tostring would give its text.
+        self.assertRegex(m.error_log()[since:], r"lua request_filter table: 0x[0-9a-f]+ \(request")
+        # The same coroutine (the error was caught inside it) serves the next request.
+        self.assertEqual(request(m.port, "GET", "/ok").status, 200)
+        self.assertTrue(m.alive())
