@@ -36,7 +36,6 @@ local RESPONSE_FILTER, LOGGING, FAIL_TO_PROXY, RESPONSE_BODY_FILTER = 4, 5, 6, 7
 local FAIL_TO_CONNECT, EARLY_REQUEST_FILTER, UPSTREAM_RESPONSE_FILTER = 8, 9, 10
 local PROXY_UPSTREAM_FILTER, RESPONSE_TRAILER_FILTER, CONNECTED_TO_UPSTREAM = 11, 12, 13
 local UPSTREAM_RESPONSE_BODY_FILTER, REQUEST_BODY_FILTER, ERROR_WHILE_PROXY = 14, 15, 16
-local slot_t = ffi.typeof("mx_session_t *[1]")
 local io_t = ffi.typeof("mx_lua_io_t")
 
 local apps = {}                     -- service index -> the script's handler table
@@ -344,14 +343,14 @@ end
 -- (mx_lua_io_t, src/lua/vm.h), with io.start set and the service and connection id
 -- when a request starts. A phase ends with io.done = 1 and a yield(), or io.done = 2
 -- and a yield of the error. The session objects and the sched entry stay with the
--- coroutine, reused for each request: they hold the coroutine's slot, which C fills
--- with the session when a request starts and empties when it ends (no resume, no
--- allocation per request).
+-- coroutine, reused for each request: they hold the io block, whose session C sets
+-- when a request starts and empties when it ends (no resume, no allocation per
+-- request).
 function _M.body()
-    local slot, io = ffi.new(slot_t), ffi.new(io_t)
-    live.register_slot(slot, io)
-    local s = session.new(slot, false, false, live)
-    local e = sched.enter(running(), slot)
+    local io = ffi.new(io_t)
+    live.register_io(io)
+    local s = session.new(io, false, false, live)
+    local e = sched.enter(running(), io)
     while true do
         io.start = 0
         local svc, cid = io.svc, io.cid
@@ -369,7 +368,7 @@ function _M.body()
         end
         ctx = ctx or {}
         session.attach(s, ctx, conn_ctx)
-        sched.renew(e, slot)
+        sched.renew(e, io)
         repeat
             local phase = io.phase
             local ok, err

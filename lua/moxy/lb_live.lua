@@ -94,7 +94,7 @@ end
 
 -- upstream_peer returned a selection <p> (moxy.balancer's peer).
 function _M.set_group_peer(sp, p)
-    local rc = C.moxy_set_group_peer(sp[0], p.group, p.index or -1, p.gen or 0, p.key,
+    local rc = C.moxy_set_group_peer(sp.s, p.group, p.index or -1, p.gen or 0, p.key,
                                      p.key and #p.key or 0)
     if rc == E_BAD_PHASE then
         error("a balancer's selection can only be used in upstream_peer", 3)

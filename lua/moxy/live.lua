@@ -50,10 +50,11 @@ int moxy_upstream_reused(mx_session_t *s);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
 typedef struct {
+    mx_session_t *s;
     double cid;
     int32_t phase, svc, start, done;
 } mx_lua_io_t;
-void moxy_lua_slot(mx_session_t **slot, mx_lua_io_t *io);
+void moxy_lua_io(mx_lua_io_t *io);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, moxy_str_t *out);
 double moxy_now(void);
@@ -137,10 +138,11 @@ local function raise(rc, what)
 end
 
 
--- The session of slot <sp>: session objects hold their coroutine's slot (engine.lua),
--- which C empties when the request ends; one kept past it raises here.
+-- The session of <sp>: session objects hold their coroutine's io block (engine.lua,
+-- src/lua/vm.h), whose session C empties when the request ends; one kept past it raises
+-- here.
 local function S(sp)
-    local s = sp[0]
+    local s = sp.s
     if s == nil then
         error("this session's request has ended (s, s.req and s.resp are valid only "
               .. "while their request runs)", user_level())
@@ -149,10 +151,10 @@ local function S(sp)
 end
 
 
--- The request coroutine's body registers its slot and io block once (C fills them per
--- request; src/lua/vm.h says how).
-function _M.register_slot(slot, io)
-    C.moxy_lua_slot(slot, io)
+-- The request coroutine's body registers its io block once (C fills it per request;
+-- src/lua/vm.h says how).
+function _M.register_io(io)
+    C.moxy_lua_io(io)
 end
 
 
@@ -321,7 +323,7 @@ end
 function _M.log(level, msg)
     msg = tostring(msg)
     local e = sched.current()
-    local s = e and e.sp and e.sp[0]
+    local s = e and e.sp and e.sp.s
     if s ~= nil then
         msg = "#" .. tostring(C.moxy_session_num(s, 0)) .. " " .. msg
     end

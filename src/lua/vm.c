@@ -22,12 +22,11 @@
 #include "lua/task.h"
 #include "proxy/session.h"
 
-/* An idle request coroutine: its registry ref (which keeps it alive), its state, its
- * session slot and io block (see mx_lua_run). */
+/* An idle request coroutine: its registry ref (which keeps it alive), its state and
+ * its io block (see mx_lua_run). */
 typedef struct {
     int ref;
     lua_State *co;
-    mx_session_t **slot;
     mx_lua_io_t *io;
 } vm_co_t;
 
@@ -312,9 +311,8 @@ after_resume(mx_session_t *s, lua_State *co, int st)
                      mx_phase_name(phase), msg ? msg : "?");
     }
     /* The coroutine is not reusable: drop it. */
-    if (s->lua_slot != NULL)
-        *s->lua_slot = NULL; /* its session objects raise from now on */
-    s->lua_slot = NULL;
+    if (io != NULL)
+        io->s = NULL; /* its session objects raise from now on */
     s->lua_io = NULL;
     luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     s->lua_co_ref = 0;
@@ -338,14 +336,14 @@ resume(mx_session_t *s, lua_State *co, int nargs)
 }
 
 
-/* A request starts on a coroutine: its slot holds the session and its io block says
- * which service and connection; from now on the connection drops its Lua table
- * (s.conn_ctx) when it closes. */
+/* A request starts on a coroutine: its io block says which session, service and
+ * connection; from now on the connection drops its Lua table (s.conn_ctx) when it
+ * closes. */
 static void
 start_request(mx_session_t *s)
 {
-    *s->lua_slot = s;
     mx_lua_io_t *io = s->lua_io;
+    io->s = s;
     io->start = 1;
     io->svc = (int32_t)s->svc_index;
     io->cid = 0;
@@ -358,9 +356,8 @@ start_request(mx_session_t *s)
 
 
 void
-mx_lua_attach(mx_session_t *s, mx_session_t **slot, mx_lua_io_t *io)
+mx_lua_attach(mx_session_t *s, mx_lua_io_t *io)
 {
-    s->lua_slot = slot;
     s->lua_io = io;
     start_request(s);
 }
@@ -377,15 +374,13 @@ mx_lua_run(mx_session_t *s, int phase)
         if (vm->npool > 0) {
             vm_co_t *pc = &vm->pool[--vm->npool];
             s->lua_co_ref = pc->ref;
-            s->lua_slot = pc->slot;
             s->lua_io = pc->io;
             co = pc->co;
             start_request(s);
         } else {
-            /* A new coroutine: its body registers its slot and io (mx_lua_attach). */
+            /* A new coroutine: its body registers its io block (mx_lua_attach). */
             co = lua_newthread(L);
             s->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-            s->lua_slot = NULL;
             s->lua_io = NULL;
             lua_rawgeti(co, LUA_REGISTRYINDEX, vm->body_ref);
         }
@@ -538,23 +533,24 @@ mx_lua_release(mx_session_t *s)
     if (s->lua_co == NULL)
         return;
     mx_vm_t *vm = s->gen->vm;
-    /* The session objects of the coroutine raise from now on (their slot is NULL), so
-     * it goes back to the pool without a resume: a coroutine between phases sits at
-     * the yield that also takes its next request. One that waits is dropped. */
-    if (s->lua_slot != NULL)
-        *s->lua_slot = NULL;
-    if (s->lua_phase < 0 && s->lua_slot != NULL) {
+    /* The session objects of the coroutine raise from now on (their io block holds no
+     * session), so it goes back to the pool without a resume: a coroutine between
+     * phases sits at the yield that also takes its next request. One that waits is
+     * dropped. */
+    mx_lua_io_t *io = s->lua_io;
+    if (io != NULL)
+        io->s = NULL;
+    if (s->lua_phase < 0 && io != NULL) {
         if (vm->npool == vm->cap) {
             vm->cap = vm->cap ? vm->cap * 2 : 64;
             vm->pool = mx_realloc(vm->pool, vm->cap * sizeof(*vm->pool));
         }
-        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_co, s->lua_slot, s->lua_io};
+        vm->pool[vm->npool++] = (vm_co_t){s->lua_co_ref, s->lua_co, io};
     } else {
         luaL_unref(vm->L, LUA_REGISTRYINDEX, s->lua_co_ref);
     }
     s->lua_co = NULL;
     s->lua_co_ref = 0;
-    s->lua_slot = NULL;
     s->lua_io = NULL;
     s->lua_phase = -1;
 }

@@ -38,8 +38,12 @@ typedef struct mx_vm_s mx_vm_t;
  * an FFI struct the coroutine owns (declared again in lua/moxy/live.lua): C writes
  * the phase to run, and for a request's first phase its service and connection id,
  * then resumes with no arguments; the body sets <done> before the yield that ends
- * the phase. No Lua C API call per phase but the resume itself. */
+ * the phase. No Lua C API call per phase but the resume itself. The coroutine's
+ * session objects hold it too and reach their session through <s>, which C sets
+ * when a request starts and empties when it ends: one kept past its request raises
+ * instead of reaching freed memory. */
 typedef struct mx_lua_io_s {
+    mx_session_t *s; /* C: the request the coroutine runs, NULL between requests */
     double cid;     /* C: the connection id of a new request (0 without one) */
     int32_t phase;  /* C: the phase to run */
     int32_t svc;    /* C: the service index of a new request */
@@ -47,9 +51,9 @@ typedef struct mx_lua_io_s {
     int32_t done;   /* body: 1 the phase returned, 2 it failed (the message is yielded) */
 } mx_lua_io_t;
 
-/* The request coroutine's body registers its slot and io block (moxy_lua_slot): <s>,
- * the session it runs, learns them and fills them for its first phase. */
-void mx_lua_attach(mx_session_t *s, mx_session_t **slot, mx_lua_io_t *io);
+/* The request coroutine's body registers its io block (moxy_lua_io): <s>, the session
+ * it runs, learns it and fills it for its first phase. */
+void mx_lua_attach(mx_session_t *s, mx_lua_io_t *io);
 
 /* Creates a VM and loads the scripts of <conf>'s services (running init()).
  * Returns MX_OK, or MX_ECONF with "file:line: message" in <err>. */

@@ -179,8 +179,7 @@ struct mx_session_s {
     int lua_co_ref;  /* registry ref of the request's coroutine, 0 if none */
     void *lua_co;    /* its lua_State */
     int lua_phase;   /* the phase running or yielded, -1 when none */
-    struct mx_session_s **lua_slot; /* its coroutine's session slot (moxy_lua_slot) */
-    struct mx_lua_io_s *lua_io;     /* its coroutine's io block (vm.h) */
+    struct mx_lua_io_s *lua_io; /* its coroutine's io block (vm.h), NULL if none */
     void (*lua_next)(mx_session_t *s, int rc); /* continues the state machine */
     void *lua_wait;  /* its task (lua/task.c): armed waits, sockets; NULL if none */
     int local_status; /* s:respond() status, 0 when not responded */

@@ -70,7 +70,7 @@ int moxy_no_proxy(mx_session_t *s);
 int moxy_upstream_reused(mx_session_t *s);
 int moxy_timer_start(double id, double seconds, int every);
 int moxy_timer_cancel(double id);
-void moxy_lua_slot(mx_session_t **slot, mx_lua_io_t *io);
+void moxy_lua_io(mx_lua_io_t *io);
 int moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t vl);
 int moxy_req_body(mx_session_t *s, size_t max, mx_str_t *out);
 double moxy_now(void);
@@ -550,17 +550,15 @@ moxy_log_field(mx_session_t *s, const char *k, size_t kl, const char *v, size_t 
 }
 
 
-/* The request coroutine's body registers its session slot, an FFI array it owns and
- * its session objects hold: C writes the session there when a request starts on the
- * coroutine and NULL when it ends (vm.c), so a session kept past its request raises
- * instead of reaching freed memory. <io> is how C and the body pass phases (vm.h). */
+/* The request coroutine's body registers its io block, an FFI struct it owns and its
+ * session objects hold (vm.h says what C and the body pass through it). */
 void
-moxy_lua_slot(mx_session_t **slot, mx_lua_io_t *io)
+moxy_lua_io(mx_lua_io_t *io)
 {
     mx_session_t *s = mx_lua_cur_session;
     if (s == NULL || s->lua_co == NULL)
         return;
-    mx_lua_attach(s, slot, io);
+    mx_lua_attach(s, io);
 }
 
 
