@@ -21,6 +21,7 @@ local getinfo = debug.getinfo
 local traceback = debug.traceback
 local error = error
 local loadfile = loadfile
+local ipairs = ipairs
 local pairs = pairs
 local setmetatable = setmetatable
 local tostring = tostring
@@ -338,6 +339,39 @@ local function new_ctx(app)
 end
 
 
+-- Runs phase <runner> of entry <e>'s request and marks it done in <io>: nil (io.done 1),
+-- or the error (io.done 2). When new_ctx failed (<ctx_err>) every phase but logging
+-- fails with its error.
+local function run(io, runner, app, s, ctx, e, ctx_err)
+    local ok, err
+    if ctx_err and runner ~= runners[LOGGING] then
+        ok, err = false, ctx_err
+    else
+        ok, err = xpcall(runner, on_error, app, s, ctx)
+        if e.nalive > 0 then
+            ok, err = settle(e, ok, err)
+        end
+    end
+    if ok then
+        io.done = 1
+        return nil
+    end
+    io.done = 2
+    return err
+end
+
+
+-- The phases body() runs in this order, each with its own yield; the others (failure
+-- hooks, trailers) share one.
+local chained = {}
+for _, p in ipairs({EARLY_REQUEST_FILTER, REQUEST_FILTER, REQUEST_BODY_FILTER, UPSTREAM_PEER,
+                    PROXY_UPSTREAM_FILTER, CONNECTED_TO_UPSTREAM, UPSTREAM_REQUEST_FILTER,
+                    UPSTREAM_RESPONSE_FILTER, RESPONSE_FILTER, UPSTREAM_RESPONSE_BODY_FILTER,
+                    RESPONSE_BODY_FILTER, LOGGING}) do
+    chained[p] = true
+end
+
+
 -- The coroutine body: one request at a time, all its phases, then the next request.
 -- C resumes it with no arguments: the phase to run is in the coroutine's io block
 -- (mx_lua_io_t, src/lua/vm.h), with io.start set and the service and connection id
@@ -346,6 +380,14 @@ end
 -- coroutine, reused for each request: they hold the io block, whose session C sets
 -- when a request starts and empties when it ends (no resume, no allocation per
 -- request).
+--
+-- The phases are tested in the order a request meets them, each with its own yield,
+-- and the test of the next phase follows that yield. LuaJIT cannot compile a yield: it
+-- ends a trace and the one recorded after it (a stitched trace) goes on from there.
+-- With one yield for all phases every phase went through one trace that called
+-- runners[phase] and then through a chain of side traces, one per handler; here the
+-- trace after a phase's yield runs the next phase's code straight (docs/performance.md).
+-- A phase met out of this order (a body filter again, a failure hook) loops back.
 function _M.body()
     local io = ffi.new(io_t)
     live.register_io(io)
@@ -369,26 +411,76 @@ function _M.body()
         ctx = ctx or {}
         session.attach(s, ctx, conn_ctx)
         sched.renew(e, io)
+        -- After each yield: the next phase of this request, or -1 when C started the
+        -- next request (io.start).
+        local phase, err = io.phase, nil
         repeat
-            local phase = io.phase
-            local ok, err
-            if ctx_err and phase ~= LOGGING then
-                ok, err = false, ctx_err
-            else
-                ok, err = xpcall(runners[phase], on_error, app, s, ctx)
-                if e.nalive > 0 then
-                    ok, err = settle(e, ok, err)
-                end
+            if phase == EARLY_REQUEST_FILTER then
+                err = run(io, runners[EARLY_REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
             end
-            if ok then
-                io.done = 1
-                yield()
-            else
-                io.done = 2
-                yield(err)
+            if phase == REQUEST_FILTER then
+                err = run(io, runners[REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
             end
-            -- C wrote the next phase of this request, or the first of the next one.
-        until io.start ~= 0
+            if phase == REQUEST_BODY_FILTER then
+                err = run(io, runners[REQUEST_BODY_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == UPSTREAM_PEER then
+                err = run(io, runners[UPSTREAM_PEER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == PROXY_UPSTREAM_FILTER then
+                err = run(io, runners[PROXY_UPSTREAM_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == CONNECTED_TO_UPSTREAM then
+                err = run(io, runners[CONNECTED_TO_UPSTREAM], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == UPSTREAM_REQUEST_FILTER then
+                err = run(io, runners[UPSTREAM_REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == UPSTREAM_RESPONSE_FILTER then
+                err = run(io, runners[UPSTREAM_RESPONSE_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == RESPONSE_FILTER then
+                err = run(io, runners[RESPONSE_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == UPSTREAM_RESPONSE_BODY_FILTER then
+                err = run(io, runners[UPSTREAM_RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == RESPONSE_BODY_FILTER then
+                err = run(io, runners[RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase == LOGGING then
+                err = run(io, runners[LOGGING], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+            if phase > 0 and not chained[phase] then
+                err = run(io, runners[phase], app, s, ctx, e, ctx_err)
+                if err == nil then yield() else yield(err) end
+                phase = io.start == 0 and io.phase or -1
+            end
+        until phase < 0
     end
 end
 

@@ -2135,6 +2135,19 @@ access_log(mx_session_t *s)
 }
 
 
+/* logging waits past the connection: s:client_addr() still answers from a copy. */
+static void
+keep_client_addr(mx_session_t *s)
+{
+    if (s->c == NULL)
+        return;
+    size_t n = strnlen(s->c->client_addr, sizeof(s->client_copy) - 1);
+    memcpy(s->client_copy, s->c->client_addr, n); /* not snprintf: ~600 instructions */
+    s->client_copy[n] = '\0';
+    s->client_port_copy = s->c->client_port;
+}
+
+
 /* Ends the session: logging, then the connection decides keepalive. */
 static void
 finish(mx_session_t *s)
@@ -2148,22 +2161,17 @@ finish(mx_session_t *s)
         mx_upconn_close(u);
     }
     resolve_cancel(s);
-    if (s->c != NULL && has_phase(s, MX_PH_LOGGING)) {
-        /* logging may wait past the connection (s:client_addr() still answers). */
-        size_t n = strnlen(s->c->client_addr, sizeof(s->client_copy) - 1);
-        memcpy(s->client_copy, s->c->client_addr, n); /* not snprintf: ~600 instructions */
-        s->client_copy[n] = '\0';
-        s->client_port_copy = s->c->client_port;
-    }
     if (s->method.len > 0 && can_run(s, MX_PH_LOGGING)) {
         /* Errors are logged only. If it waits, the response is already out and
          * the connection goes on (keepalive) while the session lives on. */
         s->log_pending = 1;
-        run_phase(s, MX_PH_LOGGING, after_logging);
+        if (run_phase(s, MX_PH_LOGGING, after_logging) == MX_AGAIN)
+            keep_client_addr(s);
     } else if (s->method.len > 0 && lua_busy(s) &&
                has_phase(s, MX_PH_LOGGING)) {
         /* A handler waits: logging runs once it is done (the session outlives its
          * connection meanwhile). A wait for bytes that will not come ends now. */
+        keep_client_addr(s);
         s->log_pending = 1;
         s->log_after_wait = 1;
         if (s->body_waiting)
