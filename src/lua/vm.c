@@ -279,20 +279,17 @@ phase_error(mx_session_t *s, int phase, const char *msg)
 }
 
 
-/* Handles what lua_resume() left: a finished phase, a wait, or an error. */
-static int
-after_resume(mx_session_t *s, lua_State *co, int st)
+/* What after_resume() leaves: a failed phase, a wait, or an error. */
+static __attribute__((noinline)) int
+after_resume_slow(mx_session_t *s, lua_State *co, int st)
 {
     mx_vm_t *vm = s->gen->vm;
     int phase = s->lua_phase;
     mx_lua_io_t *io = s->lua_io;
     if (st == LUA_YIELD && io != NULL && io->done != 0) {
-        /* The body ended the phase: yield() after done = 1, yield(err) after done = 2. */
-        bool ok = io->done == 1;
+        /* The body ended the phase with yield(err) after done = 2. */
         io->done = 0;
         s->lua_phase = -1;
-        if (ok)
-            return MX_OK;
         phase_error(s, phase, lua_tostring(co, -1));
         lua_settop(co, 0);
         if (vm->conf->lua_error_policy == MX_LUA_FAIL_OPEN)
@@ -319,6 +316,21 @@ after_resume(mx_session_t *s, lua_State *co, int st)
     s->lua_co = NULL;
     s->lua_phase = -1;
     return MX_ELUA;
+}
+
+
+/* Handles what lua_resume() left: a finished phase (the body did yield() after
+ * done = 1: inline, it is every phase's end), else after_resume_slow(). */
+static inline int
+after_resume(mx_session_t *s, lua_State *co, int st)
+{
+    mx_lua_io_t *io = s->lua_io;
+    if (__builtin_expect(st == LUA_YIELD && io != NULL && io->done == 1, 1)) {
+        io->done = 0;
+        s->lua_phase = -1;
+        return MX_OK;
+    }
+    return after_resume_slow(s, co, st);
 }
 
 
