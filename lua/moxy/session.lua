@@ -109,6 +109,21 @@ local function check_token(n, fname, v)
 end
 
 
+-- The fields moxy writes itself (message framing and connection handling; the live
+-- check is managed_field() in src/lua/ffi/api.c): a script may not set, add or remove
+-- them. Raises at the caller of the method <what> (level 3), with the live message.
+local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true,
+                  ["keep-alive"] = true, upgrade = true, te = true,
+                  ["proxy-connection"] = true, trailer = true }
+local MANAGED_LEN = { [2] = true, [7] = true, [10] = true, [14] = true, [16] = true, [17] = true }
+local function check_managed(what, name)
+    if MANAGED_LEN[#name] and MANAGED[lower(name)] then
+        error(what .. ": " .. name .. " is managed by moxy (message framing and connection "
+              .. "handling)", 3)
+    end
+end
+
+
 -- A header value: a string or a number; no CR, LF or NUL (no header injection).
 local function check_value(n, fname, v)
     local tv = type(v)
@@ -318,6 +333,7 @@ local function header_methods(prefix, label, write_phases)
         end
         check_token(1, "set_header", name)
         check_phase(b, sp, write_phases, label .. ":set_header()")
+        check_managed(label .. ":set_header()", name)
         if value == nil then
             return b[f_remove](sp, name)
         end
@@ -349,6 +365,7 @@ local function header_methods(prefix, label, write_phases)
         value = check_value(2, "add_header", value)
         local b, sp = self.b, self.sp
         check_phase(b, sp, write_phases, label .. ":add_header()")
+        check_managed(label .. ":add_header()", name)
         b[f_add](sp, name, value)
     end
 
@@ -357,6 +374,7 @@ local function header_methods(prefix, label, write_phases)
         check_token(1, "remove_header", name)
         local b, sp = self.b, self.sp
         check_phase(b, sp, write_phases, label .. ":remove_header()")
+        check_managed(label .. ":remove_header()", name)
         b[f_remove](sp, name)
     end
 

@@ -165,6 +165,23 @@ describe("s.req headers", function()
             "bad argument #1 to 'remove_header' (string expected, got number)")
     end)
 
+    it("refuses the fields moxy manages (framing, connection), as the live session does", function()
+        local why = " is managed by moxy (message framing and connection handling)"
+        for _, call in ipairs({
+            { "set_header", "Content-Length", "5" }, { "set_header", "transfer-encoding", nil },
+            { "add_header", "Connection", "close" }, { "remove_header", "TE" },
+            { "set_header", "Keep-Alive", "x" }, { "add_header", "upgrade", "h2c" },
+            { "set_header", "Proxy-Connection", "x" }, { "remove_header", "trailer" } }) do
+            local ok, err = pcall(function() s.req[call[1]](s.req, call[2], call[3]) end)
+            assert.is_false(ok)
+            assert.matches("session_spec.lua:%d+: s%.req:" .. call[1] .. "%(%): "
+                           .. call[2]:gsub("%-", "%%-") .. why:gsub("[%(%)]", "%%%0"), err)
+        end
+        s.req:set_header("x-te", "fine")                    -- a name of another length
+        s.req:set_header("x-upgra", "fine")                 -- or another name of that length
+        assert.equal("fine", s.req:header("x-upgra"))
+    end)
+
     it("errors point at the caller", function()
         local ok, err = pcall(function() s.req:set_header("x", true) end)
         assert.is_false(ok)

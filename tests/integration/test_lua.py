@@ -154,7 +154,16 @@ class Phases(MoxyTestCase):
     def test_scripts_cannot_set_framing_headers(self):
         since = self.moxy.log_size()
         self.assertEqual(request(self.moxy.port, "GET", "/managed").status, 500)
-        self.moxy.wait_log("managed by moxy", since)
+        self.moxy.wait_log("s.req:set_header(): Content-Length is managed by moxy (message "
+                           "framing and connection handling)", since)
+        since = self.moxy.log_size()
+        self.assertEqual(request(self.moxy.port, "GET", "/managed?each=1").status, 500)
+        self.moxy.wait_log("managed remove_header Trailer", since)
+        lines = [l for l in self.moxy.error_log()[since:].splitlines() if ": managed " in l]
+        self.assertEqual(len(lines), 24, "\n".join(lines))
+        for l in lines:
+            self.assertRegex(l, r"managed (\w+) (\S+): s\.req:\1\(\): \2 is managed by moxy",
+                             "a managed field was taken")
 
     def test_log_fields_reach_the_access_log(self):
         self.assert_status(request(self.moxy.port, "GET", "/local?fields",

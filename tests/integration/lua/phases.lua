@@ -46,6 +46,15 @@ end
 
 function app.upstream_request_filter(s, req, ctx)
     if s.req:path() == "/managed" then
+        if s.req:arg("each") then               -- every managed name, each way: all refused
+            for _, n in ipairs({ "Content-Length", "transfer-encoding", "CONNECTION", "keep-alive",
+                                 "Upgrade", "te", "proxy-connection", "Trailer" }) do
+                for _, f in ipairs({ "set_header", "add_header", "remove_header" }) do
+                    local ok, err = pcall(req[f], req, n, "1")
+                    moxy.log.warn("managed ", f, " ", n, ": ", ok and "taken" or err)
+                end
+            end
+        end
         req:set_header("Content-Length", "5")   -- framing is moxy's: an error
     end
     req:set_header("x-script", "phases.lua")
