@@ -14,7 +14,7 @@
 #   MOXY_SCRIPT             Lua script for the "moxy+lua" row (else examples/bench.lua
 #                           if it exists, else scripts/bench/moxy_bench.lua, the workload)
 #   BENCH_CALLGRIND [1]     count instructions per request under callgrind (0: skip)
-#   BENCH_CALLGRIND_REQUESTS [2000], BENCH_CALLGRIND_WARMUP [200]
+#   BENCH_CALLGRIND_REQUESTS [20000], BENCH_CALLGRIND_WARMUP [200]
 #
 # Output: a markdown table on stdout and in build/bench/results.md (raw numbers
 # in build/bench/results.json). With the defaults a run takes about 4 minutes

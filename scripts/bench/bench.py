@@ -22,6 +22,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -383,9 +384,9 @@ class Bench:
         self.reuse_on = os.environ.get("BENCH_REUSE", "1") == "1"
         self.reuse_threads = env_int("BENCH_REUSE_THREADS", 2)
         self.overhead_on = os.environ.get("BENCH_OVERHEAD", "1") == "1"
-        self.overhead_rounds = env_int("BENCH_OVERHEAD_ROUNDS", 4)
-        self.overhead_seconds = env_int("BENCH_OVERHEAD_SECONDS", 3)
-        self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 2000)
+        self.overhead_rounds = env_int("BENCH_OVERHEAD_ROUNDS", 12)
+        self.overhead_seconds = env_int("BENCH_OVERHEAD_SECONDS", 2)
+        self.cg_reqs = env_int("BENCH_CALLGRIND_REQUESTS", 20000)
         self.cg_warm = env_int("BENCH_CALLGRIND_WARMUP", 200)
         self.only = set(os.environ.get("BENCH_ONLY", "").split(",")) - {""}
         self.lua_mods = nginx_lua_modules()
@@ -886,6 +887,12 @@ class Bench:
                 for i, rd in rows:
                     a, b = rd.get("moxy"), rd.get("moxy+noop")
                     L.append(f"| {i} | {f(a, '.2f')} | {f(b, '.2f')} | {ratio(b, a)} |")
+                rs = sorted(rd["moxy+noop"] / rd["moxy"] for rd in overhead["rounds"]
+                            if rd.get("moxy") and rd.get("moxy+noop"))
+                if rs:
+                    L.append(f"\nThe target (≤ 1.05×) reads on the \"all\" row: total CPU over total "
+                             f"requests. The rounds' ratios range {rs[0]:.2f}–{rs[-1]:.2f} "
+                             f"(median {statistics.median(rs):.2f}): one round alone says little.")
         if cg is not None:
             L.append(f"\n## Instructions per request (callgrind)\n")
             L.append(f"{self.cg_reqs} sequential GET / on one keepalive connection after {self.cg_warm} "
