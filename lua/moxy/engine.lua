@@ -413,70 +413,70 @@ function _M.body()
         sched.renew(e, io)
         -- After each yield: the next phase of this request, or -1 when C started the
         -- next request (io.start).
-        local phase, err = io.phase, nil
+        local phase = io.phase
         repeat
             if phase == EARLY_REQUEST_FILTER then
-                err = run(io, runners[EARLY_REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[EARLY_REQUEST_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == REQUEST_FILTER then
-                err = run(io, runners[REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[REQUEST_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == REQUEST_BODY_FILTER then
-                err = run(io, runners[REQUEST_BODY_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[REQUEST_BODY_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == UPSTREAM_PEER then
-                err = run(io, runners[UPSTREAM_PEER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[UPSTREAM_PEER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == PROXY_UPSTREAM_FILTER then
-                err = run(io, runners[PROXY_UPSTREAM_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[PROXY_UPSTREAM_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == CONNECTED_TO_UPSTREAM then
-                err = run(io, runners[CONNECTED_TO_UPSTREAM], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[CONNECTED_TO_UPSTREAM], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == UPSTREAM_REQUEST_FILTER then
-                err = run(io, runners[UPSTREAM_REQUEST_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[UPSTREAM_REQUEST_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == UPSTREAM_RESPONSE_FILTER then
-                err = run(io, runners[UPSTREAM_RESPONSE_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[UPSTREAM_RESPONSE_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == RESPONSE_FILTER then
-                err = run(io, runners[RESPONSE_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[RESPONSE_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == UPSTREAM_RESPONSE_BODY_FILTER then
-                err = run(io, runners[UPSTREAM_RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[UPSTREAM_RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == RESPONSE_BODY_FILTER then
-                err = run(io, runners[RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[RESPONSE_BODY_FILTER], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase == LOGGING then
-                err = run(io, runners[LOGGING], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[LOGGING], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end
             if phase > 0 and not chained[phase] then
-                err = run(io, runners[phase], app, s, ctx, e, ctx_err)
+                local err = run(io, runners[phase], app, s, ctx, e, ctx_err)
                 if err == nil then yield() else yield(err) end
                 phase = io.start == 0 and io.phase or -1
             end

@@ -24,10 +24,8 @@ local DEFAULT_TIMEOUT = 60              -- seconds, for the whole exchange
 local DEFAULT_MAX_BODY = 16 * 1024 * 1024
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
--- Framing and connection fields belong to the client.
-local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true,
-                  connection = true, ["keep-alive"] = true, te = true, upgrade = true,
-                  trailer = true, ["proxy-connection"] = true }
+-- Framing and connection fields belong to the client (the list scripts may not set).
+local MANAGED = require("moxy.session").MANAGED
 
 local OPTS = { method = "string", url = "string", headers = "table", body = "string",
                timeout = "number", max_body = "number", keepalive = "boolean" }

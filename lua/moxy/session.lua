@@ -112,10 +112,16 @@ end
 -- The fields moxy writes itself (message framing and connection handling; the live
 -- check is managed_field() in src/lua/ffi/api.c): a script may not set, add or remove
 -- them. Raises at the caller of the method <what> (level 3), with the live message.
+-- moxy.http's requests refuse them too (_M.MANAGED). MANAGED_LEN: their lengths, so that
+-- most names are passed without a lower().
 local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true,
                   ["keep-alive"] = true, upgrade = true, te = true,
                   ["proxy-connection"] = true, trailer = true }
-local MANAGED_LEN = { [2] = true, [7] = true, [10] = true, [14] = true, [16] = true, [17] = true }
+_M.MANAGED = MANAGED
+local MANAGED_LEN = {}
+for k in pairs(MANAGED) do
+    MANAGED_LEN[#k] = true
+end
 local function check_managed(what, name)
     if MANAGED_LEN[#name] and MANAGED[lower(name)] then
         error(what .. ": " .. name .. " is managed by moxy (message framing and connection "
