@@ -51,6 +51,7 @@ _M.conn_ctxs = conn_ctxs
 
 function _M.start(worker_id, worker_count)
     _M.worker_id, _M.worker_count = worker_id, worker_count
+    _M.warm()
 end
 
 
@@ -388,9 +389,11 @@ end
 -- runners[phase] and then through a chain of side traces, one per handler; here the
 -- trace after a phase's yield runs the next phase's code straight (docs/performance.md).
 -- A phase met out of this order (a body filter again, a failure hook) loops back.
-function _M.body()
-    local io = ffi.new(io_t)
-    live.register_io(io)
+function _M.body(warm_io)
+    local io = warm_io or ffi.new(io_t)
+    if warm_io == nil then
+        live.register_io(io)
+    end
     local s = session.new(io, false, false, live)
     local e = sched.enter(running(), io)
     while true do
@@ -482,6 +485,78 @@ function _M.body()
             end
         until phase < 0
     end
+end
+
+-- LuaJIT cannot compile a yield: it ends the trace, and the trace recorded after it (a
+-- stitched trace) goes on to the next yield and stitches again. A chain of them ends only
+-- where it meets a compiled loop: the body's phase loop. If some function the body calls
+-- (run, a session method) gets hot first, a trace of it goes on into the body, and the
+-- chain it starts stitches phase after phase, past the loop, which the interpreter no
+-- longer reaches, so it never gets its trace: a new trace every few requests, for good
+-- (seen in about one worker in fifteen: 6,000 traces and 12 MiB of machine code after a
+-- few minutes, 15% more CPU per request; docs/performance.md). So the VM runs the body
+-- on a request of its own when it starts, before any real one, until the phase loop has
+-- its trace. Returns true when it has, false without the JIT (or when it did not get one).
+local WARM_SVC = -1
+
+local function body_loop_compiled(jutil, JLOOP)
+    if jutil == nil then
+        local ok, vmdef
+        ok, jutil = pcall(require, "jit.util")
+        ok, vmdef = pcall(require, "jit.vmdef")
+        if not ok then
+            return false
+        end
+        JLOOP = (vmdef.bcnames:find("JLOOP", 1, true) - 1) / 6
+    end
+    local pc = 1
+    while true do
+        local ins = jutil.funcbc(_M.body, pc)
+        if ins == nil then
+            return false
+        end
+        if bit.band(ins, 0xff) == JLOOP then
+            return true
+        end
+        pc = pc + 1
+    end
+end
+
+function _M.warm()
+    local ok, jutil = pcall(require, "jit.util")
+    local okd, vmdef = pcall(require, "jit.vmdef")
+    if not (jit and jit.status() and ok and okd) then
+        return false
+    end
+    local JLOOP = vmdef.bcnames:find("JLOOP", 1, true)
+    if JLOOP == nil then
+        return false
+    end
+    JLOOP = (JLOOP - 1) / 6
+    local io = ffi.new(io_t)
+    io.svc, io.phase, io.start = WARM_SVC, EARLY_REQUEST_FILTER, 1
+    apps[WARM_SVC] = { early_request_filter = function() end }
+    local co = coroutine.create(_M.body)
+    local done = false
+    for _ = 1, 500 do
+        if not coroutine.resume(co, io) then
+            break
+        end
+        io.start = 1
+        if body_loop_compiled(jutil, JLOOP) then
+            done = true
+            break
+        end
+    end
+    apps[WARM_SVC] = nil
+    sched.leave({ co = co })
+    _M.warmed = done
+    return done
+end
+
+-- Whether the body's phase loop has its trace (tests/integration/test_lua.py asks).
+function _M.body_loop_compiled()
+    return body_loop_compiled()
 end
 
 return _M
