@@ -3,8 +3,9 @@
 
 Starts one nginx origin and, one after another, each proxy under test (nginx,
 haproxy, moxy, nginx + lua, moxy + lua), all with one worker, all in front of
-the same origin. For each: RSS idle, RSS with N idle keepalive clients, then a
-wrk run per path with CPU time per request from /proc. Prints a markdown table
+the same origin, and measures each one's RSS idle and with N idle keepalive
+clients. Then, per path, the proxies take turns under wrk, round after round,
+with CPU time per request from /proc. Prints a markdown table
 and writes it to OUT/results.md (and the raw numbers to OUT/results.json).
 
 Numbers on this 2-core shared machine swing 10-50% between runs (wrk, the
@@ -375,6 +376,9 @@ class Bench:
         self.procs = Procs(args.tmp)
         self.seconds = env_int("BENCH_SECONDS", 10)
         self.warmup = env_int("BENCH_WARMUP", 2)
+        self.rounds = max(1, env_int("BENCH_ROUNDS", 5))
+        # wrk takes whole seconds
+        self.round_seconds = max(1, self.seconds // self.rounds)
         self.conns = env_int("BENCH_CONNS", 50)
         self.idle = env_int("BENCH_IDLE_CONNS", 10000)
         # slots for the idle clients, wrk and the upstream side
@@ -510,19 +514,23 @@ class Bench:
                 return "the script did not set x-served-by"
         return None
 
-    def measure(self, name, base, start):
+    def prepare(self, name, base, start):
+        """Starts one row's server, checks it and measures its memory (idle, then with
+        the idle clients). Returns (row, server); the server is left running for the
+        loaded rounds, or stopped and None when the row failed."""
         row = {"name": name, "base": base, "status": "ok", "notes": [], "paths": {}}
         log(f"bench: {name}")
         try:
             srv = start()
         except Exception as e:       # noqa: BLE001 - a row failing must not stop the run
             row.update(status="failed", error=f"could not start: {e}")
-            return row
+            return row, None
+        ok = False
         try:
             err = wait_ready(srv.port, srv.proc, 10)
             if err:
                 row.update(status="failed", error=err, log=tail(srv.log))
-                return row
+                return row, None
             time.sleep(0.3)
             kids = children(srv.proc.pid)
             for k in kids:
@@ -536,7 +544,7 @@ class Bench:
                 err = f"sanity request failed: {e}"
             if err:
                 row.update(status="failed", error=err, log=tail(srv.log))
-                return row
+                return row, None
             row["rss_idle_kib"] = rss_kib(srv.main_pid)
 
             socks = []
@@ -554,38 +562,74 @@ class Bench:
                 for s in socks:
                     s.close()
             time.sleep(0.3)
-
-            for path in self.paths:
-                if self.warmup > 0:
-                    run_wrk(srv.port, path, self.warmup, self.conns)
-                pids = srv.pids()
-                opids = self.origin.pids()
-                t0, c0, o0 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
-                r = run_wrk(srv.port, path, self.seconds, self.conns)
-                t1, c1, o1 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
-                wall = t1 - t0
-                r["cpu_us_per_req"] = ((c1 - c0) / CLK_TCK * 1e6 / r["requests"]
-                                       if r["requests"] else None)
-                r["cpu_pct"] = (c1 - c0) / CLK_TCK / wall * 100
-                r["origin_cpu_pct"] = (o1 - o0) / CLK_TCK / wall * 100
-                r["origin_cpu_us_per_req"] = ((o1 - o0) / CLK_TCK * 1e6 / r["requests"]
-                                              if r["requests"] else None)
-                del r["raw"]
-                row["paths"][path] = r
-                if r["errors"]:
-                    row["notes"].append(f"{path}: " + "; ".join(r["errors"]))
-                if srv.proc.poll() is not None:
-                    row.update(status="failed", error=f"died during the run (status {srv.proc.returncode})",
-                               log=tail(srv.log))
-                    return row
-            row["rss_after_kib"] = rss_kib(srv.main_pid)
             if name == "nginx":
                 row["rss_idle_small_kib"] = self.nginx_small_idle()
-            if any(p["requests"] == 0 for p in row["paths"].values()):
-                row.update(status="failed", error="wrk completed no requests", log=tail(srv.log))
+            ok = True
+            return row, srv
         finally:
-            self.procs.stop(srv.proc)
-        return row
+            if not ok:
+                self.procs.stop(srv.proc)
+
+    def load(self, live):
+        """The loaded runs: for each path, every live row gets BENCH_ROUNDS rounds of
+        wrk, the rows taking turns (the order rotated every round), so that all of
+        them see the same machine: measured one after another, a minute apart, two
+        rows of the same build differ by several % on this machine. Totals: CPU over
+        all rounds ÷ requests over all rounds; req/s = requests ÷ wrk's seconds;
+        p50 and p99 are the medians of the rounds' figures."""
+        for path in self.paths:
+            acc = {}
+            for row, srv in live:
+                if self.warmup > 0 and row["status"] == "ok":
+                    run_wrk(srv.port, path, self.warmup, self.conns)
+                acc[row["name"]] = {"ticks": 0, "oticks": 0, "reqs": 0, "wall": 0.0,
+                                    "p50": [], "p99": [], "cpu": [], "errors": []}
+            for i in range(self.rounds):
+                k = i % len(live)
+                for row, srv in live[k:] + live[:k]:
+                    if row["status"] != "ok":
+                        continue
+                    a = acc[row["name"]]
+                    pids, opids = srv.pids(), self.origin.pids()
+                    t0, c0, o0 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
+                    r = run_wrk(srv.port, path, self.round_seconds, self.conns)
+                    t1, c1, o1 = time.time(), cpu_ticks(pids), cpu_ticks(opids)
+                    a["ticks"] += c1 - c0
+                    a["oticks"] += o1 - o0
+                    a["reqs"] += r["requests"]
+                    a["wall"] += t1 - t0
+                    for q in ("p50", "p99"):
+                        if r[q] is not None:
+                            a[q].append(r[q])
+                    if r["requests"]:
+                        a["cpu"].append((c1 - c0) / CLK_TCK * 1e6 / r["requests"])
+                    a["errors"] += r["errors"]
+                    if srv.proc.poll() is not None:
+                        row.update(status="failed", error=f"died during the run (status {srv.proc.returncode})",
+                                   log=tail(srv.log))
+            for row, srv in live:
+                if row["status"] != "ok":
+                    continue
+                a = acc[row["name"]]
+                reqs, wall = a["reqs"], a["wall"]
+                p = {"requests": reqs, "rounds": len(a["cpu"]), "round_cpu_us_per_req": a["cpu"],
+                     # wrk's own duration; the wall time around it adds its start and exit
+                     "rps": reqs / (self.round_seconds * len(a["cpu"])) if a["cpu"] else 0.0,
+                     "p50": statistics.median(a["p50"]) if a["p50"] else None,
+                     "p99": statistics.median(a["p99"]) if a["p99"] else None,
+                     "cpu_us_per_req": a["ticks"] / CLK_TCK * 1e6 / reqs if reqs else None,
+                     "cpu_pct": a["ticks"] / CLK_TCK / wall * 100 if wall else 0.0,
+                     "origin_cpu_pct": a["oticks"] / CLK_TCK / wall * 100 if wall else 0.0,
+                     "origin_cpu_us_per_req": a["oticks"] / CLK_TCK * 1e6 / reqs if reqs else None,
+                     "errors": a["errors"]}
+                row["paths"][path] = p
+                if p["errors"]:
+                    row["notes"].append(f"{path}: " + "; ".join(sorted(set(p["errors"]))))
+                if not reqs:
+                    row.update(status="failed", error="wrk completed no requests", log=tail(srv.log))
+        for row, srv in live:
+            if row["status"] == "ok":
+                row["rss_after_kib"] = rss_kib(srv.main_pid)
 
     def nginx_small_idle(self):
         """The nginx worker's idle RSS with worker_connections 512: what its
@@ -753,7 +797,19 @@ class Bench:
         time.sleep(0.2)
         for k in children(self.origin.proc.pid):
             self.procs.note_extra(k)
-        results = [self.measure(n, b, s) for n, b, s in self.rows()]
+        results, live = [], []
+        try:
+            for n, b, st in self.rows():
+                row, srv = self.prepare(n, b, st)
+                results.append(row)
+                if srv:
+                    live.append((row, srv))
+            if live:
+                log("bench: loaded rounds (" + ", ".join(r["name"] for r, _ in live) + " taking turns)")
+                self.load(live)
+        finally:
+            for _, srv in live:
+                self.procs.stop(srv.proc)
         reuse = self.reuse() if self.reuse_on else None
         overhead = (self.overhead() if self.overhead_on and (not self.only or "moxy+noop" in self.only)
                     else None)
@@ -781,10 +837,12 @@ class Bench:
         L.append("# moxy benchmark\n")
         L.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
                  f"kernel {platform.release()}; {versions()}.")
-        L.append(f"wrk -t1 -c{self.conns} -d{self.seconds}s --latency after a {self.warmup}s warm-up; "
-                 f"every server has one worker and proxies to one nginx origin over upstream keepalive. "
-                 f"Nothing pinned: numbers swing 10-50% between runs on this machine, "
-                 f"compare only the ratios within one run.\n")
+        L.append(f"Per path and proxy: {self.rounds} rounds of `wrk -t1 -c{self.conns} "
+                 f"-d{self.round_seconds}s --latency` after a {self.warmup}s warm-up, the proxies "
+                 f"taking turns (the order rotated every round), all of them started and idle "
+                 f"while another is loaded; every server has one worker and proxies to one nginx "
+                 f"origin over upstream keepalive. Nothing pinned: numbers swing 10-50% between runs "
+                 f"on this machine, compare only the ratios within one run.\n")
         def f(v, fmt):
             return "-" if v is None else format(v, fmt)
 
@@ -823,10 +881,24 @@ class Bench:
                     bb = b if b and b["status"] == "ok" else {}
                     cells.append(ratio(r.get("rss_conns_kib"), bb.get("rss_conns_kib")))
                 L.append("| " + " | ".join(cells) + " |")
+            spreads = []
+            for r in results:
+                b = by.get(r["base"])
+                if r is b or r["status"] != "ok" or not b or b["status"] != "ok":
+                    continue
+                mine = r["paths"].get(path, {}).get("round_cpu_us_per_req", [])
+                base = b["paths"].get(path, {}).get("round_cpu_us_per_req", [])
+                rs = sorted(x / y for x, y in zip(mine, base) if y)
+                if len(rs) > 1:
+                    spreads.append(f"{r['name']} {rs[0]:.2f}–{rs[-1]:.2f} (median "
+                                   f"{statistics.median(rs):.2f})")
+            if spreads:
+                L.append("\nCPU/req × base, round by round: " + "; ".join(spreads) + ".")
             L.append("")
         L.append("Ratios: plain rows against nginx; † scripted rows against nginx+lua. "
-                 "CPU µs/req = the proxy's utime+stime (all threads, all its processes) over the wrk run "
-                 "÷ requests completed. RSS = VmRSS of the serving process (for nginx the worker; "
+                 "CPU µs/req = the proxy's utime+stime (all threads, all its processes) over its wrk "
+                 "rounds ÷ the requests they completed; req/s = those requests ÷ wrk's seconds; p50 "
+                 "and p99 = the medians of the rounds' figures. RSS = VmRSS of the serving process (for nginx the worker; "
                  f"the master adds about {master_rss(results)}), idle after start and with "
                  f"{self.idle} idle keepalive clients that each got one answer; RSS × base compares the latter.\n")
 
