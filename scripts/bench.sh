@@ -5,8 +5,9 @@
 #   bash scripts/bench.sh [build/moxy]        (what `make bench` runs)
 #
 # Environment (defaults in brackets):
-#   BENCH_SECONDS [10]      wrk duration per path and proxy
-#   BENCH_WARMUP [2]        wrk warm-up seconds before each measured run
+#   BENCH_SECONDS [10]      wrk seconds per path and proxy, split into rounds
+#   BENCH_ROUNDS [5]        rounds per path: the proxies take turns, order rotated
+#   BENCH_WARMUP [2]        wrk warm-up seconds per path and proxy before the rounds
 #   BENCH_CONNS [50]        wrk connections (-c); wrk runs one thread (-t1)
 #   BENCH_IDLE_CONNS [10000] idle keepalive clients for the RSS-per-connection figure
 #   BENCH_PATHS ["/ /1k"]   paths to load: / is a 12-byte body, /1k a 1 KiB one
