@@ -499,15 +499,26 @@ end
 -- its trace. Returns true when it has, false without the JIT (or when it did not get one).
 local WARM_SVC = -1
 
-local function body_loop_compiled(jutil, JLOOP)
-    if jutil == nil then
-        local ok, vmdef
-        ok, jutil = pcall(require, "jit.util")
+-- jit.util and the number of the JLOOP bytecode, or nil without them.
+local jutil, JLOOP
+do
+    local ok, vmdef
+    ok, jutil = pcall(require, "jit.util")
+    if ok then
         ok, vmdef = pcall(require, "jit.vmdef")
-        if not ok then
-            return false
-        end
-        JLOOP = (vmdef.bcnames:find("JLOOP", 1, true) - 1) / 6
+    end
+    local at = ok and vmdef.bcnames:find("JLOOP", 1, true)
+    if at then
+        JLOOP = (at - 1) / 6                -- bcnames: 6 characters per bytecode
+    else
+        jutil = nil
+    end
+end
+
+-- Whether the body's phase loop has its trace (its LOOP bytecode became JLOOP).
+function _M.body_loop_compiled()
+    if jutil == nil then
+        return false
     end
     local pc = 1
     while true do
@@ -523,16 +534,10 @@ local function body_loop_compiled(jutil, JLOOP)
 end
 
 function _M.warm()
-    local ok, jutil = pcall(require, "jit.util")
-    local okd, vmdef = pcall(require, "jit.vmdef")
-    if not (jit and jit.status() and ok and okd) then
+    if jutil == nil or not jit.status() then
+        _M.warmed = false
         return false
     end
-    local JLOOP = vmdef.bcnames:find("JLOOP", 1, true)
-    if JLOOP == nil then
-        return false
-    end
-    JLOOP = (JLOOP - 1) / 6
     local io = ffi.new(io_t)
     io.svc, io.phase, io.start = WARM_SVC, EARLY_REQUEST_FILTER, 1
     apps[WARM_SVC] = { early_request_filter = function() end }
@@ -543,20 +548,15 @@ function _M.warm()
             break
         end
         io.start = 1
-        if body_loop_compiled(jutil, JLOOP) then
+        if _M.body_loop_compiled() then
             done = true
             break
         end
     end
     apps[WARM_SVC] = nil
-    sched.leave({ co = co })
+    sched.leave({ co = co })               -- the entry the body made: leave() needs its co
     _M.warmed = done
     return done
-end
-
--- Whether the body's phase loop has its trace (tests/integration/test_lua.py asks).
-function _M.body_loop_compiled()
-    return body_loop_compiled()
 end
 
 return _M
