@@ -849,6 +849,15 @@ class Bench:
         def ratio(a, b):
             return "-" if a is None or not b else f"{a / b:.2f}"
 
+        def section(title, intro, res):
+            """A section's title and text; False (and the error) when its measure failed."""
+            L.append(f"\n## {title}\n")
+            L.append(intro + "\n")
+            if "error" in res:
+                L.append("- failed: " + res["error"].replace("\n", "\n  "))
+                return False
+            return True
+
         for i, path in enumerate(self.paths):
             first = i == 0
             body = "12-byte body" if path == "/" else ("1 KiB body" if path == "/1k" else path)
@@ -929,14 +938,11 @@ class Bench:
         L.append("\nCPU % is of one core; the origin is not the bottleneck while it stays well under 100%.")
 
         if reuse is not None:
-            L.append("\n## Upstream connection reuse (moxy.stats())\n")
-            L.append(f"moxy with threads: {reuse['threads']}, `wrk -t2 -c{self.conns} -d{self.seconds}s` "
-                     "alternating GET / and GET /1k (scripts/bench/mixed.lua); upstream_requests and "
-                     "upstream_reused from moxy.stats() (all workers) before and after, cold pool "
-                     "included.\n")
-            if "error" in reuse:
-                L.append("- failed: " + reuse["error"].replace("\n", "\n  "))
-            else:
+            if section("Upstream connection reuse (moxy.stats())",
+                       f"moxy with threads: {reuse['threads']}, `wrk -t2 -c{self.conns} -d{self.seconds}s` "
+                       "alternating GET / and GET /1k (scripts/bench/mixed.lua); upstream_requests and "
+                       "upstream_reused from moxy.stats() (all workers) before and after, cold pool "
+                       "included.", reuse):
                 L.append("| requests (wrk) | upstream requests | over a reused connection | new connections | reuse |")
                 L.append("|---:|---:|---:|---:|---:|")
                 ratio_s = "-" if reuse["ratio"] is None else f"{reuse['ratio'] * 100:.3f}%"
@@ -945,14 +951,11 @@ class Bench:
                 if reuse["errors"]:
                     L.append("\n- note: " + "; ".join(reuse["errors"]))
         if overhead is not None:
-            L.append("\n## Lua overhead: four empty handlers (scripts/bench/moxy_noop.lua)\n")
-            L.append(f"moxy with no script and moxy+noop (`request_filter`, `upstream_request_filter`, "
-                     f"`response_filter`, `logging`, each empty) run side by side; "
-                     f"`wrk -t1 -c{self.conns} -d{self.overhead_seconds}s` GET / alternates between "
-                     "them, the order swapped every round. CPU µs/req as above.\n")
-            if "error" in overhead:
-                L.append("- failed: " + overhead["error"].replace("\n", "\n  "))
-            else:
+            if section("Lua overhead: four empty handlers (scripts/bench/moxy_noop.lua)",
+                       f"moxy with no script and moxy+noop (`request_filter`, `upstream_request_filter`, "
+                       f"`response_filter`, `logging`, each empty) run side by side; "
+                       f"`wrk -t1 -c{self.conns} -d{self.overhead_seconds}s` GET / alternates between "
+                       "them, the order swapped every round. CPU µs/req as above.", overhead):
                 L.append("| round | moxy CPU µs/req | moxy+noop CPU µs/req | × moxy |")
                 L.append("|---|---:|---:|---:|")
                 rows = list(enumerate(overhead["rounds"], 1)) + [("all", overhead["cpu_us_per_req"])]
