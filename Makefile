@@ -13,15 +13,20 @@ LLHTTP_INC := /usr/share/include/llhttp
 # Recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # scripts/deps.sh has installed the packages.
 PKGS     = libuv yaml-0.1 luajit
-OPT      = -O2
+WARN     = -Wall -Wextra -Werror
+# -O3 with link-time optimisation: 8% fewer instructions per proxied request
+# than -O2 (callgrind, docs/performance.md). The link step optimises, so it
+# also gets the warnings that need optimisation (maybe-uninitialized, ...).
+OPT      = -O3 -flto=auto
+LINK_OPT = $(OPT) $(WARN)
 ifeq ($(SAN),1)
 OPT      = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LINK_OPT = -fsanitize=address,undefined
 endif
-CFLAGS   = -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP -Isrc -I$(LLHTTP_INC) \
+CFLAGS   = -std=gnu11 $(OPT) -g $(WARN) -MMD -MP -Isrc -I$(LLHTTP_INC) \
            $(shell pkg-config --cflags $(PKGS))
-LDFLAGS  = -rdynamic $(if $(filter 1,$(SAN)),-fsanitize=address$(comma)undefined)
+LDFLAGS  = -rdynamic $(LINK_OPT)
 LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lpthread -lm
-comma := ,
 
 SRCS       := $(shell find src -name '*.c' | sort)
 OBJS       := $(SRCS:%.c=$(BUILD)/%.o)
@@ -39,7 +44,8 @@ $(DEPS_STAMP): scripts/deps.sh
 	bash scripts/deps.sh
 	touch $@
 
-$(OBJS) $(TEST_OBJS) $(LLHTTP_OBJS): | $(DEPS_STAMP)
+# Flags live here: objects follow them.
+$(OBJS) $(TEST_OBJS) $(LLHTTP_OBJS): Makefile | $(DEPS_STAMP)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

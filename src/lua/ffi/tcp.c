@@ -348,7 +348,7 @@ int
 moxy_tcp_connect(moxy_tcp_t *t, double id, const char *host, size_t hl, int port,
                  const char *key, size_t kl, double timeout_ms)
 {
-    mx_lua_task_t *task;
+    mx_lua_task_t *task = NULL;
     int rc = check_op(t, &task);
     if (rc != MX_OK)
         return rc;
@@ -458,7 +458,7 @@ on_write(uv_write_t *req, int status)
 int
 moxy_tcp_send(moxy_tcp_t *t, double id, const char *p, size_t n, double timeout_ms)
 {
-    mx_lua_task_t *task;
+    mx_lua_task_t *task = NULL;
     int rc = check_op(t, &task);
     if (rc != MX_OK)
         return rc;
@@ -617,7 +617,7 @@ int
 moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, const char *pat,
                  size_t pl, double timeout_ms, mx_str_t *out)
 {
-    mx_lua_task_t *task;
+    mx_lua_task_t *task = NULL;
     *out = (mx_str_t){"", 0};
     int rc = check_op(t, &task);
     if (rc != MX_OK)
