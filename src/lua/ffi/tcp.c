@@ -241,6 +241,7 @@ static int
 check_op(moxy_tcp_t *t, mx_lua_task_t **task)
 {
     int rc;
+    *task = NULL; /* set on every path: callers use it only after MX_OK */
     if (mx_current_worker == NULL)
         return mx_lua_ffi_fail(MX_EBADPHASE, "outside a worker (moxy -t)");
     *task = mx_lua_task_current(&rc);
@@ -348,7 +349,7 @@ int
 moxy_tcp_connect(moxy_tcp_t *t, double id, const char *host, size_t hl, int port,
                  const char *key, size_t kl, double timeout_ms)
 {
-    mx_lua_task_t *task = NULL;
+    mx_lua_task_t *task;
     int rc = check_op(t, &task);
     if (rc != MX_OK)
         return rc;
@@ -458,7 +459,7 @@ on_write(uv_write_t *req, int status)
 int
 moxy_tcp_send(moxy_tcp_t *t, double id, const char *p, size_t n, double timeout_ms)
 {
-    mx_lua_task_t *task = NULL;
+    mx_lua_task_t *task;
     int rc = check_op(t, &task);
     if (rc != MX_OK)
         return rc;
@@ -617,7 +618,7 @@ int
 moxy_tcp_receive(moxy_tcp_t *t, double id, int mode, size_t n, size_t max, const char *pat,
                  size_t pl, double timeout_ms, mx_str_t *out)
 {
-    mx_lua_task_t *task = NULL;
+    mx_lua_task_t *task;
     *out = (mx_str_t){"", 0};
     int rc = check_op(t, &task);
     if (rc != MX_OK)
