@@ -36,7 +36,7 @@ LLHTTP_OBJS := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llht
 TEST_SRCS  := $(shell find tests/unit -name '*_test.c' 2>/dev/null | sort)
 TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test test-asan unit integration bench bench-lb clean format
+.PHONY: all deps run test test-asan unit integration bench bench-lb clean format fuzz fuzz-regress
 all: $(BUILD)/moxy
 
 deps: $(DEPS_STAMP)
@@ -89,10 +89,59 @@ $(BUILD)/lb_bench: tests/bench/lb_bench.c $(LIB_OBJS) $(LLHTTP_OBJS)
 bench-lb: $(BUILD)/lb_bench
 	$(BUILD)/lb_bench
 
+# libFuzzer targets (tests/fuzz/<name>_fuzz.c), built with clang, ASan and
+# UBSan into build-fuzz/. The code under test is instrumented for coverage
+# (-fsanitize=fuzzer-no-link), llhttp included: its states are what the
+# fuzzer explores. A target links the few moxy objects it needs from an
+# archive; codecs (h1_server.c, upconn.c) are compiled into their target.
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build-fuzz
+FUZZ_SECONDS ?= 30
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) $(WARN) -MMD -MP \
+                -Isrc -I$(LLHTTP_INC) $(shell pkg-config --cflags $(PKGS))
+FUZZ_NAMES   := $(sort $(patsubst tests/fuzz/%_fuzz.c,%,$(wildcard tests/fuzz/*_fuzz.c)))
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/%_fuzz)
+FUZZ_LIB_SRCS := src/core/alloc.c src/core/arena.c src/core/buf.c src/core/errors.c \
+                 src/core/log.c src/core/stats.c src/core/timeq.c src/http/headers.c \
+                 src/http/status.c src/http/uri.c src/net/addr.c src/conf/conf.c
+FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o) \
+                 $(LLHTTP_OBJS:$(BUILD)/%=$(FUZZ_BUILD)/%)
+
+$(FUZZ_LIB_OBJS) $(FUZZ_BINS): Makefile | $(DEPS_STAMP)
+
+$(FUZZ_BUILD)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -w $(FUZZ_SAN) -fsanitize=fuzzer-no-link -I$(LLHTTP_INC) \
+		-c $< -o $@
+
+$(FUZZ_BUILD)/libmoxyfuzz.a: $(FUZZ_LIB_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/%_fuzz: tests/fuzz/%_fuzz.c $(FUZZ_BUILD)/libmoxyfuzz.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_BUILD)/libmoxyfuzz.a -o $@ \
+		$(shell pkg-config --libs libuv yaml-0.1) -lpthread -lm
+
+# Each target for FUZZ_SECONDS from its seeds (new inputs go to
+# build-fuzz/corpus/<name>, not to the committed corpus); exits non-zero on a
+# crash, with the input in build-fuzz/artifacts/.
+fuzz: $(FUZZ_BINS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh fuzz $(FUZZ_NAMES)
+
+# Each target once over its committed corpus (tests/fuzz/corpus/<name>):
+# seconds, deterministic, one line per target.
+fuzz-regress: $(FUZZ_BINS)
+	bash tests/fuzz/run.sh regress $(FUZZ_NAMES)
+
 format:
 	clang-format -i $(SRCS) $(TEST_SRCS)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(FUZZ_BUILD)
 
--include $(OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(FUZZ_LIB_OBJS:.o=.d) $(FUZZ_BINS:=.d)
