@@ -711,6 +711,11 @@ on_headers_complete(llhttp_t *p)
             /* Only "chunked" alone: moxy applies no other transfer coding. */
             if (!mx_str_caseeq(h->value, MX_STR("chunked")))
                 return reject(s, 501);
+            /* ... as llhttp reads it too: it does not take "chunked\t" (the
+             * tab trimmed above) for chunked, and refuses that request only
+             * after this callback, once the session has started. */
+            if (!(p->flags & F_CHUNKED))
+                return reject(s, 400);
         } else if (mx_str_caseeq(h->name, MX_STR("expect"))) {
             if (mx_str_caseeq(h->value, MX_STR("100-continue")))
                 s->expect_continue = p->http_minor >= 1;

@@ -54,6 +54,19 @@ class Smuggling(MoxyTestCase):
         with Client(self.moxy.port) as c:        # still serving
             self.assert_status(c.request("GET", "/echo?after"), 200)
 
+    def test_te_chunked_tab_refused_before_the_origin(self):
+        """Found by tests/fuzz (h1_request): llhttp 8.1 does not take
+        "Transfer-Encoding: chunked<TAB>" for chunked and refuses the request
+        only after on_headers_complete() has returned, while moxy trimmed the
+        tab and took the head as valid. The session had started by then: with
+        an idle upstream connection in the pool, the head went to the origin
+        (as a request without a body) before the client got its 400."""
+        with Client(self.moxy.port) as c:        # leaves an idle upstream connection
+            self.assert_status(c.request("GET", "/echo?warm"), 200)
+        raw = (b"GET /echo?case=CASE HTTP/1.1\r\nHost: moxy.test\r\n"
+               b"Transfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n" + SMUGGLED)
+        self.check_rejected("te_chunked_tab", raw, (400,), False)
+
     def quiet_bytes(self, timeout=2):
         """origin.bytes_received once unchanged for 100 ms (earlier traffic settled)."""
         deadline = time.monotonic() + timeout
