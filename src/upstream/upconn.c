@@ -540,6 +540,12 @@ on_headers_complete(llhttp_t *p)
 {
     mx_upconn_t *u = p->data;
     mx_session_t *s = u->s;
+    if (p->status_code < 100) {
+        /* llhttp 8.1 takes one or two digits ("HTTP/1.1 20 OK") and "099";
+         * RFC 9112 §4 says 3DIGIT, and the client would get "HTTP/1.1 020". */
+        u->error = MX_EBADRESP;
+        return -1;
+    }
     s->status = p->status_code;
     if (s->status >= 200 || s->status == 101)
         set_timer(u, TM_READ, u->ups->read_timeout);
