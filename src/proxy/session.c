@@ -1512,7 +1512,7 @@ mx_session_on_response_head(mx_session_t *s)
         }
         mx_headers_init(&s->resp_headers);
         s->reason = (mx_str_t){NULL, 0};
-        return 0;
+        return 1; /* no body, whatever its framing fields say (RFC 9112 §6.3) */
     }
     bool tunnel = (status == 101 && s->req_upgrade && s->llmethod != HTTP_CONNECT) ||
                   (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300);
@@ -1541,7 +1541,10 @@ mx_session_on_response_head(mx_session_t *s)
         }
     }
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
-    s->head_rc = tunnel ? 2 : s->llmethod == HTTP_HEAD ? 1 : 0;
+    /* 1: llhttp must not read a body, as it would for a 204 or 304 with a
+     * Content-Length or chunked framing; the bytes would reach the client
+     * behind a head that says there are none. */
+    s->head_rc = tunnel ? 2 : s->resp_no_body ? 1 : 0;
     s->header_ms = uv_now(&s->w->loop) - s->connect_start_ms;
     s->up_header_seen = 1;
     if (lua_busy(s) || s->fb_busy) {

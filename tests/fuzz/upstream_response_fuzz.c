@@ -173,7 +173,7 @@ mx_session_on_response_head(mx_session_t *s)
     if (status >= 100 && status < 200 && status != 101) {
         mx_headers_init(&s->resp_headers); /* 1xx: forwarded, then forgotten */
         s->reason = (mx_str_t){NULL, 0};
-        return 0;
+        return 1;
     }
     bool tunnel = (status == 101 && s->req_upgrade && s->llmethod != HTTP_CONNECT) ||
                   (s->llmethod == HTTP_CONNECT && status >= 200 && status < 300);
@@ -185,7 +185,7 @@ mx_session_on_response_head(mx_session_t *s)
     shim.responses++;
     fuzz_check(shim.responses == 1, "a second final response");
     s->resp_no_body = s->llmethod == HTTP_HEAD || status == 204 || status == 304 || tunnel;
-    s->head_rc = tunnel ? 2 : s->llmethod == HTTP_HEAD ? 1 : 0;
+    s->head_rc = tunnel ? 2 : s->resp_no_body ? 1 : 0;
     if (tunnel)
         s->state = MX_SESS_TUNNEL;
     if (shim.flags & FL_HOLD_HEAD) {

@@ -27,3 +27,49 @@ class FuzzFound(MoxyTestCase):
             r = c.request("GET", "/two-digits")
         self.assert_status(r, 502, m)
         self.assertIn("invalid response", m.error_log())
+
+    def test_no_body_responses_end_at_their_empty_line(self):
+        """upstream_response fuzz target: llhttp 8.1 reads a body for a 1xx,
+        204 or 304 response that carries Content-Length or chunked framing,
+        and the session sent those bytes to the client behind a head that
+        says there is no body (RFC 9112 §6.3: such a response ends at its
+        empty line). An origin could so put a response of its choosing in
+        front of the client's next one. Here a 204 carries "Content-Length: 5"
+        and "hello"; the client's second request must get the origin's own
+        answer, not bytes left over from the first."""
+        count = [0]
+
+        def handler(conn):
+            while True:
+                try:
+                    test_review.read_head(conn)
+                except EOFError:
+                    return
+                count[0] += 1
+                if count[0] == 1:
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        o = self.raw_origin(handler)
+        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        with Client(m.port) as c:
+            self.assert_status(c.request("GET", "/no-content"), 204, m)
+            r = c.request("GET", "/next")
+            self.assert_status(r, 200, m)
+            self.assertEqual(r.body, b"ok")
+
+    def test_interim_response_body_is_not_read(self):
+        """The same for a 1xx: "100 Continue" with "Content-Length: 3" made
+        llhttp take the first 3 bytes of the final response as its body (they
+        went to the client) and the rest failed to parse: 502."""
+        def handler(conn):
+            test_review.read_head(conn)
+            conn.sendall(b"HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.shutdown(socket.SHUT_WR)
+        o = self.raw_origin(handler)
+        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        with Client(m.port) as c:
+            r = c.request("GET", "/interim")
+        self.assert_status(r, 200, m)
+        self.assertEqual(r.body, b"ok")
