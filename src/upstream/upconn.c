@@ -546,6 +546,12 @@ on_headers_complete(llhttp_t *p)
         u->error = MX_EBADRESP;
         return -1;
     }
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > (uint64_t)INT64_MAX) {
+        /* llhttp takes up to 2^64 - 1; moxy's limit for every Content-Length
+         * (mx_http_parse_content_length) is 2^63 - 1. */
+        u->error = MX_EBADRESP;
+        return -1;
+    }
     s->status = p->status_code;
     if (s->status >= 200 || s->status == 101)
         set_timer(u, TM_READ, u->ups->read_timeout);

@@ -2,7 +2,7 @@
 real binary; the docstring tells the input and what went wrong."""
 import socket
 
-from harness import Client, MoxyTestCase, config, free_port, service, upstream
+from harness import Client, MoxyTestCase, build_request, config, free_port, service, upstream
 import test_review
 
 
@@ -73,3 +73,20 @@ class FuzzFound(MoxyTestCase):
             r = c.request("GET", "/interim")
         self.assert_status(r, 200, m)
         self.assertEqual(r.body, b"ok")
+
+    def test_upstream_content_length_past_int64_is_a_502(self):
+        """upstream_response fuzz target: "Content-Length: 010000000007386721486".
+        llhttp accepts values up to 2^64 - 1, and upconn.c passed the head on,
+        while moxy refuses any Content-Length above 2^63 - 1 (it must fit an
+        int64_t wherever it travels; requests get a 400): from an origin it is
+        an invalid Content-Length, a 502 (RFC 9112 §6.3), not a head to pass on."""
+        def handler(conn):
+            test_review.read_head(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000000000000\r\n\r\nabc")
+            conn.shutdown(socket.SHUT_WR)
+        o = self.raw_origin(handler)
+        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        with Client(m.port) as c:
+            c.send(build_request("GET", "/huge"))
+            r = c.response(partial_ok=True)
+        self.assert_status(r, 502, m)
