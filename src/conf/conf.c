@@ -278,6 +278,11 @@ fail(ld_t *ld, const yaml_node_t *n, const char *fmt, ...)
     va_end(ap);
     snprintf(ld->err, ld->errlen, "%s:%zu:%zu: %s%s%s", ld->file, n->start_mark.line + 1,
              n->start_mark.column + 1, ld->path, ld->plen ? ": " : "", msg);
+    /* Keys and values are quoted as written: a newline (or another control
+     * byte) in one must not break the one line this is, nor the log's. */
+    for (char *p = ld->err; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return MX_ECONF;
 }
 

@@ -537,3 +537,16 @@ Test(conf_file, names_a_missing_file)
     cr_assert_null(c);
     cr_assert_str_eq(err, "/nonexistent/moxy.yaml: cannot open (No such file or directory)");
 }
+
+
+/* Found by the conf fuzz target: a scalar with a newline in it ("-1\n- i",
+ * a multi-line plain scalar) was quoted as is, and the error promised as one
+ * line ("file:line:col: key: message", what moxy -t and a failed reload log
+ * print) came out as two. Control bytes in quoted values and keys become '?'. */
+Test(conf, error_stays_on_one_line)
+{
+    bad(SVC "threads: \"1\\n2\\t3\"\n", "t.yaml:3:10: threads: expected an integer, got \"1?2?3\"");
+    bad("upstreams:\n  \"a\\rb\": {backends: [127.0.0.1:1:2]}\n" SVC,
+        "t.yaml:2:23: upstreams.a?b.backends[0]: \"127.0.0.1:1:2\" is not a valid address "
+        "(an IPv6 address must be in brackets, as in [::1]:80)");
+}
