@@ -728,6 +728,11 @@ on_headers_complete(llhttp_t *p)
 
     s->req_chunked = (p->flags & F_CHUNKED) != 0;
     s->req_has_body = s->req_chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    /* RFC 9110 §9.3.6: CONNECT has no content. llhttp takes what follows the
+     * head for the tunnel whatever the framing fields say; an upstream that
+     * reads them as a body would not. */
+    if (s->req_has_body && p->method == HTTP_CONNECT)
+        return reject(s, 400);
     if (svc->max_body_bytes > 0 && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > svc->max_body_bytes)
         return reject(s, 413);

@@ -4,7 +4,7 @@ request is followed by a smuggled 'GET /smuggled' that must never be seen."""
 import time
 import unittest
 
-from harness import Client, MoxyTestCase, simple_config
+from harness import Client, MoxyTestCase, config, free_port, service, simple_config, upstream
 
 SMUGGLED = b"GET /smuggled?case=CASE HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -66,6 +66,23 @@ class Smuggling(MoxyTestCase):
         raw = (b"GET /echo?case=CASE HTTP/1.1\r\nHost: moxy.test\r\n"
                b"Transfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n" + SMUGGLED)
         self.check_rejected("te_chunked_tab", raw, (400,), False)
+
+    def test_connect_with_a_body_refused_before_the_origin(self):
+        """Found by tests/fuzz (h1_request): a CONNECT with "Content-Length: 5".
+        llhttp gives a CONNECT no body whatever its framing fields say (what
+        follows the head is the tunnel's), but moxy set req_has_body and sent
+        the CONNECT upstream with its Content-Length: an origin reading those
+        5 bytes as a body waits for bytes moxy keeps for the tunnel, or takes
+        tunnel bytes for a body. RFC 9110 9.3.6: CONNECT has no content: 400."""
+        m = self.start_moxy(config([service("web", free_port(), allow_connect=True)],
+                                   {"origin": upstream(self.origin.port)}))
+        with Client(m.port) as c:
+            c.send(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n"
+                   b"Content-Length: 5\r\n\r\nhello")
+            self.assert_status(c.response(), (400,))
+            self.assert_closed(c, "after a rejected request")
+        self.assertEqual([t for t in self.origin.targets() if "example.test" in t], [],
+                         "the CONNECT reached the origin")
 
     def quiet_bytes(self, timeout=2):
         """origin.bytes_received once unchanged for 100 ms (earlier traffic settled)."""
