@@ -139,7 +139,7 @@ fuzz-regress: $(FUZZ_BINS)
 	bash tests/fuzz/run.sh regress $(FUZZ_NAMES)
 
 format:
-	clang-format -i $(SRCS) $(TEST_SRCS)
+	clang-format -i $(SRCS) $(TEST_SRCS) $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
 
 clean:
 	rm -rf build build-asan $(FUZZ_BUILD)

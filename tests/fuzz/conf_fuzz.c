@@ -21,14 +21,14 @@
 #include "core/alloc.h"
 #include "core/errors.h"
 
-#define check(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
+#define check(cond, ...)                                                                        \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+            fputc('\n', stderr);                                                                \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 #define NAME "fuzz.yaml"
@@ -48,9 +48,10 @@ getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
     (void)hints;
     if (node == NULL || strcmp(node, "localhost") != 0)
         return EAI_NONAME;
-    localhost.sin = (struct sockaddr_in){.sin_family = AF_INET,
-                                         .sin_addr.s_addr = htonl(0x7f000001)};
-    localhost.ai = (struct addrinfo){.ai_family = AF_INET, .ai_socktype = SOCK_STREAM,
+    localhost.sin =
+        (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    localhost.ai = (struct addrinfo){.ai_family = AF_INET,
+                                     .ai_socktype = SOCK_STREAM,
                                      .ai_addrlen = sizeof(localhost.sin),
                                      .ai_addr = (struct sockaddr *)&localhost.sin};
     *res = &localhost.ai;
@@ -115,8 +116,7 @@ check_conf(const mx_conf_t *c)
         if (s->upstream != NULL) {
             check(s->upstream_ref != NULL && strcmp(s->upstream_ref->name, s->upstream) == 0,
                   "service %zu: upstream %s not resolved", i, s->upstream);
-            check(s->upstream_ref >= c->upstreams &&
-                      s->upstream_ref < c->upstreams + c->nupstreams,
+            check(s->upstream_ref >= c->upstreams && s->upstream_ref < c->upstreams + c->nupstreams,
                   "upstream_ref outside the config");
         }
         check(s->max_header_bytes >= 1024 && s->max_headers >= 1 && s->max_request_line >= 256,

@@ -29,14 +29,14 @@
 #include "worker/worker.h"
 
 /* An invariant of the code under test does not hold: a crash for libFuzzer. */
-#define fuzz_check(cond, ...)                                                                      \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
+#define fuzz_check(cond, ...)                                                                   \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+            fputc('\n', stderr);                                                                \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 #define FUZZ_MAX_CLOSES 4
@@ -49,7 +49,7 @@ typedef struct {
     uv_handle_t *closing[FUZZ_MAX_CLOSES]; /* uv_close()d: callbacks run at the next turn */
     uv_close_cb close_cb[FUZZ_MAX_CLOSES];
     int nclosing;
-    int closed; /* close callbacks run */
+    int closed;                /* close callbacks run */
     uv_connect_t *connect_req; /* a connect waiting for fuzz_connect_done() */
     uv_connect_cb connect_cb;
     uint64_t now; /* the loop's clock, ms */
@@ -313,10 +313,10 @@ fuzz_loop_begin(const mx_conf_service_t *svc)
     fl.now = 1000;
     fuzz_svc = *svc;
     fuzz_conf = (mx_conf_t){.services = &fuzz_svc, .nservices = 1};
-    fuzz_gc = (mx_genconf_t){.conf = &fuzz_conf, .listener_svc = fuzz_listener_svc,
-                             .nlisteners = 1};
-    fuzz_gen = (mx_gen_t){.refs = 1, .seq = 1, .w = &fuzz_worker, .gc = &fuzz_gc,
-                          .conf = &fuzz_conf};
+    fuzz_gc =
+        (mx_genconf_t){.conf = &fuzz_conf, .listener_svc = fuzz_listener_svc, .nlisteners = 1};
+    fuzz_gen =
+        (mx_gen_t){.refs = 1, .seq = 1, .w = &fuzz_worker, .gc = &fuzz_gc, .conf = &fuzz_conf};
     memset(&fuzz_worker, 0, sizeof(fuzz_worker));
     fuzz_worker.id = 1;
     fuzz_worker.gen = &fuzz_gen;

@@ -32,8 +32,8 @@ enum {
     FL_ALLOW_CONNECT = 0x02,
     FL_MODE_SHIFT = 2, /* 2 bits: answer_mode_t */
     FL_UNIX = 0x10,
-    FL_TIMEOUT = 0x20,   /* at the end the client goes quiet: timeouts fire */
-    FL_RESET = 0x40,     /* at the end the read fails (ECONNRESET), not EOF */
+    FL_TIMEOUT = 0x20, /* at the end the client goes quiet: timeouts fire */
+    FL_RESET = 0x40,   /* at the end the read fails (ECONNRESET), not EOF */
     FL_BODY_LIMIT = 0x80,
 };
 
@@ -48,8 +48,8 @@ typedef enum {
 
 static struct {
     answer_mode_t mode;
-    mx_session_t *due;   /* the session whose answer goes out at the next turn */
-    int sessions;        /* open sessions: 0 at the end */
+    mx_session_t *due; /* the session whose answer goes out at the next turn */
+    int sessions;      /* open sessions: 0 at the end */
 } shim;
 
 
@@ -183,8 +183,8 @@ check_head(mx_session_t *s)
         }
         if (mx_str_caseeq(name, MX_STR("transfer-encoding"))) {
             tes++;
-            fuzz_check(mx_str_caseeq(v, MX_STR("chunked")), "Transfer-Encoding %.*s",
-                       (int)v.len, v.data);
+            fuzz_check(mx_str_caseeq(v, MX_STR("chunked")), "Transfer-Encoding %.*s", (int)v.len,
+                       v.data);
         }
     }
     fuzz_check(s->http_minor == 0 ? hosts <= 1 : hosts == 1, "%zu Host fields", hosts);

@@ -23,22 +23,21 @@
 #include "core/errors.h"
 #include "http/headers.h"
 
-#define check(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
+#define check(cond, ...)                                                                        \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+            fputc('\n', stderr);                                                                \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 #define MAX_FIELDS 512
 
 static const char *pool[] = {
-    "connection", "keep-alive", "content-length", "host",    "te",      "upgrade",
-    "x-a",        "x-b",        "transfer-encoding",        "proxy-connection",
-    "via",        "",
+    "connection", "keep-alive",        "content-length",   "host", "te", "upgrade", "x-a",
+    "x-b",        "transfer-encoding", "proxy-connection", "via",  "",
 };
 
 typedef struct {
@@ -141,7 +140,7 @@ model_remove_from(mx_str_t name, size_t from)
 static bool
 is_hop(mx_str_t name)
 {
-    static const char *fixed[] = {"connection", "proxy-connection", "keep-alive",
+    static const char *fixed[] = {"connection", "proxy-connection",  "keep-alive",
                                   "te",         "transfer-encoding", "upgrade"};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         if (caseeq(name, (mx_str_t){fixed[i], strlen(fixed[i])}))
@@ -204,9 +203,8 @@ check_value_helpers(mx_str_t v, mx_str_t tok)
         for (size_t i = 0; i + tok.len <= v.len && !found; i++)
             found = caseeq((mx_str_t){v.data + i, tok.len}, tok);
         check(found, "token not in the value");
-        check(memchr(tok.data, ',', tok.len) == NULL && tok.data[0] != ' ' &&
-                  tok.data[0] != '\t' && tok.data[tok.len - 1] != ' ' &&
-                  tok.data[tok.len - 1] != '\t',
+        check(memchr(tok.data, ',', tok.len) == NULL && tok.data[0] != ' ' && tok.data[0] != '\t' &&
+                  tok.data[tok.len - 1] != ' ' && tok.data[tok.len - 1] != '\t',
               "a list or untrimmed token matched");
     }
 
@@ -214,8 +212,7 @@ check_value_helpers(mx_str_t v, mx_str_t tok)
     uint64_t n = 12345, want = 0;
     bool ok = v.len > 0;
     for (size_t i = 0; i < v.len && ok; i++) {
-        if (v.data[i] < '0' || v.data[i] > '9' ||
-            __builtin_mul_overflow(want, 10, &want) ||
+        if (v.data[i] < '0' || v.data[i] > '9' || __builtin_mul_overflow(want, 10, &want) ||
             __builtin_add_overflow(want, (uint64_t)(v.data[i] - '0'), &want))
             ok = false;
     }

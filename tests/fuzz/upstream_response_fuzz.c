@@ -41,12 +41,12 @@ enum {
 
 static struct {
     uint8_t flags;
-    mx_list_t pool;     /* idle connections */
-    bool held;          /* the parser waits for the session: resumed at the next turn */
-    bool ended;         /* the session ended: nothing may reach it any more */
-    bool has_cl;        /* the final head had a Content-Length ... */
-    uint64_t cl;        /* ... of this */
-    int responses;      /* final heads */
+    mx_list_t pool; /* idle connections */
+    bool held;      /* the parser waits for the session: resumed at the next turn */
+    bool ended;     /* the session ended: nothing may reach it any more */
+    bool has_cl;    /* the final head had a Content-Length ... */
+    uint64_t cl;    /* ... of this */
+    int responses;  /* final heads */
 } shim;
 
 

@@ -18,14 +18,14 @@
 #include "http/headers.h"
 #include "http/uri.h"
 
-#define check(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
+#define check(cond, ...)                                                                        \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+            fputc('\n', stderr);                                                                \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 static const mx_str_t methods[] = {
@@ -88,8 +88,7 @@ check_path(const mx_target_t *t, mx_str_t raw)
         check(t->path_and_query.data == t->path.data && inside(t->path_and_query, raw),
               "path_and_query does not start with the path");
         if (t->query.data != NULL) {
-            check(t->query.data == t->path.data + t->path.len + 1 &&
-                      t->query.data[-1] == '?' &&
+            check(t->query.data == t->path.data + t->path.len + 1 && t->query.data[-1] == '?' &&
                       t->path_and_query.len == t->path.len + 1 + t->query.len,
                   "path_and_query is not path?query");
             check(inside(t->query, raw), "query outside the input");
@@ -180,8 +179,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_authority(&t, raw);
         check_path(&t, raw);
         if (!inside(t.path, raw))
-            check(t.path_and_query.len == 1 &&
-                      t.path_and_query.data[0] == (options ? '*' : '/'),
+            check(t.path_and_query.len == 1 && t.path_and_query.data[0] == (options ? '*' : '/'),
                   "static path_and_query \"%.*s\"", (int)t.path_and_query.len,
                   t.path_and_query.data);
         break;
