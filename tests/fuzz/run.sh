@@ -17,7 +17,7 @@ mkdir -p "$out/logs" "$out/artifacts"
 max_len() {
   case $1 in
     uri) echo 512 ;;
-    headers) echo 2048 ;;
+    headers) echo 1024 ;;
     *) echo 4096 ;;
   esac
 }
@@ -44,7 +44,7 @@ for name in "$@"; do
     if "$bin" -max_total_time="$seconds" -max_len="$(max_len "$name")" -timeout=10 \
         -print_final_stats=1 -artifact_prefix="$out/artifacts/$name-" "${dict[@]}" \
         "$work" "$seeds" >"$log" 2>&1; then
-      done_line=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1)
+      done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)
       execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
       rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
       cov=$(sed -nE 's/.* cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+).*/cov \1 ft \2 corpus \3/p' \
