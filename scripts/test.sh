@@ -73,6 +73,22 @@ run_busted() {
   count "lua specs (busted)" "$p" "$f"
 }
 
+# libFuzzer targets (clang, ASan + UBSan) over their committed corpora, each
+# input once: deterministic; one test per target ("fuzz NAME: N inputs ok").
+# Exploring for new inputs is `make fuzz`, not part of the suite.
+run_fuzz_regress() {
+  local log="$logdir/fuzz-regress.log"
+  make -s -j"$JOBS" fuzz-regress >"$log" 2>&1
+  local p f
+  p=$(grep -c '^fuzz .*: [0-9]* inputs ok$' "$log")
+  f=$(grep -c '^fuzz .*: FAILED' "$log")
+  if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+    echo "fuzz targets did not build:"; tail -30 "$log"; f=1
+  fi
+  if [ "$f" -gt 0 ]; then grep -A20 '^fuzz .*: FAILED' "$log" | head -60; fi
+  count "fuzz corpora (regress)" "$p" "$f"
+}
+
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:print_summary=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
@@ -82,6 +98,7 @@ if [ "${1:-}" != "--asan-only" ]; then
   run_integration build plain "" ""
 fi
 run_unit build-asan asan "SAN=1"
+run_fuzz_regress
 run_integration build-asan asan "SAN=1" "MOXY_ASAN=1"
 
 echo "(logs in $logdir)"
