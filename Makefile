@@ -9,6 +9,12 @@ DEPS_STAMP := .deps.stamp
 
 LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
+# llhttp's strict build: a CR must be followed by LF everywhere (the loose one
+# takes CR + any byte as the end of a head, a status line, a chunk-size line or
+# the trailers: CVE-2023-30589), CRLF after chunk data, nothing after a message
+# with "Connection: close", and no TAB, FF or bytes >= 0x80 in a request target
+# (moxy refused those already). Every object sees the same definition.
+LLHTTP_DEFS := -I$(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1
 
 # Recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # scripts/deps.sh has installed the packages.
@@ -23,7 +29,7 @@ ifeq ($(SAN),1)
 OPT      = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LINK_OPT = -fsanitize=address,undefined
 endif
-CFLAGS   = -std=gnu11 $(OPT) -g $(WARN) -MMD -MP -Isrc -I$(LLHTTP_INC) \
+CFLAGS   = -std=gnu11 $(OPT) -g $(WARN) -MMD -MP -Isrc $(LLHTTP_DEFS) \
            $(shell pkg-config --cflags $(PKGS))
 LDFLAGS  = -rdynamic $(LINK_OPT)
 LDLIBS   = $(shell pkg-config --libs $(PKGS)) -lpthread -lm
@@ -54,7 +60,7 @@ $(BUILD)/%.o: %.c
 # llhttp's generated C comes from Debian's node-llhttp; compiled as is.
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 $(OPT) -g -w -I$(LLHTTP_INC) -c $< -o $@
+	$(CC) -std=gnu11 $(OPT) -g -w $(LLHTTP_DEFS) -c $< -o $@
 
 $(BUILD)/moxy: $(OBJS) $(LLHTTP_OBJS)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
@@ -99,7 +105,7 @@ FUZZ_BUILD   := build-fuzz
 FUZZ_SECONDS ?= 30
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) $(WARN) -MMD -MP \
-                -Isrc -I$(LLHTTP_INC) $(shell pkg-config --cflags $(PKGS))
+                -Isrc $(LLHTTP_DEFS) $(shell pkg-config --cflags $(PKGS))
 FUZZ_NAMES   := $(sort $(patsubst tests/fuzz/%_fuzz.c,%,$(wildcard tests/fuzz/*_fuzz.c)))
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/%_fuzz)
 FUZZ_LIB_SRCS := src/core/alloc.c src/core/arena.c src/core/buf.c src/core/errors.c \
@@ -116,7 +122,7 @@ $(FUZZ_BUILD)/src/%.o: src/%.c
 
 $(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=gnu11 -O1 -g -w $(FUZZ_SAN) -fsanitize=fuzzer-no-link -I$(LLHTTP_INC) \
+	$(FUZZ_CC) -std=gnu11 -O1 -g -w $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(LLHTTP_DEFS) \
 		-c $< -o $@
 
 $(FUZZ_BUILD)/libmoxyfuzz.a: $(FUZZ_LIB_OBJS)

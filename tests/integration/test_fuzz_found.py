@@ -90,3 +90,20 @@ class FuzzFound(MoxyTestCase):
             c.send(build_request("GET", "/huge"))
             r = c.response(partial_ok=True)
         self.assert_status(r, 502, m)
+
+    def test_upstream_lone_cr_is_a_502(self):
+        """llhttp's loose build took a CR followed by any byte as the end of a
+        status line or of a response head (CVE-2023-30589): "200 OK\\rX-A: b"
+        became a header. moxy builds llhttp strict: an invalid response, 502."""
+        for name, raw in (("status", b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\nhi"),
+                          ("head_end", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\rXhi")):
+            def handler(conn, raw=raw):
+                test_review.read_head(conn)
+                conn.sendall(raw)
+                conn.shutdown(socket.SHUT_WR)
+            o = self.raw_origin(handler)
+            m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+            with Client(m.port) as c:
+                r = c.request("GET", "/lone-cr-" + name)
+            self.assert_status(r, 502, m)
+            self.assertIn("invalid response", m.error_log())

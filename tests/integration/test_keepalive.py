@@ -63,6 +63,20 @@ class KeepAlive(MoxyTestCase):
             self.assertIn("close", r.header("connection", "").lower())
             self.assert_closed(c, "after Connection: close")
 
+    def test_nothing_after_connection_close_is_served(self):
+        """A request pipelined behind "Connection: close" is not served, and the
+        connection ends after the first answer, with nothing after it (llhttp's
+        strict build calls those bytes an error: no 400 may follow the 200)."""
+        with Client(self.moxy.port) as c:
+            c.send(build_request("GET", "/echo?first", [("Connection", "close")])
+                   + build_request("GET", "/echo?second"))
+            r = c.response()
+            self.assert_status(r, 200)
+            self.assertEqual(r.json()["target"], "/echo?first")
+            self.assert_closed(c, "after Connection: close")
+        time.sleep(0.1)
+        self.assertNotIn("/echo?second", self.origin.targets())
+
     def test_http10_without_keepalive_closes(self):
         with Client(self.moxy.port) as c:
             r = c.request("GET", "/echo?v10", version="HTTP/1.0")

@@ -31,6 +31,12 @@ CASES = {
     "nul_in_header": (post(b"X-A: a\x00b\r\nContent-Length: 0\r\n"), (400,), False),
     "nul_in_target": (b"GET /ec\x00ho?case=CASE HTTP/1.1\r\nHost: x\r\n\r\n" + SMUGGLED, (400,), False),
     "bad_version": (b"GET /echo?case=CASE HTTP/1.7x\r\nHost: x\r\n\r\n" + SMUGGLED, (400, 505), False),
+    # A CR must be followed by LF (RFC 9112 §2.2). llhttp's loose build took CR +
+    # any byte as the end of these lines (CVE-2023-30589); moxy builds it strict.
+    "lone_cr_ends_head": (b"GET /echo?case=CASE HTTP/1.1\r\nHost: x\r\n\rX" + SMUGGLED, (400,), False),
+    "lone_cr_after_chunk_size": (post(b"Transfer-Encoding: chunked\r\n", b"5\rXhello\r\n0\r\n\r\n"), (400,), True),
+    "lone_cr_after_last_chunk": (post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\rX\r\n"), (400,), True),
+    "lone_cr_ends_trailers": (post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\rX"), (400,), True),
 }
 
 
