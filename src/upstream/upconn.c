@@ -527,6 +527,12 @@ on_header_value_complete(llhttp_t *p)
     mx_str_t v = span_take(u);
     while (v.len > 0 && (v.data[v.len - 1] == ' ' || v.data[v.len - 1] == '\t'))
         v.len--;
+    if (v.len == 0 && !u->in_trailers && mx_str_caseeq(u->cur_name, MX_STR("transfer-encoding"))) {
+        /* llhttp takes an empty Transfer-Encoding for none at all, beside a
+         * Content-Length too (any other value with one is its error). */
+        u->error = MX_EBADRESP;
+        return -1;
+    }
     mx_headers_t *h = u->in_trailers ? &s->resp_trailers : &s->resp_headers;
     if (h->n >= 1000)
         return -1;

@@ -107,3 +107,19 @@ class FuzzFound(MoxyTestCase):
                 r = c.request("GET", "/lone-cr-" + name)
             self.assert_status(r, 502, m)
             self.assertIn("invalid response", m.error_log())
+
+    def test_upstream_empty_transfer_encoding_is_a_502(self):
+        """upstream_response fuzz target: "Content-Length: 5" with an empty
+        "Transfer-Encoding:". llhttp takes the empty field for no field, so the
+        head carried both framings past upconn.c (any non-empty value with a
+        Content-Length is llhttp's own error): an invalid response, 502."""
+        def handler(conn):
+            test_review.read_head(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n\r\nhello")
+            conn.shutdown(socket.SHUT_WR)
+        o = self.raw_origin(handler)
+        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        with Client(m.port) as c:
+            r = c.request("GET", "/empty-te")
+        self.assert_status(r, 502, m)
+        self.assertIn("invalid response", m.error_log())
