@@ -22,6 +22,17 @@ typedef struct {
 } mx_h1_guard_t;
 
 
+/* What a log line says when mx_h1_guard_begin() refused the bytes (llhttp
+ * never saw them, so it has no reason of its own), else llhttp's reason. */
+static inline const char *
+mx_h1_guard_reason(int refused, const char *llhttp_reason)
+{
+    if (refused)
+        return "no CRLF after chunk data";
+    return llhttp_reason != NULL ? llhttp_reason : "-";
+}
+
+
 /* Returns 0, or -1 when the bytes owed after a chunk are not CRLF. */
 static inline int
 mx_h1_guard_begin(mx_h1_guard_t *g, const char *p, size_t n)

@@ -319,7 +319,8 @@ conn_process(mx_h1conn_t *c)
         }
         const char *p = c->rbuf + c->rpos;
         llhttp_errno_t e = HPE_USER;
-        if (mx_h1_guard_begin(&c->guard, p, c->rlen - c->rpos) == 0)
+        int refused = mx_h1_guard_begin(&c->guard, p, c->rlen - c->rpos) != 0;
+        if (!refused)
             e = llhttp_execute(&c->parser, p, c->rlen - c->rpos);
         if (e == HPE_OK) {
             c->rpos = c->rlen;
@@ -336,7 +337,8 @@ conn_process(mx_h1conn_t *c)
                 if (status == 400)
                     mx_log_info("#%llu client sent invalid request: %s (%s), client: %s",
                                 (unsigned long long)s->id, llhttp_errno_name(e),
-                                llhttp_get_error_reason(&c->parser), c->client_addr);
+                                mx_h1_guard_reason(refused, llhttp_get_error_reason(&c->parser)),
+                                c->client_addr);
                 c->close_after = 1;
                 mx_session_respond_error(s, status, MX_EBADREQ);
             } else {

@@ -328,7 +328,8 @@ parse(mx_upconn_t *u, size_t from, size_t to)
 {
     mx_session_t *s = u->s;
     llhttp_errno_t e = HPE_USER;
-    if (mx_h1_guard_begin(&u->guard, u->rbuf + from, to - from) == 0)
+    int refused = mx_h1_guard_begin(&u->guard, u->rbuf + from, to - from) != 0;
+    if (!refused)
         e = llhttp_execute(&u->parser, u->rbuf + from, to - from);
     if (u->closing || u->s != s) {
         release_rbuf(u);
@@ -347,7 +348,8 @@ parse(mx_upconn_t *u, size_t from, size_t to)
         if (err == MX_EBADRESP)
             mx_log_error("#%llu upstream sent invalid response: %s (%s), upstream: \"%s\"",
                          (unsigned long long)s->id, llhttp_errno_name(e),
-                         llhttp_get_error_reason(&u->parser), u->addr->text);
+                         mx_h1_guard_reason(refused, llhttp_get_error_reason(&u->parser)),
+                         u->addr->text);
         release_rbuf(u);
         mx_session_on_upstream_error(s, err);
         return;

@@ -60,6 +60,24 @@ class Smuggling(MoxyTestCase):
         with Client(self.moxy.port) as c:        # still serving
             self.assert_status(c.request("GET", "/echo?after"), 200)
 
+    def test_chunk_crlf_missing_at_the_start_of_a_read(self):
+        """Chunk data whose CRLF is missing where a new read begins is refused
+        by the guard before llhttp sees the bytes; the log line names why (it
+        printed llhttp's reason, NULL there, as "(null)")."""
+        name = "chunk_crlf_split"
+        with Client(self.moxy.port) as c:
+            c.send(b"POST /echo?case=" + name.encode() + b" HTTP/1.1\r\nHost: moxy.test\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello")
+            time.sleep(0.3)
+            c.send(b"XX0\r\n\r\n" + SMUGGLED.replace(b"CASE", name.encode()))
+            self.assert_status(c.response(), 400)
+            self.assert_closed(c, "after a rejected request")
+        time.sleep(0.1)
+        self.assertEqual([t for t in self.origin.targets() if f"case={name}" in t], [])
+        log = self.moxy.error_log()
+        self.assertIn("client sent invalid request: HPE_USER (no CRLF after chunk data)", log)
+        self.assertNotIn("(null)", log)
+
     def test_te_chunked_tab_refused_before_the_origin(self):
         """Found by tests/fuzz (h1_request): llhttp 8.1 does not take
         "Transfer-Encoding: chunked<TAB>" for chunked and refuses the request
