@@ -20,16 +20,7 @@
 #include "conf/conf.h"
 #include "core/alloc.h"
 #include "core/errors.h"
-
-#define check(cond, ...)                                                                        \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                       \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "fuzz_check.h"
 
 #define NAME "fuzz.yaml"
 
@@ -69,10 +60,11 @@ freeaddrinfo(struct addrinfo *res)
 static void
 check_error(int rc, const char *err, size_t errlen, const char *prefix)
 {
-    check(rc == MX_ECONF, "rc %d", rc);
-    check(memchr(err, '\0', errlen) != NULL, "error not NUL-terminated");
-    check(strncmp(err, prefix, strlen(prefix)) == 0, "error \"%s\" does not name %s", err, prefix);
-    check(strchr(err, '\n') == NULL || strchr(err, '\n')[1] == '\0', "error of several lines");
+    fuzz_check(rc == MX_ECONF, "rc %d", rc);
+    fuzz_check(memchr(err, '\0', errlen) != NULL, "error not NUL-terminated");
+    fuzz_check(strncmp(err, prefix, strlen(prefix)) == 0, "error \"%s\" does not name %s", err,
+               prefix);
+    fuzz_check(strchr(err, '\n') == NULL || strchr(err, '\n')[1] == '\0', "error of several lines");
 }
 
 
@@ -81,49 +73,50 @@ check_health(const mx_conf_health_t *h)
 {
     if (!h->enabled)
         return;
-    check(strcmp(h->type, "tcp") == 0 || strcmp(h->type, "http") == 0, "type %s", h->type);
-    check(h->rise >= 1 && h->rise <= 100 && h->fall >= 1 && h->fall <= 100, "rise/fall");
-    check(h->interval >= 0.01 && h->timeout >= 0.001, "interval %g timeout %g", h->interval,
-          h->timeout);
-    check(h->port >= 0 && h->port <= 65535, "port %d", h->port);
-    check(memchr(h->headers, '\0', sizeof(h->headers)) != NULL, "headers not terminated");
-    check(memchr(h->expect_body, '\0', sizeof(h->expect_body)) != NULL, "body not terminated");
+    fuzz_check(strcmp(h->type, "tcp") == 0 || strcmp(h->type, "http") == 0, "type %s", h->type);
+    fuzz_check(h->rise >= 1 && h->rise <= 100 && h->fall >= 1 && h->fall <= 100, "rise/fall");
+    fuzz_check(h->interval >= 0.01 && h->timeout >= 0.001, "interval %g timeout %g", h->interval,
+               h->timeout);
+    fuzz_check(h->port >= 0 && h->port <= 65535, "port %d", h->port);
+    fuzz_check(memchr(h->headers, '\0', sizeof(h->headers)) != NULL, "headers not terminated");
+    fuzz_check(memchr(h->expect_body, '\0', sizeof(h->expect_body)) != NULL, "body not terminated");
 }
 
 
 static void
 check_conf(const mx_conf_t *c)
 {
-    check(c->nservices >= 1, "no service");
-    check(c->threads >= 0 && c->threads <= 256, "threads %d", c->threads);
-    check((unsigned)c->log_level <= MX_LOG_ERROR, "log level %d", c->log_level);
+    fuzz_check(c->nservices >= 1, "no service");
+    fuzz_check(c->threads >= 0 && c->threads <= 256, "threads %d", c->threads);
+    fuzz_check((unsigned)c->log_level <= MX_LOG_ERROR, "log level %d", c->log_level);
     for (size_t i = 0; i < c->nupstreams; i++) {
         const mx_conf_upstream_t *u = &c->upstreams[i];
-        check(u->name != NULL && u->nbackends >= 1, "upstream %zu", i);
-        check((unsigned)u->algorithm <= MX_LB_LEAST_CONN, "algorithm %d", u->algorithm);
+        fuzz_check(u->name != NULL && u->nbackends >= 1, "upstream %zu", i);
+        fuzz_check((unsigned)u->algorithm <= MX_LB_LEAST_CONN, "algorithm %d", u->algorithm);
         for (size_t j = 0; j < u->nbackends; j++) {
             const mx_conf_backend_t *b = &u->backends[j];
-            check(b->weight >= 1 && b->weight <= 1000, "weight %d", b->weight);
-            check(b->addr.kind == MX_ADDR_UNIX || (b->addr.port >= 1 && b->addr.port <= 65535),
-                  "backend port %d", b->addr.port);
+            fuzz_check(b->weight >= 1 && b->weight <= 1000, "weight %d", b->weight);
+            fuzz_check(b->addr.kind == MX_ADDR_UNIX || (b->addr.port >= 1 && b->addr.port <= 65535),
+                       "backend port %d", b->addr.port);
         }
-        check(u->connect_timeout > 0 && u->read_timeout > 0, "timeouts");
+        fuzz_check(u->connect_timeout > 0 && u->read_timeout > 0, "timeouts");
         check_health(&u->health);
     }
     for (size_t i = 0; i < c->nservices; i++) {
         const mx_conf_service_t *s = &c->services[i];
-        check(s->name != NULL && s->nlisteners >= 1, "service %zu", i);
+        fuzz_check(s->name != NULL && s->nlisteners >= 1, "service %zu", i);
         if (s->upstream != NULL) {
-            check(s->upstream_ref != NULL && strcmp(s->upstream_ref->name, s->upstream) == 0,
-                  "service %zu: upstream %s not resolved", i, s->upstream);
-            check(s->upstream_ref >= c->upstreams && s->upstream_ref < c->upstreams + c->nupstreams,
-                  "upstream_ref outside the config");
+            fuzz_check(s->upstream_ref != NULL && strcmp(s->upstream_ref->name, s->upstream) == 0,
+                       "service %zu: upstream %s not resolved", i, s->upstream);
+            fuzz_check(s->upstream_ref >= c->upstreams &&
+                           s->upstream_ref < c->upstreams + c->nupstreams,
+                       "upstream_ref outside the config");
         }
-        check(s->max_header_bytes >= 1024 && s->max_headers >= 1 && s->max_request_line >= 256,
-              "limits");
-        check(s->max_body_bytes <= (uint64_t)INT64_MAX, "max_body_bytes %llu",
-              (unsigned long long)s->max_body_bytes);
-        check(s->client_header_timeout > 0 && s->keepalive_timeout > 0, "timeouts");
+        fuzz_check(s->max_header_bytes >= 1024 && s->max_headers >= 1 && s->max_request_line >= 256,
+                   "limits");
+        fuzz_check(s->max_body_bytes <= (uint64_t)INT64_MAX, "max_body_bytes %llu",
+                   (unsigned long long)s->max_body_bytes);
+        fuzz_check(s->client_header_timeout > 0 && s->keepalive_timeout > 0, "timeouts");
     }
 }
 
@@ -139,11 +132,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (getenv("FUZZ_DEBUG") != NULL) /* FUZZ_DEBUG=1 ./conf_fuzz file: the loader's verdict */
         fprintf(stderr, "--- %s\n", rc == MX_OK ? "ok" : err);
     if (rc == MX_OK) {
-        check(c != NULL, "no config");
+        fuzz_check(c != NULL, "no config");
         check_conf(c);
         mx_conf_free(c);
     } else {
-        check(c == NULL, "a config with an error");
+        fuzz_check(c == NULL, "a config with an error");
         check_error(rc, err, sizeof(err), NAME ":");
     }
 
@@ -161,8 +154,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mx_free(h.path);
         mx_free(h.host);
     } else {
-        check((h.path == NULL && h.host == NULL) || (h.path == &untouched && h.host == &untouched),
-              "strings kept after an error");
+        fuzz_check((h.path == NULL && h.host == NULL) ||
+                       (h.path == &untouched && h.host == &untouched),
+                   "strings kept after an error");
         check_error(rc, err, sizeof(err), "");
     }
     return 0;

@@ -12,6 +12,7 @@
 #define MX_FUZZ_LOOP_H
 
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,17 +28,7 @@
 #include "proxy/session.h"
 #include "worker/gen.h"
 #include "worker/worker.h"
-
-/* An invariant of the code under test does not hold: a crash for libFuzzer. */
-#define fuzz_check(cond, ...)                                                                   \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                       \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "fuzz_check.h"
 
 #define FUZZ_MAX_CLOSES 4
 
@@ -304,6 +295,16 @@ fuzz_loop_init_once(void)
 }
 
 
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    fuzz_loop_init_once();
+    return 0;
+}
+
+
 /* A fresh worker with a one-service config using <svc>'s limits. */
 static void
 fuzz_loop_begin(const mx_conf_service_t *svc)
@@ -368,6 +369,52 @@ fuzz_loop_read(const uint8_t *p, size_t n)
         done += k;
     }
     return done;
+}
+
+
+/* An input as the codec targets take it: byte 0 the target's flags, byte
+ * 1's low 3 bits a number k of extra read boundaries, the k bytes after it
+ * the gap before each boundary (byte + 1); the rest is what the peer sends. */
+typedef struct {
+    uint8_t flags;
+    size_t ncuts; /* k */
+    size_t next;  /* reads delivered so far */
+    size_t off;   /* bytes of <p> delivered so far */
+    size_t n;
+    const uint8_t *cut;
+    const uint8_t *p;
+} fuzz_input_t;
+
+
+/* 0 when <data> is too short to hold its own header. */
+static int
+fuzz_input_split(fuzz_input_t *in, const uint8_t *data, size_t size)
+{
+    memset(in, 0, sizeof(*in));
+    in->flags = size > 0 ? data[0] : 0;
+    in->ncuts = size > 1 ? data[1] & 7 : 0;
+    if (size < 2 + in->ncuts)
+        return 0;
+    in->cut = data + 2;
+    in->p = data + 2 + in->ncuts;
+    in->n = size - 2 - in->ncuts;
+    return 1;
+}
+
+
+/* Delivers the input's next read, up to its boundary. 0 when every byte
+ * went or the codec stopped reading. */
+static int
+fuzz_input_read_next(fuzz_input_t *in)
+{
+    if (in->next > in->ncuts || in->off >= in->n || !fl.reading)
+        return 0;
+    size_t len = in->next < in->ncuts ? (size_t)in->cut[in->next] + 1 : in->n - in->off;
+    if (len > in->n - in->off)
+        len = in->n - in->off;
+    in->off += fuzz_loop_read(in->p + in->off, len);
+    in->next++;
+    return 1;
 }
 
 

@@ -324,25 +324,12 @@ static const mx_conf_service_t small_limits = {
 
 
 int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    fuzz_loop_init_once();
-    return 0;
-}
-
-
-int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    uint8_t flags = size > 0 ? data[0] : 0;
-    size_t ncuts = size > 1 ? data[1] & 7 : 0;
-    size_t skip = 2 + ncuts;
-    if (size < skip)
+    fuzz_input_t in;
+    if (!fuzz_input_split(&in, data, size))
         return 0;
-    const uint8_t *cut = data + 2, *p = data + skip;
-    size_t n = size - skip;
+    uint8_t flags = in.flags;
 
     mx_conf_service_t svc = flags & FL_SMALL_LIMITS ? small_limits : default_limits;
     svc.allow_connect = (flags & FL_ALLOW_CONNECT) != 0;
@@ -360,12 +347,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_check(fuzz_worker.nconns == 1, "no connection accepted");
 
     /* The reads, split at the chosen boundaries, with a loop turn after each. */
-    size_t off = 0;
-    for (size_t i = 0; i <= ncuts && off < n && fl.reading; i++) {
-        size_t len = i < ncuts ? (size_t)cut[i] + 1 : n - off;
-        if (len > n - off)
-            len = n - off;
-        off += fuzz_loop_read(p + off, len);
+    while (fuzz_input_read_next(&in)) {
         turn();
         turn(); /* an answer due may have let the next pipelined request through */
     }

@@ -22,16 +22,7 @@
 #include "core/buf.h"
 #include "core/errors.h"
 #include "http/headers.h"
-
-#define check(cond, ...)                                                                        \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                       \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "fuzz_check.h"
 
 #define MAX_FIELDS 64 /* past it adds are skipped: checks stay cheap */
 
@@ -115,13 +106,14 @@ same_view(mx_str_t a, mx_str_t b)
 static void
 check_list(const mx_headers_t *h)
 {
-    check(h->n == nmodel, "%zu fields, model %zu", h->n, nmodel);
-    check(h->n <= h->cap, "n %zu over cap %zu", h->n, h->cap);
+    fuzz_check(h->n == nmodel, "%zu fields, model %zu", h->n, nmodel);
+    fuzz_check(h->n <= h->cap, "n %zu over cap %zu", h->n, h->cap);
     for (size_t i = 0; i < nmodel; i++) {
-        check(same_view(h->v[i].name, model[i].name) && same_view(h->v[i].value, model[i].value),
-              "field %zu differs from the model", i);
-        check(h->v[i].flags == model[i].flags, "field %zu flags %u, model %u", i, h->v[i].flags,
-              model[i].flags);
+        fuzz_check(same_view(h->v[i].name, model[i].name) &&
+                       same_view(h->v[i].value, model[i].value),
+                   "field %zu differs from the model", i);
+        fuzz_check(h->v[i].flags == model[i].flags, "field %zu flags %u, model %u", i,
+                   h->v[i].flags, model[i].flags);
     }
 }
 
@@ -164,8 +156,8 @@ check_mark(mx_headers_t *h)
                     mx_header_has_token(model[j].value, name);
         bool protect = caseeq(name, MX_STR("content-length")) || caseeq(name, MX_STR("host"));
         bool want = (before[i] & MX_HDR_HOP) || is_hop(name) || (named && !protect);
-        check(((h->v[i].flags & MX_HDR_HOP) != 0) == want, "field %zu (%.*s) hop %u, want %d", i,
-              (int)name.len, name.data, h->v[i].flags, want);
+        fuzz_check(((h->v[i].flags & MX_HDR_HOP) != 0) == want, "field %zu (%.*s) hop %u, want %d",
+                   i, (int)name.len, name.data, h->v[i].flags, want);
         model[i].flags = h->v[i].flags;
     }
 }
@@ -186,8 +178,8 @@ check_serialize(const mx_headers_t *h)
         mx_buf_append_str(&want, model[i].value);
         mx_buf_append_str(&want, MX_STR("\r\n"));
     }
-    check(b.len == want.len && (b.len == 0 || memcmp(b.data, want.data, b.len) == 0),
-          "serialized %zu bytes, want %zu", b.len, want.len);
+    fuzz_check(b.len == want.len && (b.len == 0 || memcmp(b.data, want.data, b.len) == 0),
+               "serialized %zu bytes, want %zu", b.len, want.len);
     mx_buf_dispose(&b);
     mx_buf_dispose(&want);
 }
@@ -198,14 +190,15 @@ check_value_helpers(mx_str_t v, mx_str_t tok)
 {
     /* has_token: a match is the token itself, somewhere in the value. */
     if (mx_header_has_token(v, tok)) {
-        check(tok.len > 0 && tok.len <= v.len, "empty or longer token matched");
+        fuzz_check(tok.len > 0 && tok.len <= v.len, "empty or longer token matched");
         bool found = false;
         for (size_t i = 0; i + tok.len <= v.len && !found; i++)
             found = caseeq((mx_str_t){v.data + i, tok.len}, tok);
-        check(found, "token not in the value");
-        check(memchr(tok.data, ',', tok.len) == NULL && tok.data[0] != ' ' && tok.data[0] != '\t' &&
-                  tok.data[tok.len - 1] != ' ' && tok.data[tok.len - 1] != '\t',
-              "a list or untrimmed token matched");
+        fuzz_check(found, "token not in the value");
+        fuzz_check(memchr(tok.data, ',', tok.len) == NULL && tok.data[0] != ' ' &&
+                       tok.data[0] != '\t' && tok.data[tok.len - 1] != ' ' &&
+                       tok.data[tok.len - 1] != '\t',
+                   "a list or untrimmed token matched");
     }
 
     /* parse_content_length: 1*DIGIT up to 2^63 - 1, exactly. */
@@ -218,10 +211,10 @@ check_value_helpers(mx_str_t v, mx_str_t tok)
     }
     ok = ok && want <= (uint64_t)INT64_MAX;
     int rc = mx_http_parse_content_length(v, &n);
-    check(rc == (ok ? MX_OK : MX_EBADREQ), "Content-Length \"%.*s\": rc %d", (int)v.len, v.data,
-          rc);
-    check(ok ? n == want : n == 12345, "Content-Length \"%.*s\" read as %llu", (int)v.len, v.data,
-          (unsigned long long)n);
+    fuzz_check(rc == (ok ? MX_OK : MX_EBADREQ), "Content-Length \"%.*s\": rc %d", (int)v.len,
+               v.data, rc);
+    fuzz_check(ok ? n == want : n == 12345, "Content-Length \"%.*s\" read as %llu", (int)v.len,
+               v.data, (unsigned long long)n);
 }
 
 
@@ -266,7 +259,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             size_t before = nmodel;
             size_t n = mx_headers_remove(&h, name);
             model_remove_from(name, 0);
-            check(n == before - nmodel, "removed %zu, model %zu", n, before - nmodel);
+            fuzz_check(n == before - nmodel, "removed %zu, model %zu", n, before - nmodel);
             break;
         }
         case 3: { /* get */
@@ -277,9 +270,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             while (i < nmodel && !caseeq(model[i].name, name))
                 i++;
             if (i == nmodel)
-                check(v.data == NULL && v.len == 0, "absent field found");
+                fuzz_check(v.data == NULL && v.len == 0, "absent field found");
             else
-                check(v.data != NULL && same_view(v, model[i].value), "get disagrees");
+                fuzz_check(v.data != NULL && same_view(v, model[i].value), "get disagrees");
             break;
         }
         case 4: { /* find, from a position */
@@ -291,7 +284,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t i = (size_t)from; i < nmodel && want < 0; i++)
                 if (caseeq(model[i].name, name))
                     want = (ssize_t)i;
-            check(got == want, "find %zd, model %zd", got, want);
+            fuzz_check(got == want, "find %zd, model %zd", got, want);
             break;
         }
         case 5:

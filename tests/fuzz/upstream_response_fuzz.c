@@ -319,26 +319,13 @@ static const mx_conf_service_t svc = {
 
 
 int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    fuzz_loop_init_once();
-    return 0;
-}
-
-
-int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const llhttp_method_t methods[] = {HTTP_GET, HTTP_HEAD, HTTP_CONNECT, HTTP_GET};
-    uint8_t flags = size > 0 ? data[0] : 0;
-    size_t ncuts = size > 1 ? data[1] & 7 : 0;
-    size_t skip = 2 + ncuts;
-    if (size < skip)
+    fuzz_input_t in;
+    if (!fuzz_input_split(&in, data, size))
         return 0;
-    const uint8_t *cut = data + 2, *p = data + skip;
-    size_t n = size - skip;
+    uint8_t flags = in.flags;
 
     fuzz_loop_begin(&svc);
     memset(&shim, 0, sizeof(shim));
@@ -363,12 +350,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_check(fl.connect_cb != NULL, "no connect started");
     fl.connect_cb(fl.connect_req, 0);
 
-    size_t off = 0;
-    for (size_t i = 0; i <= ncuts && off < n && fl.reading; i++) {
-        size_t len = i < ncuts ? (size_t)cut[i] + 1 : n - off;
-        if (len > n - off)
-            len = n - off;
-        off += fuzz_loop_read(p + off, len);
+    while (fuzz_input_read_next(&in)) {
         turn(s);
         turn(s); /* a resumed parser may have paused again */
     }

@@ -17,16 +17,7 @@
 #include "core/errors.h"
 #include "http/headers.h"
 #include "http/uri.h"
-
-#define check(cond, ...)                                                                        \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                       \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "fuzz_check.h"
 
 static const mx_str_t methods[] = {
     MX_STR("GET"),  MX_STR("CONNECT"), MX_STR("OPTIONS"), MX_STR("HEAD"),
@@ -80,25 +71,27 @@ pct_ok(mx_str_t s)
 static void
 check_path(const mx_target_t *t, mx_str_t raw)
 {
-    check(t->path.len > 0 && t->path.data[0] == '/', "path \"%.*s\"", (int)t->path.len,
-          t->path.data);
-    check(memchr(t->path.data, '?', t->path.len) == NULL, "'?' in the path");
-    check(pct_ok(t->path), "bad %%-encoding accepted in \"%.*s\"", (int)t->path.len, t->path.data);
+    fuzz_check(t->path.len > 0 && t->path.data[0] == '/', "path \"%.*s\"", (int)t->path.len,
+               t->path.data);
+    fuzz_check(memchr(t->path.data, '?', t->path.len) == NULL, "'?' in the path");
+    fuzz_check(pct_ok(t->path), "bad %%-encoding accepted in \"%.*s\"", (int)t->path.len,
+               t->path.data);
     if (inside(t->path, raw)) {
-        check(t->path_and_query.data == t->path.data && inside(t->path_and_query, raw),
-              "path_and_query does not start with the path");
+        fuzz_check(t->path_and_query.data == t->path.data && inside(t->path_and_query, raw),
+                   "path_and_query does not start with the path");
         if (t->query.data != NULL) {
-            check(t->query.data == t->path.data + t->path.len + 1 && t->query.data[-1] == '?' &&
-                      t->path_and_query.len == t->path.len + 1 + t->query.len,
-                  "path_and_query is not path?query");
-            check(inside(t->query, raw), "query outside the input");
+            fuzz_check(t->query.data == t->path.data + t->path.len + 1 &&
+                           t->query.data[-1] == '?' &&
+                           t->path_and_query.len == t->path.len + 1 + t->query.len,
+                       "path_and_query is not path?query");
+            fuzz_check(inside(t->query, raw), "query outside the input");
         } else {
-            check(t->path_and_query.len == t->path.len, "path_and_query longer than the path");
+            fuzz_check(t->path_and_query.len == t->path.len, "path_and_query longer than the path");
         }
     } else {
         /* absolute-form without a path: the static "/" (or "*" for OPTIONS) */
-        check(t->form == MX_TARGET_ABSOLUTE && t->path.len == 1 && t->query.data == NULL,
-              "a static path_and_query for form %d", t->form);
+        fuzz_check(t->form == MX_TARGET_ABSOLUTE && t->path.len == 1 && t->query.data == NULL,
+                   "a static path_and_query for form %d", t->form);
     }
 }
 
@@ -107,33 +100,33 @@ static void
 check_authority(const mx_target_t *t, mx_str_t raw)
 {
     mx_str_t a = t->authority, h = t->host;
-    check(inside(a, raw) && inside(h, raw), "authority or host outside the input");
-    check(h.len > 0, "empty host");
-    check(memchr(a.data, '@', a.len) == NULL, "userinfo accepted");
+    fuzz_check(inside(a, raw) && inside(h, raw), "authority or host outside the input");
+    fuzz_check(h.len > 0, "empty host");
+    fuzz_check(memchr(a.data, '@', a.len) == NULL, "userinfo accepted");
     size_t hend;
     if (a.data[0] == '[') {
-        check(h.data == a.data + 1 && a.len >= h.len + 2 && a.data[h.len + 1] == ']',
-              "bracketed host is not the authority's");
+        fuzz_check(h.data == a.data + 1 && a.len >= h.len + 2 && a.data[h.len + 1] == ']',
+                   "bracketed host is not the authority's");
         hend = h.len + 2;
     } else {
-        check(h.data == a.data, "host does not start the authority");
-        check(memchr(h.data, ':', h.len) == NULL, "':' in an unbracketed host");
+        fuzz_check(h.data == a.data, "host does not start the authority");
+        fuzz_check(memchr(h.data, ':', h.len) == NULL, "':' in an unbracketed host");
         hend = h.len;
     }
     if (hend == a.len) {
-        check(t->port == 0, "port %d without one written", t->port);
+        fuzz_check(t->port == 0, "port %d without one written", t->port);
         return;
     }
-    check(a.data[hend] == ':', "authority goes on past the host with '%c'", a.data[hend]);
-    check(t->port >= 1 && t->port <= 65535, "port %d", t->port);
+    fuzz_check(a.data[hend] == ':', "authority goes on past the host with '%c'", a.data[hend]);
+    fuzz_check(t->port >= 1 && t->port <= 65535, "port %d", t->port);
     int n = 0;
     for (size_t i = hend + 1; i < a.len; i++) {
-        check(a.data[i] >= '0' && a.data[i] <= '9', "non-digit in the port");
+        fuzz_check(a.data[i] >= '0' && a.data[i] <= '9', "non-digit in the port");
         n = n * 10 + (a.data[i] - '0');
         if (n > 65535)
             n = 65536;
     }
-    check(n == t->port, "port %d parsed as %d", n, t->port);
+    fuzz_check(n == t->port, "port %d parsed as %d", n, t->port);
 }
 
 
@@ -149,51 +142,53 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool options = method.len == 7 && memcmp(method.data, "OPTIONS", 7) == 0;
 
     int rc = mx_target_parse(raw, method, &t);
-    check(rc == MX_OK || rc == MX_EBADREQ, "rc %d", rc);
-    check(mx_target_parse(raw, method, &again) == rc, "not deterministic");
+    fuzz_check(rc == MX_OK || rc == MX_EBADREQ, "rc %d", rc);
+    fuzz_check(mx_target_parse(raw, method, &again) == rc, "not deterministic");
 
     if (raw.len > 0 && raw.data[0] == '/' && !connect) {
         size_t q = 0;
         while (q < raw.len && raw.data[q] != '?')
             q++;
         bool want = visible_no_fragment(raw) && pct_ok((mx_str_t){raw.data, q});
-        check((rc == MX_OK) == want, "origin-form \"%.*s\" %s", (int)raw.len, raw.data,
-              want ? "refused" : "accepted");
+        fuzz_check((rc == MX_OK) == want, "origin-form \"%.*s\" %s", (int)raw.len, raw.data,
+                   want ? "refused" : "accepted");
     }
     if (rc != MX_OK)
         return 0;
 
-    check(raw.len > 0 && visible_no_fragment(raw), "bad byte accepted");
-    check((t.form == MX_TARGET_AUTHORITY) == connect, "form %d for the method", t.form);
+    fuzz_check(raw.len > 0 && visible_no_fragment(raw), "bad byte accepted");
+    fuzz_check((t.form == MX_TARGET_AUTHORITY) == connect, "form %d for the method", t.form);
     switch (t.form) {
     case MX_TARGET_ORIGIN:
-        check(t.scheme.data == NULL && t.host.len == 0 && t.port == 0, "origin-form with a host");
-        check(t.path.data == raw.data, "origin-form path does not start the target");
+        fuzz_check(t.scheme.data == NULL && t.host.len == 0 && t.port == 0,
+                   "origin-form with a host");
+        fuzz_check(t.path.data == raw.data, "origin-form path does not start the target");
         check_path(&t, raw);
-        check(t.path_and_query.len == raw.len, "origin-form target not sent whole");
+        fuzz_check(t.path_and_query.len == raw.len, "origin-form target not sent whole");
         break;
     case MX_TARGET_ABSOLUTE:
-        check(t.scheme.len == 4 || t.scheme.len == 5, "scheme \"%.*s\"", (int)t.scheme.len,
-              t.scheme.data);
-        check(t.scheme.data == raw.data && inside(t.scheme, raw), "scheme outside the input");
+        fuzz_check(t.scheme.len == 4 || t.scheme.len == 5, "scheme \"%.*s\"", (int)t.scheme.len,
+                   t.scheme.data);
+        fuzz_check(t.scheme.data == raw.data && inside(t.scheme, raw), "scheme outside the input");
         check_authority(&t, raw);
         check_path(&t, raw);
         if (!inside(t.path, raw))
-            check(t.path_and_query.len == 1 && t.path_and_query.data[0] == (options ? '*' : '/'),
-                  "static path_and_query \"%.*s\"", (int)t.path_and_query.len,
-                  t.path_and_query.data);
+            fuzz_check(
+                t.path_and_query.len == 1 && t.path_and_query.data[0] == (options ? '*' : '/'),
+                "static path_and_query \"%.*s\"", (int)t.path_and_query.len, t.path_and_query.data);
         break;
     case MX_TARGET_AUTHORITY:
-        check(t.authority.data == raw.data && t.authority.len == raw.len, "authority not whole");
+        fuzz_check(t.authority.data == raw.data && t.authority.len == raw.len,
+                   "authority not whole");
         check_authority(&t, raw);
-        check(t.port > 0, "CONNECT without a port");
-        check(t.path.len == 0 && t.path_and_query.len == 0, "authority-form with a path");
+        fuzz_check(t.port > 0, "CONNECT without a port");
+        fuzz_check(t.path.len == 0 && t.path_and_query.len == 0, "authority-form with a path");
         break;
     case MX_TARGET_ASTERISK:
-        check(options && raw.len == 1 && raw.data[0] == '*', "asterisk-form");
+        fuzz_check(options && raw.len == 1 && raw.data[0] == '*', "asterisk-form");
         break;
     default:
-        check(0, "form %d", t.form);
+        fuzz_check(0, "form %d", t.form);
     }
     return 0;
 }
