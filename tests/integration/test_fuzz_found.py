@@ -7,26 +7,34 @@ import test_review
 
 
 class FuzzFound(MoxyTestCase):
-    def raw_origin(self, handler):
+    def moxy_in_front_of(self, handler):
+        """moxy proxying to a raw origin whose connections <handler> serves."""
         o = test_review.RawOrigin(handler)
         self.addCleanup(o.stop)
-        return o
+        return self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+
+    def moxy_in_front_of_answer(self, raw):
+        """... to an origin that reads one request head, sends <raw> and closes."""
+        def handler(conn):
+            test_review.read_head(conn)
+            conn.sendall(raw)
+            conn.shutdown(socket.SHUT_WR)
+        return self.moxy_in_front_of(handler)
+
+    def assert_invalid_response(self, raw, path):
+        """The client gets a 502 for <raw> and the log calls it invalid."""
+        m = self.moxy_in_front_of_answer(raw)
+        with Client(m.port) as c:
+            r = c.request("GET", path)
+        self.assert_status(r, 502, m)
+        self.assertIn("invalid response", m.error_log())
 
     def test_upstream_status_of_two_digits_is_a_502(self):
         """upstream_response fuzz target: llhttp 8.1 accepts a status code of
         one or two digits ("HTTP/1.1 20 OK") or below 100 ("099"). upconn.c
         took it as a final response and the client got "HTTP/1.1 020 OK"; a
         status line without 3DIGIT (RFC 9112 §4) is an invalid response: 502."""
-        def handler(conn):
-            test_review.read_head(conn)
-            conn.sendall(b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nhi")
-            conn.shutdown(socket.SHUT_WR)
-        o = self.raw_origin(handler)
-        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
-        with Client(m.port) as c:
-            r = c.request("GET", "/two-digits")
-        self.assert_status(r, 502, m)
-        self.assertIn("invalid response", m.error_log())
+        self.assert_invalid_response(b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nhi", "/two-digits")
 
     def test_no_body_responses_end_at_their_empty_line(self):
         """upstream_response fuzz target: llhttp 8.1 reads a body for a 1xx,
@@ -50,8 +58,7 @@ class FuzzFound(MoxyTestCase):
                     conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
                 else:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        o = self.raw_origin(handler)
-        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        m = self.moxy_in_front_of(handler)
         with Client(m.port) as c:
             self.assert_status(c.request("GET", "/no-content"), 204, m)
             r = c.request("GET", "/next")
@@ -62,13 +69,8 @@ class FuzzFound(MoxyTestCase):
         """The same for a 1xx: "100 Continue" with "Content-Length: 3" made
         llhttp take the first 3 bytes of the final response as its body (they
         went to the client) and the rest failed to parse: 502."""
-        def handler(conn):
-            test_review.read_head(conn)
-            conn.sendall(b"HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
-                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            conn.shutdown(socket.SHUT_WR)
-        o = self.raw_origin(handler)
-        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        m = self.moxy_in_front_of_answer(b"HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+                                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         with Client(m.port) as c:
             r = c.request("GET", "/interim")
         self.assert_status(r, 200, m)
@@ -80,12 +82,8 @@ class FuzzFound(MoxyTestCase):
         while moxy refuses any Content-Length above 2^63 - 1 (it must fit an
         int64_t wherever it travels; requests get a 400): from an origin it is
         an invalid Content-Length, a 502 (RFC 9112 §6.3), not a head to pass on."""
-        def handler(conn):
-            test_review.read_head(conn)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000000000000\r\n\r\nabc")
-            conn.shutdown(socket.SHUT_WR)
-        o = self.raw_origin(handler)
-        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
+        m = self.moxy_in_front_of_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000000000000\r\n\r\nabc")
         with Client(m.port) as c:
             c.send(build_request("GET", "/huge"))
             r = c.response(partial_ok=True)
@@ -97,29 +95,12 @@ class FuzzFound(MoxyTestCase):
         became a header. moxy builds llhttp strict: an invalid response, 502."""
         for name, raw in (("status", b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\nhi"),
                           ("head_end", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\rXhi")):
-            def handler(conn, raw=raw):
-                test_review.read_head(conn)
-                conn.sendall(raw)
-                conn.shutdown(socket.SHUT_WR)
-            o = self.raw_origin(handler)
-            m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
-            with Client(m.port) as c:
-                r = c.request("GET", "/lone-cr-" + name)
-            self.assert_status(r, 502, m)
-            self.assertIn("invalid response", m.error_log())
+            self.assert_invalid_response(raw, "/lone-cr-" + name)
 
     def test_upstream_empty_transfer_encoding_is_a_502(self):
         """upstream_response fuzz target: "Content-Length: 5" with an empty
         "Transfer-Encoding:". llhttp takes the empty field for no field, so the
         head carried both framings past upconn.c (any non-empty value with a
         Content-Length is llhttp's own error): an invalid response, 502."""
-        def handler(conn):
-            test_review.read_head(conn)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n\r\nhello")
-            conn.shutdown(socket.SHUT_WR)
-        o = self.raw_origin(handler)
-        m = self.start_moxy(config([service("web", free_port())], {"origin": upstream(o.port)}))
-        with Client(m.port) as c:
-            r = c.request("GET", "/empty-te")
-        self.assert_status(r, 502, m)
-        self.assertIn("invalid response", m.error_log())
+        self.assert_invalid_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n\r\nhello", "/empty-te")
