@@ -11,7 +11,7 @@
 
 
 int
-mx_listener_open(const mx_conf_listener_t *lc, char *err, size_t errlen)
+mx_listener_bind(const mx_conf_listener_t *lc, char *err, size_t errlen)
 {
     const mx_addr_t *a = &lc->addr;
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -29,8 +29,6 @@ mx_listener_open(const mx_conf_listener_t *lc, char *err, size_t errlen)
     }
     if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0)
         goto fail;
-    if (listen(fd, lc->backlog > 0 ? lc->backlog : 511) < 0)
-        goto fail;
     return fd;
 
 fail:;
@@ -38,5 +36,18 @@ fail:;
     snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(e));
     if (fd >= 0)
         close(fd);
+    return -e;
+}
+
+
+int
+mx_listener_listen(int fd, const mx_conf_listener_t *lc, char *err, size_t errlen)
+{
+    /* On a socket already listening (one taken over on upgrade) this only
+     * sets the new config's backlog. */
+    if (listen(fd, lc->backlog > 0 ? lc->backlog : 511) == 0)
+        return 0;
+    int e = errno;
+    snprintf(err, errlen, "cannot listen on %s: %s", lc->addr.text, strerror(e));
     return -e;
 }

@@ -5,9 +5,15 @@
 
 #include "conf/conf.h"
 
-/* Opens, binds and listens on <lc>'s address (non-blocking, CLOEXEC,
- * SO_REUSEADDR; a stale unix socket file is removed). Returns the fd, or a
- * negative code with the reason in <err>. */
-int mx_listener_open(const mx_conf_listener_t *lc, char *err, size_t errlen);
+/* Opens and binds <lc>'s address (non-blocking, CLOEXEC, SO_REUSEADDR; a
+ * stale unix socket file is removed), without listening yet. Returns the fd,
+ * or a negative code with the reason in <err>. */
+int mx_listener_bind(const mx_conf_listener_t *lc, char *err, size_t errlen);
+
+/* listen() on <fd> with <lc>'s backlog. The main thread calls it only once
+ * every listener is bound, so when one address accepts, all of them do (and
+ * a config whose second address cannot be bound never accepted a client on
+ * its first). Returns 0, or a negative code with the reason in <err>. */
+int mx_listener_listen(int fd, const mx_conf_listener_t *lc, char *err, size_t errlen);
 
 #endif

@@ -618,7 +618,7 @@ main(int argc, char **argv)
                     mx_log_info("upgrade: took over %s", lc->addr.text);
                 }
             if (fd < 0)
-                fd = mx_listener_open(lc, err, sizeof(err));
+                fd = mx_listener_bind(lc, err, sizeof(err));
             if (fd < 0) {
                 mx_log_error("%s", err);
                 fprintf(stderr, "moxy: %s\n", err);
@@ -628,6 +628,15 @@ main(int argc, char **argv)
             server.fds[k++] = fd;
         }
     }
+    k = 0;
+    for (size_t i = 0; i < conf->nservices; i++)
+        for (size_t j = 0; j < conf->services[i].nlisteners; j++, k++)
+            if (mx_listener_listen(server.fds[k], &conf->services[i].listeners[j], err,
+                                   sizeof(err)) < 0) {
+                mx_log_error("%s", err);
+                fprintf(stderr, "moxy: %s\n", err);
+                return 1;
+            }
     for (size_t m = 0; m < inherited.n; m++)
         if (inherited.fds[m] >= 0) {
             mx_log_warn("upgrade: %s is not in the new config: closed", inherited.names[m]);

@@ -3,6 +3,7 @@ log reopening on SIGUSR1, SIGINT."""
 import os
 import signal
 import socket
+import threading
 import time
 
 from harness import (Client, MoxyTestCase, Reader, build_request, config, free_port,
@@ -55,6 +56,45 @@ class Listeners(MoxyTestCase):
         self.assertEqual(r.json()["target"], "/echo?via-unix")
         m.stop()
         self.assertFalse(os.path.exists(path), "unix socket file left behind")
+
+    def test_no_address_accepts_before_every_address_is_bound(self):
+        # The second address is taken, so moxy must exit without ever having
+        # accepted a client on the first: it binds every address and only then
+        # listens on them. (When it listened on each as it went, the first
+        # accepted clients until the exit reset them, and a client that saw the
+        # TCP port up could find the unix socket not there yet.)
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        self.addCleanup(held.close)
+        port, taken = free_port(), held.getsockname()[1]
+        stop, connected, attempts = threading.Event(), [], [0]
+
+        def knock():
+            while not stop.is_set():
+                attempts[0] += 1
+                s = socket.socket()
+                try:
+                    s.connect(("127.0.0.1", port))
+                    connected.append(port)
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+
+        t = threading.Thread(target=knock, daemon=True)
+        t.start()
+        try:
+            for _ in range(5):
+                m = self.start_moxy(self.conf([f"127.0.0.1:{port}", f"127.0.0.1:{taken}"]),
+                                    start=False)
+                with self.assertRaisesRegex(Exception, "cannot listen on 127.0.0.1:%d" % taken):
+                    m.start()
+        finally:
+            stop.set()
+            t.join(5)
+        self.assertGreater(attempts[0], 100)
+        self.assertEqual(len(connected), 0, "clients connected to an address of a moxy that then exited")
 
     def test_ipv6_listener(self):
         if not ipv6_loopback():
