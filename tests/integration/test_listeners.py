@@ -1,12 +1,13 @@
 """Listeners and the downstream side: unix sockets, IPv6, client timeouts,
 log reopening on SIGUSR1, SIGINT."""
 import os
+import random
 import signal
 import socket
 import threading
 import time
 
-from harness import (Client, MoxyTestCase, Reader, build_request, config, free_port,
+from harness import (Client, MoxyError, MoxyTestCase, Reader, build_request, config, free_port,
                      read_response, request, upstream, wait_for)
 
 
@@ -26,6 +27,22 @@ def free_port6():
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         return s.getsockname()[1]
+
+
+def free_port_below_ephemeral():
+    """A free TCP port on 127.0.0.1 below the ephemeral range. A client that keeps
+    connecting to a port nothing listens on can otherwise be given that port as
+    its own source and connect to itself (TCP simultaneous open)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port below {low}")
 
 
 def ipv6_loopback():
@@ -67,7 +84,7 @@ class Listeners(MoxyTestCase):
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         self.addCleanup(held.close)
-        port, taken = free_port(), held.getsockname()[1]
+        port, taken = free_port_below_ephemeral(), held.getsockname()[1]
         stop, connected, attempts = threading.Event(), [], [0]
 
         def knock():
@@ -76,7 +93,8 @@ class Listeners(MoxyTestCase):
                 s = socket.socket()
                 try:
                     s.connect(("127.0.0.1", port))
-                    connected.append(port)
+                    if s.getsockname() != s.getpeername():     # not a self-connect
+                        connected.append(port)
                 except OSError:
                     pass
                 finally:
@@ -84,16 +102,22 @@ class Listeners(MoxyTestCase):
 
         t = threading.Thread(target=knock, daemon=True)
         t.start()
+        up_before_exit = 0
         try:
             for _ in range(5):
                 m = self.start_moxy(self.conf([f"127.0.0.1:{port}", f"127.0.0.1:{taken}"]),
                                     start=False)
-                with self.assertRaisesRegex(Exception, "cannot listen on 127.0.0.1:%d" % taken):
-                    m.start()
+                try:
+                    m.start()       # returns once the first address accepts
+                    up_before_exit += 1
+                    self.assertIsNotNone(m.wait_exit(10), "moxy kept running without its second address")
+                except MoxyError as e:
+                    self.assertIn("cannot listen on 127.0.0.1:%d" % taken, str(e))
         finally:
             stop.set()
             t.join(5)
         self.assertGreater(attempts[0], 100)
+        self.assertEqual(up_before_exit, 0, "the first address accepted, then moxy exited")
         self.assertEqual(len(connected), 0, "clients connected to an address of a moxy that then exited")
 
     def test_ipv6_listener(self):
