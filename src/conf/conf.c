@@ -557,10 +557,9 @@ on_access_log(ld_t *ld, yaml_node_t *v, void *base)
 }
 
 
-static void
-upstream_init(mx_conf_upstream_t *u, const char *name)
+void
+mx_conf_upstream_defaults(mx_conf_upstream_t *u)
 {
-    u->name = mx_strdup(name);
     u->algorithm = MX_LB_ROUND_ROBIN;
     strcpy(u->health.type, "tcp");
     u->health.interval = 2;
@@ -578,6 +577,14 @@ upstream_init(mx_conf_upstream_t *u, const char *name)
     u->write_timeout = 30;
     u->idle_timeout = 60;
     u->resolve_interval = 30;
+}
+
+
+static void
+upstream_init(mx_conf_upstream_t *u, const char *name)
+{
+    mx_conf_upstream_defaults(u);
+    u->name = mx_strdup(name);
 }
 
 
@@ -848,8 +855,8 @@ on_health_body(ld_t *ld, yaml_node_t *v, void *base)
 }
 
 
-static void
-service_init(mx_conf_service_t *svc)
+void
+mx_conf_service_defaults(mx_conf_service_t *svc)
 {
     svc->max_header_bytes = 16384;
     svc->max_headers = 100;
@@ -880,7 +887,7 @@ on_services(ld_t *ld, yaml_node_t *v, void *base)
         yaml_node_t *m = node(ld, v->data.sequence.items.start[i]);
         size_t mark = push(ld, NULL, i);
         ld->svc = i;
-        service_init(svc);
+        mx_conf_service_defaults(svc);
         if (walk_map(ld, m, service_keys, svc) != MX_OK)
             return MX_ECONF;
         if (svc->name == NULL) {
@@ -1260,8 +1267,7 @@ mx_conf_health_parse(const char *yaml, size_t len, mx_conf_health_t *h, char *er
     yaml_document_t doc;
     int rc = MX_ECONF;
 
-    upstream_init(&u, "(balancer)");
-    mx_free(u.name);
+    mx_conf_upstream_defaults(&u);
     if (!yaml_parser_initialize(&p)) {
         snprintf(err, errlen, "cannot initialize the YAML parser");
         return MX_ECONF;

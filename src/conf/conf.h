@@ -167,6 +167,11 @@ int mx_conf_health_parse(const char *yaml, size_t len, mx_conf_health_t *h, char
 
 void mx_conf_free(mx_conf_t *c);
 
+/* The values a service or upstream starts from before its YAML keys apply
+ * (CONFIG.md's defaults); the fields with no default are left as they are. */
+void mx_conf_service_defaults(mx_conf_service_t *svc);
+void mx_conf_upstream_defaults(mx_conf_upstream_t *u);
+
 const char *mx_log_level_str(mx_log_level_t l);
 const char *mx_lb_algorithm_str(mx_lb_algorithm_t a);
 

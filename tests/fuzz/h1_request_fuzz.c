@@ -302,25 +302,18 @@ turn(void)
 }
 
 
-static const mx_conf_service_t default_limits = {
-    .max_header_bytes = 16384,
-    .max_headers = 100,
-    .max_request_line = 8192,
-    .client_header_timeout = 10,
-    .client_body_timeout = 60,
-    .keepalive_timeout = 60,
-    .send_timeout = 60,
-};
-
-static const mx_conf_service_t small_limits = {
-    .max_header_bytes = 200,
-    .max_headers = 4,
-    .max_request_line = 48,
-    .client_header_timeout = 1,
-    .client_body_timeout = 2,
-    .keepalive_timeout = 3,
-    .send_timeout = 4,
-};
+/* Limits small enough for short inputs to cross them. */
+static void
+small_limits(mx_conf_service_t *svc)
+{
+    svc->max_header_bytes = 200;
+    svc->max_headers = 4;
+    svc->max_request_line = 48;
+    svc->client_header_timeout = 1;
+    svc->client_body_timeout = 2;
+    svc->keepalive_timeout = 3;
+    svc->send_timeout = 4;
+}
 
 
 int
@@ -331,7 +324,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t flags = in.flags;
 
-    mx_conf_service_t svc = flags & FL_SMALL_LIMITS ? small_limits : default_limits;
+    mx_conf_service_t svc = {0};
+    mx_conf_service_defaults(&svc);
+    if (flags & FL_SMALL_LIMITS)
+        small_limits(&svc);
     svc.allow_connect = (flags & FL_ALLOW_CONNECT) != 0;
     svc.max_body_bytes = flags & FL_BODY_LIMIT ? 10 : 0;
     fuzz_loop_begin(&svc);

@@ -303,19 +303,9 @@ turn(mx_session_t *s)
 }
 
 
-static const mx_conf_upstream_t ups = {
-    .name = "origin",
-    .connect_timeout = 2,
-    .read_timeout = 30,
-    .write_timeout = 30,
-    .idle_timeout = 60,
-};
-
-static const mx_conf_service_t svc = {
-    .max_header_bytes = 16384,
-    .max_headers = 100,
-    .max_request_line = 8192,
-};
+/* The config defaults, as a service and an upstream with no keys get them. */
+static mx_conf_upstream_t ups = {.name = "origin"};
+static mx_conf_service_t svc;
 
 
 int
@@ -327,6 +317,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t flags = in.flags;
 
+    mx_conf_upstream_defaults(&ups);
+    mx_conf_service_defaults(&svc);
     fuzz_loop_begin(&svc);
     memset(&shim, 0, sizeof(shim));
     shim.flags = flags;
