@@ -24,6 +24,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/timeq.h"
+#include "http/h1_guard.h"
 #include "lua/vm.h"
 #include "proxy/session.h"
 #include "worker/gen.h"
@@ -55,6 +56,21 @@ static mx_conf_service_t fuzz_svc;
 static mx_genconf_t fuzz_gc;
 static size_t fuzz_listener_svc[1];
 static mx_gen_t fuzz_gen;
+
+
+/* What both codecs promise of each field they hand over: the name is a token
+ * and the value has no CR, LF or NUL and no blank at either end. */
+static void
+fuzz_check_field(mx_str_t name, mx_str_t v)
+{
+    fuzz_check(mx_h1_guard_name(name) == 0, "field name \"%.*s\"", (int)name.len, name.data);
+    for (size_t j = 0; j < v.len; j++)
+        fuzz_check(v.data[j] != '\r' && v.data[j] != '\n' && v.data[j] != '\0',
+                   "CR, LF or NUL in the value of %.*s", (int)name.len, name.data);
+    fuzz_check(v.len == 0 || (v.data[0] != ' ' && v.data[0] != '\t' &&
+                              v.data[v.len - 1] != ' ' && v.data[v.len - 1] != '\t'),
+               "untrimmed value of %.*s", (int)name.len, name.data);
+}
 
 
 static inline int

@@ -167,13 +167,7 @@ check_head(mx_session_t *s)
         fuzz_check(svc->allow_connect && t.form == MX_TARGET_AUTHORITY, "CONNECT accepted");
     for (size_t i = 0; i < s->req_headers.n; i++) {
         mx_str_t name = s->req_headers.v[i].name, v = s->req_headers.v[i].value;
-        fuzz_check(mx_h1_guard_name(name) == 0, "field name \"%.*s\"", (int)name.len, name.data);
-        for (size_t j = 0; j < v.len; j++)
-            fuzz_check(v.data[j] != '\r' && v.data[j] != '\n' && v.data[j] != '\0',
-                       "CR, LF or NUL in the value of %.*s", (int)name.len, name.data);
-        fuzz_check(v.len == 0 || (v.data[0] != ' ' && v.data[0] != '\t' &&
-                                  v.data[v.len - 1] != ' ' && v.data[v.len - 1] != '\t'),
-                   "untrimmed value of %.*s", (int)name.len, name.data);
+        fuzz_check_field(name, v);
         if (mx_str_caseeq(name, MX_STR("host")))
             hosts++;
         if (mx_str_caseeq(name, MX_STR("content-length"))) {
