@@ -18,7 +18,7 @@ LLHTTP_DEFS := -I$(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1
 
 # Recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # scripts/deps.sh has installed the packages.
-PKGS     = libuv yaml-0.1 luajit
+PKGS     = libuv yaml-0.1 luajit liburing
 WARN     = -Wall -Wextra -Werror
 # -O3 with link-time optimisation: 8% fewer instructions per proxied request
 # than -O2 (callgrind, docs/performance.md). The link step optimises, so it
@@ -110,7 +110,7 @@ FUZZ_NAMES   := $(sort $(patsubst tests/fuzz/%_fuzz.c,%,$(wildcard tests/fuzz/*_
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/%_fuzz)
 FUZZ_LIB_SRCS := src/core/alloc.c src/core/arena.c src/core/buf.c src/core/errors.c \
                  src/core/log.c src/core/stats.c src/core/timeq.c src/http/headers.c \
-                 src/http/status.c src/http/uri.c src/net/addr.c src/conf/conf.c
+                 src/http/status.c src/http/uri.c src/net/addr.c src/net/ring.c src/conf/conf.c
 FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o) \
                  $(LLHTTP_OBJS:$(BUILD)/%=$(FUZZ_BUILD)/%)
 
@@ -131,7 +131,7 @@ $(FUZZ_BUILD)/libmoxyfuzz.a: $(FUZZ_LIB_OBJS)
 
 $(FUZZ_BUILD)/%_fuzz: tests/fuzz/%_fuzz.c $(FUZZ_BUILD)/libmoxyfuzz.a
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_BUILD)/libmoxyfuzz.a -o $@ \
-		$(shell pkg-config --libs libuv yaml-0.1) -lpthread -lm
+		$(shell pkg-config --libs libuv yaml-0.1 liburing) -lpthread -lm
 
 # Each target for FUZZ_SECONDS from its seeds (new inputs go to
 # build-fuzz/corpus/<name>, not to the committed corpus); exits non-zero on a

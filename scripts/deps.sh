@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential pkg-config
-  libuv1-dev node-llhttp libnghttp2-dev libssl-dev libyaml-dev
+  libuv1-dev liburing-dev node-llhttp libnghttp2-dev libssl-dev libyaml-dev
   luajit2 libluajit2-5.1-dev lua-cjson lua-busted lua-socket
   libcriterion-dev zlib1g-dev libbrotli-dev libzstd-dev
   curl python3 nghttp2-client

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: every suite on the normal build, then every suite again on an
-# AddressSanitizer + UBSan build. Prints each suite's result and, last, one
+# `make test`: every suite on the normal build (the integration suite twice:
+# workers reading through io_uring, then through epoll), then every suite
+# again on an AddressSanitizer + UBSan build. Prints each suite's result and, last, one
 # line "N passed, N failed" summed over all of them. Exit 1 if any failed.
 #   --asan-only   only the sanitizer pass (make test-asan)
 set -u
@@ -96,6 +97,9 @@ if [ "${1:-}" != "--asan-only" ]; then
   run_busted
   run_unit build plain ""
   run_integration build plain "" ""
+  # Once more with every worker reading through epoll (io_uring: false), the
+  # path moxy takes where the kernel or a seccomp policy refuses io_uring.
+  run_integration build epoll "" "MOXY_IO_URING=0"
 fi
 run_unit build-asan asan "SAN=1"
 run_fuzz_regress

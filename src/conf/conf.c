@@ -113,6 +113,7 @@ static const keydef_t conf_keys[] = {
     {"grace_period_seconds",              K_DUR,  C_(grace_period_seconds), 0, 3600},
     {"graceful_shutdown_timeout_seconds", K_DUR,  C_(graceful_shutdown_timeout_seconds), 0, DAY},
     {"upstream_keepalive_pool_size",      K_INT,  C_(upstream_keepalive_pool_size), 0, 65536},
+    {"io_uring",                          K_BOOL, C_(io_uring)},
     {"lua_path",                          K_STR,  C_(lua_path)},
     {"upstreams",                         K_FN,   .fn = on_upstreams},
     {"shared_dicts",                      K_FN,   .fn = on_shared_dicts},
@@ -1180,6 +1181,7 @@ conf_new(const char *file)
     c->grace_period_seconds = 1;
     c->graceful_shutdown_timeout_seconds = 30;
     c->upstream_keepalive_pool_size = 128;
+    c->io_uring = true;
     return c;
 }
 

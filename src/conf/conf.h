@@ -134,6 +134,7 @@ struct mx_conf_s {
     double grace_period_seconds;              /* default 1 */
     double graceful_shutdown_timeout_seconds; /* default 30 */
     int upstream_keepalive_pool_size;         /* default 128 */
+    bool io_uring; /* default true: workers read sockets through io_uring when the kernel allows */
     char *lua_path;                           /* NULL when absent */
     int lua_error_policy; /* MX_LUA_FAIL_CLOSED (default: error answers) or MX_LUA_FAIL_OPEN */
 

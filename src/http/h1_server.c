@@ -13,6 +13,7 @@
 #include "http/status.h"
 #include "lua/vm.h"
 #include "net/addr.h"
+#include "net/ring.h"
 #include "proxy/session.h"
 
 static int on_message_begin(llhttp_t *p);
@@ -138,12 +139,12 @@ mx_h1_read_pause(mx_h1conn_t *c, bool pause)
     if (c->closing)
         return;
     if (pause && c->reading) {
-        uv_read_stop(&c->h.stream);
+        mx_ring_read_stop(c->w->ring, &c->rd, &c->h.stream);
         c->reading = 0;
     } else if (!pause && !c->reading && !c->eof) {
         if (c->rlen == MX_RBUF_SIZE && c->rpos == 0)
             return; /* full of pipelined input: resumes once it is parsed */
-        if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+        if (mx_ring_read_start(c->w->ring, &c->rd, &c->h.stream, on_alloc, on_read) == 0)
             c->reading = 1;
     }
 }
@@ -261,7 +262,7 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         c->eof = 1;
-        uv_read_stop(st);
+        mx_ring_read_stop(c->w->ring, &c->rd, st);
         c->reading = 0;
         mx_session_t *s = c->s;
         if (s != NULL && c->tunnel) {
@@ -467,6 +468,7 @@ mx_h1_close(mx_h1conn_t *c)
         mx_session_free(s);
     }
     mx_timeq_cancel(&c->tq);
+    mx_ring_read_close(c->w->ring, &c->rd);
     uv_close(&c->h.handle, on_close);
 }
 

@@ -46,6 +46,7 @@ struct mx_h1conn_s {
     const mx_conf_service_t *svc; /* in gen's config */
     mx_list_t node; /* in w->conns */
     mx_wstream_t ws;
+    struct mx_rd_s *rd; /* its reader in the worker's ring (net/ring.h), if any */
     llhttp_t parser;
     mx_h1_guard_t guard;
     char *rbuf;  /* MX_RBUF_SIZE from the worker, NULL when idle */
@@ -87,6 +88,7 @@ struct mx_upconn_s {
     const mx_addr_t *addr; /* -> addr_copy: a script's peer dies with its session */
     mx_addr_t addr_copy;
     mx_wstream_t ws;
+    struct mx_rd_s *rd; /* its reader in the worker's ring (net/ring.h), if any */
     llhttp_t parser;
     mx_h1_guard_t guard;
     char *rbuf;

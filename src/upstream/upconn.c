@@ -10,6 +10,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/stats.h"
+#include "net/ring.h"
 #include "proxy/session.h"
 
 enum { TM_NONE = 0, TM_CONNECT, TM_WRITE, TM_READ, TM_IDLE };
@@ -194,13 +195,13 @@ mx_upconn_read_pause(mx_upconn_t *u, bool pause)
     if (u->closing || (!pause && u->held))
         return; /* held: a waiting phase resumes it (mx_upconn_continue) */
     if (pause && u->reading) {
-        uv_read_stop(&u->h.stream);
+        mx_ring_read_stop(u->w->ring, &u->rd, &u->h.stream);
         u->reading = 0;
         /* A slow client, not the origin, holds us: read_timeout waits too. */
         if (u->timer_mode == TM_READ)
             mx_timeq_cancel(&u->tq);
     } else if (!pause && !u->reading) {
-        if (uv_read_start(&u->h.stream, on_alloc, on_read) == 0)
+        if (mx_ring_read_start(u->w->ring, &u->rd, &u->h.stream, on_alloc, on_read) == 0)
             u->reading = 1;
         if (u->timer_mode == TM_READ && u->s != NULL)
             set_timer(u, TM_READ, u->ups->read_timeout);
@@ -438,6 +439,7 @@ mx_upconn_close(mx_upconn_t *u)
     if (mx_list_linked(&u->node))
         mx_pool_remove(u->w->pool, u);
     mx_timeq_cancel(&u->tq);
+    mx_ring_read_close(u->w->ring, &u->rd);
     uv_close(&u->h.handle, on_close);
 }
 

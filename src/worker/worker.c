@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "lua/task.h"
 #include "lua/vm.h"
+#include "net/ring.h"
 #include "proxy/session.h"
 
 #define FREE_BUFS_MAX 64
@@ -52,6 +53,7 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds, mx_
         return MX_ECONF;
     }
     w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
+    w->want_ring = conf->io_uring;
 
     size_t n = 0;
     for (size_t i = 0; i < conf->nservices; i++)
@@ -89,6 +91,17 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds, mx_
 }
 
 
+/* Until nothing is active: through the ring when the worker has one. */
+static void
+run_loop(mx_worker_t *w)
+{
+    if (w->ring != NULL)
+        mx_ring_run(w->ring);
+    else
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+
 static void
 worker_main(void *arg)
 {
@@ -100,18 +113,26 @@ worker_main(void *arg)
     clock_gettime(CLOCK_REALTIME, &ts);
     uv_update_time(&w->loop);
     w->epoch_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - (int64_t)uv_now(&w->loop);
-    mx_log_debug("worker %d running", w->id);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (w->want_ring) {
+        int rc = mx_ring_open(&w->loop, &w->ring);
+        if (rc < 0)
+            mx_log_warn("worker %d: io_uring unavailable (%s), reading through epoll", w->id,
+                        uv_err_name(rc));
+    }
+    mx_log_debug("worker %d running (%s reads)", w->id, w->ring != NULL ? "io_uring" : "epoll");
+    run_loop(w);
     /* Every connection is closed: the current generation retires too. */
     mx_gen_t *g = w->gen;
     w->gen = NULL;
     mx_gen_unref(g);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
+    run_loop(w);
     if (!mx_list_empty(&w->gens))
         mx_log_warn("worker %d stopped with a generation still referenced", w->id);
     mx_genconf_unref(atomic_exchange(&w->next_gc, NULL));
     /* Everything is closed: free what the loop no longer references. */
     uv_run(&w->loop, UV_RUN_NOWAIT);
+    mx_ring_close(w->ring);
+    w->ring = NULL;
     if (uv_loop_close(&w->loop) != 0)
         mx_log_warn("worker %d loop closed with handles open", w->id);
     mx_pool_free(w->pool);

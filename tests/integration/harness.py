@@ -198,6 +198,10 @@ class Moxy:
         text = conf.replace("{tmp}", self.dir)
         if not re.search(r"(?m)^error_log\s*:", text):
             text = f"error_log: {json.dumps(self.error_log_path)}\n" + text
+        # MOXY_IO_URING=0 runs the suite on libuv's reads (epoll): make test does
+        # both. Appended, so that the lines a config error names stay put.
+        if os.environ.get("MOXY_IO_URING") == "0" and not re.search(r"(?m)^io_uring\s*:", text):
+            text = text.rstrip("\n") + "\nio_uring: false\n"
         with open(self.config_path, "w") as f:
             f.write(text)
         self.config_text = text

@@ -1,0 +1,315 @@
+/* The ring's reads (src/net/ring.c) against libuv's own over a real socket
+ * pair: the same scripts run both ways and must see the same bytes, in the
+ * same order, with EOF last. A script is a list of steps, one every 5 ms of
+ * a loop timer; the test's end of the pair writes, the moxy end reads. */
+#include <criterion/criterion.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net/ring.h"
+
+typedef struct tc tc_t;
+typedef void (*step_fn)(tc_t *t);
+
+struct tc {
+    uv_loop_t loop;
+    mx_ring_t *ring;
+    uv_pipe_t pipe;
+    uv_timer_t timer;
+    mx_rd_t *rd;
+    int peer; /* the test's end */
+    const step_fn *steps;
+    int step;
+    size_t chunk;     /* the size of the buffers alloc hands out */
+    char store[4096]; /* what alloc hands out slices of */
+    char got[256];    /* every byte delivered, in order */
+    size_t ngot;
+    int ncalls;            /* read callbacks with bytes */
+    int eof;               /* read callbacks with UV_EOF */
+    int err;               /* the last error other than EOF */
+    bool stop_after_first; /* the read callback stops after its first bytes */
+    bool closed;
+    bool peer_saw_eof;
+};
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+
+static void
+on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    tc_t *t = h->data;
+    (void)hint;
+    *b = uv_buf_init(t->store, (unsigned)t->chunk);
+}
+
+static void
+start(tc_t *t)
+{
+    cr_assert_eq(mx_ring_read_start(t->ring, &t->rd, (uv_stream_t *)&t->pipe, on_alloc, on_read),
+                 0);
+}
+
+static void
+stop(tc_t *t)
+{
+    mx_ring_read_stop(t->ring, &t->rd, (uv_stream_t *)&t->pipe);
+}
+
+static void
+on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    tc_t *t = s->data;
+    if (n > 0) {
+        cr_assert(t->ngot + (size_t)n <= sizeof(t->got));
+        cr_assert_eq(t->eof, 0, "bytes after EOF");
+        memcpy(t->got + t->ngot, b->base, (size_t)n);
+        t->ngot += (size_t)n;
+        if (t->ncalls++ == 0 && t->stop_after_first)
+            stop(t);
+    } else if (n == UV_EOF) {
+        t->eof++;
+        stop(t);
+    } else if (n < 0) {
+        t->err = (int)n;
+        stop(t);
+    }
+}
+
+static void
+peer_write(tc_t *t, const char *s)
+{
+    cr_assert_eq(write(t->peer, s, strlen(s)), (ssize_t)strlen(s));
+}
+
+static void
+close_moxy_end(tc_t *t)
+{
+    if (t->closed)
+        return;
+    t->closed = true;
+    mx_ring_read_close(t->ring, &t->rd);
+    uv_close((uv_handle_t *)&t->pipe, NULL);
+}
+
+static void
+on_step(uv_timer_t *tm)
+{
+    tc_t *t = tm->data;
+    step_fn f = t->steps[t->step];
+    if (f == NULL) {
+        close_moxy_end(t);
+        uv_close((uv_handle_t *)&t->timer, NULL);
+        return;
+    }
+    t->step++;
+    f(t);
+}
+
+/* Runs <steps> with the ring (use_ring) or with libuv alone; t is filled. */
+static void
+run(tc_t *t, bool use_ring, const step_fn *steps, size_t chunk, bool stop_after_first)
+{
+    memset(t, 0, sizeof(*t));
+    t->stop_after_first = stop_after_first;
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    t->peer = sv[1];
+    t->steps = steps;
+    t->chunk = chunk;
+    cr_assert_eq(uv_loop_init(&t->loop), 0);
+    if (use_ring)
+        cr_assert_eq(mx_ring_open(&t->loop, &t->ring), 0, "io_uring refused by this kernel");
+    cr_assert_eq(uv_pipe_init(&t->loop, &t->pipe, 0), 0);
+    cr_assert_eq(uv_pipe_open(&t->pipe, sv[0]), 0);
+    t->pipe.data = t;
+    uv_timer_init(&t->loop, &t->timer);
+    t->timer.data = t;
+    uv_timer_start(&t->timer, on_step, 5, 5);
+    if (t->ring != NULL)
+        mx_ring_run(t->ring);
+    else
+        uv_run(&t->loop, UV_RUN_DEFAULT);
+    uv_run(&t->loop, UV_RUN_NOWAIT);
+    mx_ring_close(t->ring);
+    cr_assert_eq(uv_loop_close(&t->loop), 0);
+    close(t->peer);
+}
+
+/* ---- steps ---- */
+static void
+s_start(tc_t *t)
+{
+    start(t);
+}
+static void
+s_stop(tc_t *t)
+{
+    stop(t);
+}
+static void
+s_hello(tc_t *t)
+{
+    peer_write(t, "hello");
+}
+static void
+s_world(tc_t *t)
+{
+    peer_write(t, " world");
+}
+static void
+s_abcdefgh(tc_t *t)
+{
+    peer_write(t, "abcdefgh");
+}
+static void
+s_more(tc_t *t)
+{
+    peer_write(t, "ijk");
+}
+static void
+s_shut(tc_t *t)
+{
+    shutdown(t->peer, SHUT_WR);
+}
+static void
+s_nothing(tc_t *t)
+{
+    (void)t;
+}
+static void
+s_check_still_abc(tc_t *t)
+{
+    cr_assert_eq(t->ngot, 3, "bytes delivered while stopped");
+    cr_assert_eq(t->eof, 0, "EOF delivered while stopped");
+}
+static void
+s_close(tc_t *t)
+{
+    close_moxy_end(t);
+}
+static void
+s_peer_sees_close(tc_t *t)
+{
+    struct pollfd p = {.fd = t->peer, .events = POLLIN};
+    char c;
+    t->peer_saw_eof = poll(&p, 1, 0) == 1 && read(t->peer, &c, 1) == 0;
+}
+
+static void
+both(const step_fn *steps, size_t chunk, bool stop_after_first,
+     void (*check)(tc_t *t, const char *how))
+{
+    static tc_t t;
+    run(&t, false, steps, chunk, stop_after_first);
+    check(&t, "libuv");
+    run(&t, true, steps, chunk, stop_after_first);
+    check(&t, "ring");
+}
+
+
+static void
+check_hello_world(tc_t *t, const char *how)
+{
+    cr_assert_eq(t->ngot, 11, "%s: %zu bytes", how, t->ngot);
+    cr_assert_arr_eq(t->got, "hello world", 11, "%s", how);
+    cr_assert_eq(t->eof, 1, "%s: EOF %d times", how, t->eof);
+    cr_assert_eq(t->err, 0, "%s", how);
+}
+
+Test(ring, reads_in_order_then_eof, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_hello, s_world, s_shut, s_nothing, NULL};
+    both(steps, 4096, false, check_hello_world);
+}
+
+
+static void
+check_split(tc_t *t, const char *how)
+{
+    cr_assert_eq(t->ngot, 8, "%s", how);
+    cr_assert_arr_eq(t->got, "abcdefgh", 8, "%s", how);
+    cr_assert_eq(t->ncalls, 3, "%s: %d callbacks for 8 bytes in 3-byte buffers", how, t->ncalls);
+    cr_assert_eq(t->eof, 1, "%s", how);
+}
+
+Test(ring, a_read_larger_than_the_buffer_is_split_across_callbacks, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_abcdefgh, s_shut, s_nothing, NULL};
+    both(steps, 3, false, check_split);
+}
+
+
+static void
+check_kept(tc_t *t, const char *how)
+{
+    cr_assert_eq(t->ngot, 11, "%s: %zu bytes", how, t->ngot);
+    cr_assert_arr_eq(t->got, "abcdefghijk", 11, "%s", how);
+    cr_assert_eq(t->eof, 1, "%s", how);
+}
+
+/* The callback stops after its first 3 bytes: the other 5 of that read, the 3
+ * written while stopped and the EOF all wait for the next start, in order. */
+Test(ring, a_stop_keeps_what_follows_until_the_next_start, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_abcdefgh, s_more,    s_shut, s_check_still_abc,
+                                    s_start, s_nothing,  s_nothing, NULL};
+    both(steps, 3, true, check_kept);
+}
+
+
+static void
+check_stop_start(tc_t *t, const char *how)
+{
+    cr_assert_eq(t->ngot, 11, "%s", how);
+    cr_assert_arr_eq(t->got, "hello world", 11, "%s", how);
+    cr_assert_eq(t->eof, 1, "%s", how);
+}
+
+/* A stop and a start in the same step (the same loop pass). */
+static void
+s_stop_start(tc_t *t)
+{
+    stop(t);
+    start(t);
+}
+
+Test(ring, a_stop_and_a_start_in_one_pass_lose_nothing, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_hello, s_stop_start, s_world, s_stop,
+                                    s_start, s_shut,  s_nothing,    NULL};
+    both(steps, 4096, false, check_stop_start);
+}
+
+
+static void
+check_closed(tc_t *t, const char *how)
+{
+    cr_assert(t->peer_saw_eof, "%s: the peer did not see the close within 5 ms", how);
+    cr_assert_eq(t->ngot, 5, "%s", how);
+}
+
+/* Closing a reading stream closes the socket at once: the receive in flight
+ * does not keep it open. */
+Test(ring, closing_a_reading_stream_closes_the_socket, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_hello, s_close, s_peer_sees_close, NULL};
+    both(steps, 4096, false, check_closed);
+}
+
+
+static void
+check_idle_stop(tc_t *t, const char *how)
+{
+    cr_assert_eq(t->ngot, 0, "%s", how);
+    cr_assert_eq(t->eof, 0, "%s", how);
+}
+
+/* A stream that stopped reading, then closed with input waiting: nothing is
+ * delivered after the stop, and nothing leaks (ASan build). */
+Test(ring, a_stopped_stream_closes_with_input_waiting, .timeout = 10)
+{
+    static const step_fn steps[] = {s_start, s_stop, s_hello, s_shut, s_nothing, s_close, NULL};
+    both(steps, 4096, false, check_idle_stop);
+}
