@@ -168,6 +168,10 @@ note_fixed(const mx_conf_t *old, mx_conf_t *c)
     }
     if (c->upstream_keepalive_pool_size != old->upstream_keepalive_pool_size)
         mx_log_warn("reload: upstream_keepalive_pool_size changed: %s", tail);
+    if (c->io_uring != old->io_uring) {
+        mx_log_warn("reload: io_uring changed: %s", tail);
+        c->io_uring = old->io_uring;
+    }
     if (STR_CHANGED(c->error_log, old->error_log) || STR_CHANGED(c->access_log, old->access_log))
         mx_log_warn("reload: error_log/access_log changed: %s", tail);
     if (STR_CHANGED(c->pid_file, old->pid_file) || STR_CHANGED(c->user, old->user) ||

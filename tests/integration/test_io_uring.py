@@ -5,12 +5,13 @@ client that stops reading. `make test` also runs the whole suite once on each
 (MOXY_IO_URING=0 for epoll)."""
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
 
 from harness import (Client, MoxyTestCase, Reader, build_request, pattern, read_response,
-                     request, run_moxy, sha, simple_config)
+                     SLOW, request, run_moxy, sha, simple_config)
 
 
 def rss_kb(pid):
@@ -100,3 +101,18 @@ class ReadPaths(MoxyTestCase):
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("io_uring", p.stderr)
         self.assertRegex(p.stderr, r"bad\.yaml:\d+:\d+")
+
+    def test_a_reload_keeps_the_running_read_path_and_says_so(self):
+        m = self.start(True)
+        m.wait_log("worker 1 running (io_uring reads)")
+        with open(m.config_path) as f:
+            text = f.read()
+        self.assertIn("io_uring: true", text)
+        with open(m.config_path, "w") as f:
+            f.write(text.replace("io_uring: true", "io_uring: false"))
+        since = m.log_size()
+        m.signal(signal.SIGHUP)
+        self.assertTrue(m.wait_log("reload: io_uring changed: takes effect at the next upgrade",
+                                   since, 5 * SLOW), m.diagnostics())
+        self.assertEqual(request(m.port, "GET", "/echo?after").status, 200)
+        self.assertNotIn("running (epoll reads)", m.error_log())

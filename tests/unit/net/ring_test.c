@@ -313,3 +313,119 @@ Test(ring, a_stopped_stream_closes_with_input_waiting, .timeout = 10)
     static const step_fn steps[] = {s_start, s_stop, s_hello, s_shut, s_nothing, s_close, NULL};
     both(steps, 4096, false, check_idle_stop);
 }
+
+
+/* ---- many readers: held buffers, then copies ---- */
+#define NSTREAMS 120 /* more than the ring's 128 buffers x 3/4 may hold */
+
+typedef struct {
+    uv_pipe_t pipe;
+    mx_rd_t *rd;
+    int peer;
+    size_t chunk;
+    char store[64];
+    char got[64];
+    size_t ngot;
+} ms_t;
+
+static struct {
+    uv_loop_t loop;
+    mx_ring_t *ring;
+    uv_timer_t timer;
+    ms_t s[NSTREAMS + 1]; /* the last one is never stopped */
+    int step;
+} M;
+
+static void
+ms_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    ms_t *s = h->data;
+    (void)hint;
+    *b = uv_buf_init(s->store, (unsigned)s->chunk);
+}
+
+static void
+ms_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    ms_t *s = st->data;
+    if (n <= 0)
+        return;
+    memcpy(s->got + s->ngot, b->base, (size_t)n);
+    s->ngot += (size_t)n;
+    if (s != &M.s[NSTREAMS])
+        mx_ring_read_stop(M.ring, &s->rd, st); /* one byte at a time, then stopped */
+}
+
+static void
+ms_step(uv_timer_t *tm)
+{
+    (void)tm;
+    switch (M.step++) {
+    case 0:
+        for (int i = 0; i < NSTREAMS; i++)
+            cr_assert_eq(write(M.s[i].peer, "abcdefgh", 8), 8);
+        break;
+    case 1:
+        /* Every stopped reader got its first byte and keeps 7; the ring still
+         * has buffers for a reader that is not stopped. */
+        for (int i = 0; i < NSTREAMS; i++)
+            cr_assert_eq(M.s[i].ngot, 1, "stream %d got %zu bytes", i, M.s[i].ngot);
+        cr_assert_eq(write(M.s[NSTREAMS].peer, "xyz", 3), 3);
+        break;
+    case 2:
+        cr_assert_eq(M.s[NSTREAMS].ngot, 3, "a reading stream starved");
+        for (int i = 0; i < NSTREAMS; i++) {
+            M.s[i].chunk = sizeof(M.s[i].store);
+            cr_assert_eq(mx_ring_read_start(M.ring, &M.s[i].rd, (uv_stream_t *)&M.s[i].pipe,
+                                            ms_alloc, ms_read), 0);
+        }
+        break;
+    case 3:
+    case 4:
+    case 5:
+    case 6:
+    case 7:
+    case 8:
+    case 9: /* each start delivers one kept chunk (the reader stops again) */
+        for (int i = 0; i < NSTREAMS; i++)
+            mx_ring_read_start(M.ring, &M.s[i].rd, (uv_stream_t *)&M.s[i].pipe, ms_alloc, ms_read);
+        break;
+    default:
+        for (int i = 0; i <= NSTREAMS; i++) {
+            mx_ring_read_close(M.ring, &M.s[i].rd);
+            uv_close((uv_handle_t *)&M.s[i].pipe, NULL);
+        }
+        uv_close((uv_handle_t *)&M.timer, NULL);
+    }
+}
+
+Test(ring, readers_that_stay_stopped_keep_their_bytes_and_starve_no_one, .timeout = 10)
+{
+    memset(&M, 0, sizeof(M));
+    cr_assert_eq(uv_loop_init(&M.loop), 0);
+    cr_assert_eq(mx_ring_open(&M.loop, &M.ring), 0, "io_uring refused by this kernel");
+    for (int i = 0; i <= NSTREAMS; i++) {
+        int sv[2];
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        ms_t *s = &M.s[i];
+        s->peer = sv[1];
+        s->chunk = i == NSTREAMS ? sizeof(s->store) : 1;
+        uv_pipe_init(&M.loop, &s->pipe, 0);
+        uv_pipe_open(&s->pipe, sv[0]);
+        s->pipe.data = s;
+        cr_assert_eq(mx_ring_read_start(M.ring, &s->rd, (uv_stream_t *)&s->pipe, ms_alloc, ms_read), 0);
+    }
+    uv_timer_init(&M.loop, &M.timer);
+    uv_timer_start(&M.timer, ms_step, 5, 5);
+    mx_ring_run(M.ring);
+    uv_run(&M.loop, UV_RUN_NOWAIT);
+    mx_ring_close(M.ring);
+    cr_assert_eq(uv_loop_close(&M.loop), 0);
+    for (int i = 0; i < NSTREAMS; i++) {
+        cr_assert_eq(M.s[i].ngot, 8, "stream %d: %zu bytes", i, M.s[i].ngot);
+        cr_assert_arr_eq(M.s[i].got, "abcdefgh", 8, "stream %d", i);
+        close(M.s[i].peer);
+    }
+    cr_assert_arr_eq(M.s[NSTREAMS].got, "xyz", 3);
+    close(M.s[NSTREAMS].peer);
+}
