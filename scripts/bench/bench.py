@@ -355,6 +355,18 @@ def nginx_lua_modules():
     return mods
 
 
+def moxy_read_path(logp):
+    """Which way moxy's workers read (src/net/ring.c): its log says when io_uring was refused."""
+    try:
+        with open(logp, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    if "io_uring unavailable" in text:
+        return "workers read through epoll: io_uring unavailable here (see its log)"
+    return "workers read through io_uring"
+
+
 class Server:
     """One started server: its Popen, the PIDs to measure and the log."""
 
@@ -630,6 +642,8 @@ class Bench:
         for row, srv in live:
             if row["status"] == "ok":
                 row["rss_after_kib"] = rss_kib(srv.main_pid)
+            if row["name"].startswith("moxy"):
+                row["notes"].append(moxy_read_path(srv.log))
 
     def nginx_small_idle(self):
         """The nginx worker's idle RSS with worker_connections 512: what its
