@@ -144,97 +144,47 @@ static void do_send(conn_t *c, int fd, const char *b, int n) {
     io_uring_sqe_set_data64(s, UD(c, T_SEND));
 }
 
-static void run_uring(void) {
-    struct io_uring_params pr = { .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN };
-    if (io_uring_queue_init_params(1024, &ring, &pr) < 0) {
-        memset(&pr, 0, sizeof pr);
-        if (io_uring_queue_init_params(1024, &ring, &pr) < 0) { perror("uring"); exit(1); }
-        fprintf(stderr, "no DEFER_TASKRUN\n");
-    }
-    br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)br, .ring_entries = NBUF, .bgid = 0 };
-    if (io_uring_register_buf_ring(&ring, &reg, 0) < 0) { perror("bufring"); exit(1); }
-    io_uring_buf_ring_init(br);
-    bufs = malloc((size_t)NBUF * BUFSZ);
-    for (int i = 0; i < NBUF; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)i * BUFSZ, BUFSZ, i, io_uring_buf_ring_mask(NBUF), i);
-    io_uring_buf_ring_advance(br, NBUF);
-    struct io_uring_sqe *s = sqe_get();
-    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0);
-    io_uring_sqe_set_data64(s, T_ACCEPT);
-    for (;;) {
-        io_uring_submit_and_wait(&ring, 1);
-        struct io_uring_cqe *cqe; unsigned head, seen = 0;
-        io_uring_for_each_cqe(&ring, head, cqe) {
-            seen++;
-            uint64_t ud = cqe->user_data; int t = ud & 7; conn_t *c = (conn_t *)(uintptr_t)(ud & ~(uint64_t)7);
-            int res = cqe->res;
-            if (t == T_ACCEPT) {
-                if (res >= 0) { c = conn_new(res); arm_recv(c, 0); arm_recv(c, 1); }
-                if (!(cqe->flags & IORING_CQE_F_MORE)) { s = sqe_get(); io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0); io_uring_sqe_set_data64(s, T_ACCEPT); }
-                continue;
-            }
-            if (t == T_SEND) { continue; }
-            int up = t == T_URECV;
-            if (res <= 0) {
-                if (res == -ENOBUFS) { arm_recv(c, up); continue; }
-                if (!up) { close(c->cfd); close(c->ufd); /* leaks c: probe */ }
-                continue;
-            }
-            int bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            char *b = bufs + (size_t)bid * BUFSZ;
-            if (up) {
-                memcpy(c->resp + c->plen, b, res); c->plen += res;
-                if (resp_done(c)) { do_send(c, c->cfd, c->resp, c->plen); c->plen = 0; c->need = -1; }
-            } else {
-                memcpy(c->req + c->rlen, b, res); c->rlen += res;
-                if (memmem(c->req, c->rlen, "\r\n\r\n", 4)) { do_send(c, c->ufd, c->req, c->rlen); c->rlen = 0; }
-            }
-            io_uring_buf_ring_add(br, b, BUFSZ, bid, io_uring_buf_ring_mask(NBUF), 0);
-            io_uring_buf_ring_advance(br, 1);
-            if (!(cqe->flags & IORING_CQE_F_MORE)) arm_recv(c, up);
-        }
-        io_uring_cq_advance(&ring, seen);
-    }
-}
-
-static void handle_cqes(void);
+/* Every completion of one pass: accepts, receives (copied out, the buffer
+ * given back at once), sends (nothing to do). */
 static void handle_cqes(void) {
     struct io_uring_sqe *s;
-        struct io_uring_cqe *cqe; unsigned head, seen = 0;
-        io_uring_for_each_cqe(&ring, head, cqe) {
-            seen++;
-            uint64_t ud = cqe->user_data; int t = ud & 7; conn_t *c = (conn_t *)(uintptr_t)(ud & ~(uint64_t)7);
-            int res = cqe->res;
-            if (t == T_ACCEPT) {
-                if (res >= 0) { c = conn_new(res); arm_recv(c, 0); arm_recv(c, 1); }
-                if (!(cqe->flags & IORING_CQE_F_MORE)) { s = sqe_get(); io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0); io_uring_sqe_set_data64(s, T_ACCEPT); }
-                continue;
-            }
-            if (t == T_SEND) { continue; }
-            int up = t == T_URECV;
-            if (res <= 0) {
-                if (res == -ENOBUFS) { arm_recv(c, up); continue; }
-                if (!up) { close(c->cfd); close(c->ufd); /* leaks c: probe */ }
-                continue;
-            }
-            int bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            char *b = bufs + (size_t)bid * BUFSZ;
-            if (up) {
-                memcpy(c->resp + c->plen, b, res); c->plen += res;
-                if (resp_done(c)) { do_send(c, c->cfd, c->resp, c->plen); c->plen = 0; c->need = -1; }
-            } else {
-                memcpy(c->req + c->rlen, b, res); c->rlen += res;
-                if (memmem(c->req, c->rlen, "\r\n\r\n", 4)) { do_send(c, c->ufd, c->req, c->rlen); c->rlen = 0; }
-            }
-            io_uring_buf_ring_add(br, b, BUFSZ, bid, io_uring_buf_ring_mask(NBUF), 0);
-            io_uring_buf_ring_advance(br, 1);
-            if (!(cqe->flags & IORING_CQE_F_MORE)) arm_recv(c, up);
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+        seen++;
+        uint64_t ud = cqe->user_data; int t = ud & 7; conn_t *c = (conn_t *)(uintptr_t)(ud & ~(uint64_t)7);
+        int res = cqe->res;
+        if (t == T_ACCEPT) {
+            if (res >= 0) { c = conn_new(res); arm_recv(c, 0); arm_recv(c, 1); }
+            if (!(cqe->flags & IORING_CQE_F_MORE)) { s = sqe_get(); io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0); io_uring_sqe_set_data64(s, T_ACCEPT); }
+            continue;
         }
-        io_uring_cq_advance(&ring, seen);
+        if (t == T_SEND) { continue; }
+        int up = t == T_URECV;
+        if (res <= 0) {
+            if (res == -ENOBUFS) { arm_recv(c, up); continue; }
+            if (!up) { close(c->cfd); close(c->ufd); /* leaks c: probe */ }
+            continue;
+        }
+        int bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        char *b = bufs + (size_t)bid * BUFSZ;
+        if (up) {
+            memcpy(c->resp + c->plen, b, res); c->plen += res;
+            if (resp_done(c)) { do_send(c, c->cfd, c->resp, c->plen); c->plen = 0; c->need = -1; }
+        } else {
+            memcpy(c->req + c->rlen, b, res); c->rlen += res;
+            if (memmem(c->req, c->rlen, "\r\n\r\n", 4)) { do_send(c, c->ufd, c->req, c->rlen); c->rlen = 0; }
+        }
+        io_uring_buf_ring_add(br, b, BUFSZ, bid, io_uring_buf_ring_mask(NBUF), 0);
+        io_uring_buf_ring_advance(br, 1);
+        if (!(cqe->flags & IORING_CQE_F_MORE)) arm_recv(c, up);
+    }
+    io_uring_cq_advance(&ring, seen);
 }
-static void run_hybrid(void) {
-    struct io_uring_params pr = { .flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG };
+
+/* The ring with <flags> and its provided buffers. */
+static void setup_ring(unsigned flags) {
+    struct io_uring_params pr = { .flags = flags };
     if (io_uring_queue_init_params(1024, &ring, &pr) < 0) { perror("uring"); exit(1); }
     br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)br, .ring_entries = NBUF, .bgid = 0 };
@@ -244,6 +194,21 @@ static void run_hybrid(void) {
     for (int i = 0; i < NBUF; i++)
         io_uring_buf_ring_add(br, bufs + (size_t)i * BUFSZ, BUFSZ, i, io_uring_buf_ring_mask(NBUF), i);
     io_uring_buf_ring_advance(br, NBUF);
+}
+
+static void run_uring(void) {
+    setup_ring(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+    struct io_uring_sqe *s = sqe_get();
+    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0);
+    io_uring_sqe_set_data64(s, T_ACCEPT);
+    for (;;) {
+        io_uring_submit_and_wait(&ring, 1);
+        handle_cqes();
+    }
+}
+
+static void run_hybrid(void) {
+    setup_ring(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
     int ep = epoll_create1(0);
     struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
