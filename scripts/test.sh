@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: every suite on the normal build (the integration suite twice:
 # workers reading through io_uring, then through epoll), then every suite
-# again on an AddressSanitizer + UBSan build. Prints each suite's result and, last, one
-# line "N passed, N failed" summed over all of them. Exit 1 if any failed.
+# again on an AddressSanitizer + UBSan build. Prints each suite's result and,
+# last, one line "N passed, N failed" summed over all of them. Exit 1 if any
+# failed.
 #   --asan-only   only the sanitizer pass (make test-asan)
 set -u
 cd "$(dirname "$0")/.."

@@ -9,7 +9,6 @@
 #include <sys/mman.h>
 
 #include "core/alloc.h"
-#include "core/log.h"
 
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
@@ -21,8 +20,8 @@
 #endif
 
 #define SQ_ENTRIES 1024
-#define CQ_ENTRIES 8192 /* a completion per readable socket per pass; overflow is kept, not lost \
-                         */
+/* Completions: one per readable socket per pass; an overflow is kept, not lost. */
+#define CQ_ENTRIES 8192
 #define NBUFS    128    /* provided receive buffers (a power of two): 2 MiB per worker */
 #define BUF_SIZE 16384
 #define BGID     0
@@ -64,9 +63,9 @@ struct mx_ring_s {
 
 /* Bytes a stopped reader received. A stop bounds them: what the current pass
  * had received, usually one completion. The reader holds the ring's buffer
- * itself (no copy) while few are held; past three quarters of the ring it copies and gives
- * the buffer back, so that readers which stay stopped cannot starve the other
- * sockets of buffers. */
+ * itself (no copy) while few are held; past three quarters of the ring it
+ * copies and gives the buffer back, so that readers which stay stopped cannot
+ * starve the other sockets of buffers. */
 #define MAX_HELD (NBUFS * 3 / 4)
 typedef struct kept_s {
     struct kept_s *next;

@@ -53,7 +53,6 @@ mx_worker_start(mx_worker_t *w, mx_server_t *server, int id, const int *fds, mx_
         return MX_ECONF;
     }
     w->pool = mx_pool_new(w, (size_t)conf->upstream_keepalive_pool_size);
-    w->want_ring = conf->io_uring;
 
     size_t n = 0;
     for (size_t i = 0; i < conf->nservices; i++)
@@ -113,7 +112,8 @@ worker_main(void *arg)
     clock_gettime(CLOCK_REALTIME, &ts);
     uv_update_time(&w->loop);
     w->epoch_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - (int64_t)uv_now(&w->loop);
-    if (w->want_ring) {
+    /* A reload keeps io_uring at its start value (note_fixed in main.c). */
+    if (w->gen->conf->io_uring) {
         int rc = mx_ring_open(&w->loop, &w->ring);
         if (rc < 0)
             mx_log_warn("worker %d: io_uring unavailable (%s), reading through epoll", w->id,

@@ -45,7 +45,6 @@ struct mx_worker_s {
     size_t nconns;
     mx_pool_t *pool;
     struct mx_ring_s *ring; /* client and upstream reads (net/ring.h); NULL: libuv reads */
-    bool want_ring;         /* the config's io_uring, taken at start */
 
     void **free_bufs; /* MX_RBUF_SIZE blocks */
     size_t nfree;
