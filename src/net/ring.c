@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #include "core/alloc.h"
 
@@ -22,15 +23,22 @@
 #define SQ_ENTRIES 1024
 /* Completions: one per readable socket per pass; an overflow is kept, not lost. */
 #define CQ_ENTRIES 8192
-#define NBUFS    128    /* provided receive buffers (a power of two): 2 MiB per worker */
-#define BUF_SIZE 16384
-#define BGID     0
+#define NBUFS      128 /* provided receive buffers (a power of two): 2 MiB per worker */
+#define BUF_SIZE   16384
+#define BGID       0
 
-/* user_data: an mx_rd_t * (malloc'ed, so aligned), or one of these. */
+/* user_data: an mx_rd_t * or mx_ring_send_t * (aligned; <kind> tells which),
+ * or one of these. */
 #define UD_LOOP   1ULL /* the poll on libuv's epoll descriptor */
 #define UD_CANCEL 2ULL /* a cancel's own completion: nothing to do */
 
+enum {
+    K_RECV = 1,
+    K_SEND
+};
+
 struct mx_rd_s {
+    int kind;            /* K_RECV, first as in mx_ring_send_t */
     uv_stream_t *stream; /* NULL once closed */
     uv_alloc_cb alloc_cb;
     uv_read_cb read_cb;
@@ -41,6 +49,7 @@ struct mx_rd_s {
     bool closed;         /* freed by the receive's last completion */
     bool queued;         /* on the ring's list of readers with kept input */
     bool busy;           /* inside one of its callbacks: not freed under it */
+    unsigned arm_gen;    /* the submission its receive goes out with */
     int kept_err;        /* EOF or an error received while stopped (0: none) */
     struct kept_s *kept; /* bytes received while stopped, in order */
     struct kept_s **kept_tail;
@@ -59,6 +68,7 @@ struct mx_ring_s {
     bool valgrind;     /* running under valgrind: bounded waits */
     mx_rd_t *queued;   /* readers with kept input to deliver */
     unsigned nheld;    /* ring buffers stopped readers hold */
+    unsigned gen;      /* submissions so far: an entry prepared at <gen> is not yet in */
 };
 
 /* Bytes a stopped reader received. A stop bounds them: what the current pass
@@ -139,13 +149,21 @@ mx_ring_close(mx_ring_t *r)
 }
 
 
+static void
+submit(mx_ring_t *r)
+{
+    io_uring_submit(&r->ring);
+    r->gen++;
+}
+
+
 /* An SQE, submitting the queue first when it is full. */
 static struct io_uring_sqe *
 get_sqe(mx_ring_t *r)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     while (sqe == NULL) {
-        io_uring_submit(&r->ring);
+        submit(r);
         sqe = io_uring_get_sqe(&r->ring);
     }
     return sqe;
@@ -160,6 +178,7 @@ arm(mx_ring_t *r, mx_rd_t *rd)
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BGID;
     io_uring_sqe_set_data(sqe, rd);
+    rd->arm_gen = r->gen;
     rd->armed = true;
     r->narmed++;
 }
@@ -380,6 +399,9 @@ reap(mx_ring_t *r)
         if (ud == UD_LOOP) {
             r->poll_armed = false;
             r->loop_ready = true;
+        } else if (ud != UD_CANCEL && *(const int *)(uintptr_t)ud == K_SEND) {
+            mx_ring_send_t *op = (mx_ring_send_t *)(uintptr_t)ud;
+            op->done(op, cqe->res);
         } else if (ud != UD_CANCEL) {
             on_recv(r, (mx_rd_t *)(uintptr_t)ud, cqe);
         }
@@ -417,6 +439,7 @@ wait_ring(mx_ring_t *r, int ms)
         io_uring_buf_ring_advance(r->br, r->returned);
         r->returned = 0;
     }
+    r->gen++;
     if (ms == 0) {
         io_uring_submit_and_get_events(&r->ring);
     } else if (ms < 0) {
@@ -472,6 +495,7 @@ mx_ring_read_start(mx_ring_t *r, mx_rd_t **rdp, uv_stream_t *s, uv_alloc_cb allo
         if (rc < 0)
             return rc;
         rd = mx_calloc(1, sizeof(*rd));
+        rd->kind = K_RECV;
         rd->stream = s;
         rd->fd = fd;
         *rdp = rd;
@@ -516,7 +540,57 @@ mx_ring_read_close(mx_ring_t *r, mx_rd_t **rdp)
     rd->reading = false;
     rd->stream = NULL;
     drop_kept(r, rd);
-    if (rd->armed && !rd->cancelling)
+    if (rd->armed && !rd->cancelling) {
+        /* A receive not yet submitted names the descriptor by number: it
+         * goes in now, before the close frees that number for a new socket
+         * (the cancel behind it ends it). */
+        if (rd->arm_gen == r->gen)
+            submit(r);
         cancel(r, rd);
+    }
     maybe_free(r, rd);
+}
+
+
+void
+mx_ring_send(mx_ring_t *r, mx_ring_send_t *op, int fd, const void *p, size_t n)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    /* Never waits: a full socket buffer answers -EAGAIN at once, and the
+     * caller queues the rest where libuv polls for room. */
+    io_uring_prep_send(sqe, fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    io_uring_sqe_set_data(sqe, op);
+    op->kind = K_SEND;
+    op->sqe = sqe;
+    op->gen = r->gen;
+}
+
+
+bool
+mx_ring_send_extend(mx_ring_t *r, mx_ring_send_t *op, size_t n)
+{
+    if (op->gen != r->gen)
+        return false;
+    ((struct io_uring_sqe *)op->sqe)->len = (unsigned)n;
+    return true;
+}
+
+
+bool
+mx_ring_send_withdraw(mx_ring_t *r, mx_ring_send_t *op)
+{
+    if (op->gen != r->gen)
+        return false;
+    struct io_uring_sqe *sqe = op->sqe;
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, UD_CANCEL);
+    return true;
+}
+
+
+void
+mx_ring_send_flush(mx_ring_t *r, mx_ring_send_t *op)
+{
+    if (op->gen == r->gen)
+        submit(r);
 }

@@ -6,7 +6,9 @@
  * in io_uring_enter(), and libuv's own epoll descriptor (listeners, writes
  * that wait for room, cross-thread wake-ups) is polled through the ring: libuv
  * runs a non-blocking pass when it has something to do, and its timers bound
- * the wait. Writes stay with libuv (uv_try_write, then uv_write).
+ * the wait. Writes go through it too, as non-blocking sends submitted with the
+ * pass's other work at that wait (net/wstream.c): one io_uring_enter() per
+ * pass instead of a write() per response. What a send leaves goes to libuv.
  *
  * The calls take the same callbacks as uv_read_start(), and a NULL ring means
  * libuv reads (the kernel refused io_uring, or the config turned it off): the
@@ -14,6 +16,7 @@
 #ifndef MX_NET_RING_H
 #define MX_NET_RING_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 typedef struct mx_ring_s mx_ring_t;
@@ -38,5 +41,27 @@ void mx_ring_read_stop(mx_ring_t *r, mx_rd_t **rd, uv_stream_t *s);
  * open until it ends, so it is cancelled here; the socket closes at the ring's
  * next wait, within the same loop pass. */
 void mx_ring_read_close(mx_ring_t *r, mx_rd_t **rd);
+
+/* A send: the caller's, alive until <done> runs (always, from the ring's
+ * loop, never from inside a call below). <res> is what send(2) would return
+ * with MSG_DONTWAIT: the bytes taken (maybe fewer than asked) or -errno, so
+ * -EAGAIN when the socket's buffer is full. */
+typedef struct mx_ring_send_s mx_ring_send_t;
+struct mx_ring_send_s {
+    int kind; /* the ring's */
+    void (*done)(mx_ring_send_t *op, int res);
+    void *sqe;    /* the ring's: its entry while not yet submitted */
+    unsigned gen; /* the ring's: the submission it goes out with */
+};
+void mx_ring_send(mx_ring_t *r, mx_ring_send_t *op, int fd, const void *p, size_t n);
+/* Whether <op> is not yet submitted; then it now sends <n> bytes from the
+ * same start (the caller appended to its buffer). */
+bool mx_ring_send_extend(mx_ring_t *r, mx_ring_send_t *op, size_t n);
+/* Whether <op> was not yet submitted; then it never will be, and its <done>
+ * is not called: the caller writes its bytes another way. */
+bool mx_ring_send_withdraw(mx_ring_t *r, mx_ring_send_t *op);
+/* Submits <op> now if it is still waiting for the pass's end: before the
+ * caller closes its descriptor, whose number a new socket may take. */
+void mx_ring_send_flush(mx_ring_t *r, mx_ring_send_t *op);
 
 #endif
