@@ -125,7 +125,7 @@ mx_h1_on_accept(uv_stream_t *server, int status)
                                  : ntohs(((struct sockaddr_in *)&ss)->sin_port);
         }
     }
-    mx_wstream_init(&c->ws, &c->h.stream, on_drain);
+    mx_wstream_init(&c->ws, &c->h.stream, c->w->ring, on_drain);
     llhttp_init(&c->parser, HTTP_REQUEST, &settings);
     c->parser.data = c;
     mx_h1_set_timeout(c, MS(c->svc->client_header_timeout));
@@ -469,6 +469,7 @@ mx_h1_close(mx_h1conn_t *c)
     }
     mx_timeq_cancel(&c->tq);
     mx_ring_read_close(c->w->ring, &c->rd);
+    mx_wstream_close(&c->ws);
     uv_close(&c->h.handle, on_close);
 }
 

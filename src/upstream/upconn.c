@@ -120,7 +120,7 @@ mx_upconn_acquire(mx_session_t *s, const mx_conf_upstream_t *ups, const mx_addr_
     u->h.handle.data = u;
     mx_timeq_entry_init(&u->tq);
     u->handles_open = 1;
-    mx_wstream_init(&u->ws, &u->h.stream, on_drain);
+    mx_wstream_init(&u->ws, &u->h.stream, w->ring, on_drain);
     llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
     u->parser.data = u;
     s->reused = 0;
@@ -440,6 +440,7 @@ mx_upconn_close(mx_upconn_t *u)
         mx_pool_remove(u->w->pool, u);
     mx_timeq_cancel(&u->tq);
     mx_ring_read_close(u->w->ring, &u->rd);
+    mx_wstream_close(&u->ws);
     uv_close(&u->h.handle, on_close);
 }
 

@@ -67,8 +67,8 @@ fuzz_check_field(mx_str_t name, mx_str_t v)
     for (size_t j = 0; j < v.len; j++)
         fuzz_check(v.data[j] != '\r' && v.data[j] != '\n' && v.data[j] != '\0',
                    "CR, LF or NUL in the value of %.*s", (int)name.len, name.data);
-    fuzz_check(v.len == 0 || (v.data[0] != ' ' && v.data[0] != '\t' &&
-                              v.data[v.len - 1] != ' ' && v.data[v.len - 1] != '\t'),
+    fuzz_check(v.len == 0 || (v.data[0] != ' ' && v.data[0] != '\t' && v.data[v.len - 1] != ' ' &&
+                              v.data[v.len - 1] != '\t'),
                "untrimmed value of %.*s", (int)name.len, name.data);
 }
 
@@ -275,11 +275,20 @@ mx_vm_conn_closed(mx_vm_t *vm, uint64_t id)
 
 
 void
-mx_wstream_init(mx_wstream_t *ws, uv_stream_t *stream, mx_wstream_cb on_drain)
+mx_wstream_init(mx_wstream_t *ws, uv_stream_t *stream, struct mx_ring_s *ring,
+                mx_wstream_cb on_drain)
 {
     memset(ws, 0, sizeof(*ws));
     ws->stream = stream;
+    ws->ring = ring;
     ws->on_drain = on_drain;
+}
+
+
+void
+mx_wstream_close(mx_wstream_t *ws)
+{
+    (void)ws;
 }
 
 

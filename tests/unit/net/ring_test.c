@@ -9,17 +9,14 @@
 #include <unistd.h>
 
 #include "net/ring.h"
+#include "pair_loop.h"
 
 typedef struct tc tc_t;
 typedef void (*step_fn)(tc_t *t);
 
 struct tc {
-    uv_loop_t loop;
-    mx_ring_t *ring;
-    uv_pipe_t pipe;
-    uv_timer_t timer;
+    pair_loop_t p;
     mx_rd_t *rd;
-    int peer; /* the test's end */
     const step_fn *steps;
     int step;
     size_t chunk;     /* the size of the buffers alloc hands out */
@@ -47,14 +44,14 @@ on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 static void
 start(tc_t *t)
 {
-    cr_assert_eq(mx_ring_read_start(t->ring, &t->rd, (uv_stream_t *)&t->pipe, on_alloc, on_read),
-                 0);
+    cr_assert_eq(
+        mx_ring_read_start(t->p.ring, &t->rd, (uv_stream_t *)&t->p.pipe, on_alloc, on_read), 0);
 }
 
 static void
 stop(tc_t *t)
 {
-    mx_ring_read_stop(t->ring, &t->rd, (uv_stream_t *)&t->pipe);
+    mx_ring_read_stop(t->p.ring, &t->rd, (uv_stream_t *)&t->p.pipe);
 }
 
 static void
@@ -80,7 +77,7 @@ on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 static void
 peer_write(tc_t *t, const char *s)
 {
-    cr_assert_eq(write(t->peer, s, strlen(s)), (ssize_t)strlen(s));
+    cr_assert_eq(write(t->p.peer, s, strlen(s)), (ssize_t)strlen(s));
 }
 
 static void
@@ -89,8 +86,8 @@ close_moxy_end(tc_t *t)
     if (t->closed)
         return;
     t->closed = true;
-    mx_ring_read_close(t->ring, &t->rd);
-    uv_close((uv_handle_t *)&t->pipe, NULL);
+    mx_ring_read_close(t->p.ring, &t->rd);
+    uv_close((uv_handle_t *)&t->p.pipe, NULL);
 }
 
 static void
@@ -100,7 +97,7 @@ on_step(uv_timer_t *tm)
     step_fn f = t->steps[t->step];
     if (f == NULL) {
         close_moxy_end(t);
-        uv_close((uv_handle_t *)&t->timer, NULL);
+        uv_close((uv_handle_t *)&t->p.timer, NULL);
         return;
     }
     t->step++;
@@ -113,28 +110,11 @@ run(tc_t *t, bool use_ring, const step_fn *steps, size_t chunk, bool stop_after_
 {
     memset(t, 0, sizeof(*t));
     t->stop_after_first = stop_after_first;
-    int sv[2];
-    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    t->peer = sv[1];
     t->steps = steps;
     t->chunk = chunk;
-    cr_assert_eq(uv_loop_init(&t->loop), 0);
-    if (use_ring)
-        cr_assert_eq(mx_ring_open(&t->loop, &t->ring), 0, "io_uring refused by this kernel");
-    cr_assert_eq(uv_pipe_init(&t->loop, &t->pipe, 0), 0);
-    cr_assert_eq(uv_pipe_open(&t->pipe, sv[0]), 0);
-    t->pipe.data = t;
-    uv_timer_init(&t->loop, &t->timer);
-    t->timer.data = t;
-    uv_timer_start(&t->timer, on_step, 5, 5);
-    if (t->ring != NULL)
-        mx_ring_run(t->ring);
-    else
-        uv_run(&t->loop, UV_RUN_DEFAULT);
-    uv_run(&t->loop, UV_RUN_NOWAIT);
-    mx_ring_close(t->ring);
-    cr_assert_eq(uv_loop_close(&t->loop), 0);
-    close(t->peer);
+    pair_loop_open(&t->p, use_ring, t);
+    pair_loop_run(&t->p, on_step, 5);
+    close(t->p.peer);
 }
 
 /* ---- steps ---- */
@@ -171,7 +151,7 @@ s_more(tc_t *t)
 static void
 s_shut(tc_t *t)
 {
-    shutdown(t->peer, SHUT_WR);
+    shutdown(t->p.peer, SHUT_WR);
 }
 static void
 s_nothing(tc_t *t)
@@ -192,9 +172,9 @@ s_close(tc_t *t)
 static void
 s_peer_sees_close(tc_t *t)
 {
-    struct pollfd p = {.fd = t->peer, .events = POLLIN};
+    struct pollfd p = {.fd = t->p.peer, .events = POLLIN};
     char c;
-    t->peer_saw_eof = poll(&p, 1, 0) == 1 && read(t->peer, &c, 1) == 0;
+    t->peer_saw_eof = poll(&p, 1, 0) == 1 && read(t->p.peer, &c, 1) == 0;
 }
 
 static void
@@ -374,7 +354,8 @@ ms_step(uv_timer_t *tm)
         for (int i = 0; i < NSTREAMS; i++) {
             M.s[i].chunk = sizeof(M.s[i].store);
             cr_assert_eq(mx_ring_read_start(M.ring, &M.s[i].rd, (uv_stream_t *)&M.s[i].pipe,
-                                            ms_alloc, ms_read), 0);
+                                            ms_alloc, ms_read),
+                         0);
         }
         break;
     case 3:
@@ -410,7 +391,8 @@ Test(ring, readers_that_stay_stopped_keep_their_bytes_and_starve_no_one, .timeou
         uv_pipe_init(&M.loop, &s->pipe, 0);
         uv_pipe_open(&s->pipe, sv[0]);
         s->pipe.data = s;
-        cr_assert_eq(mx_ring_read_start(M.ring, &s->rd, (uv_stream_t *)&s->pipe, ms_alloc, ms_read), 0);
+        cr_assert_eq(mx_ring_read_start(M.ring, &s->rd, (uv_stream_t *)&s->pipe, ms_alloc, ms_read),
+                     0);
     }
     uv_timer_init(&M.loop, &M.timer);
     uv_timer_start(&M.timer, ms_step, 5, 5);
