@@ -41,6 +41,7 @@ mx_wstream_init(mx_wstream_t *ws, uv_stream_t *stream, struct mx_ring_s *ring,
     memset(ws, 0, sizeof(*ws));
     ws->stream = stream;
     ws->ring = ring;
+    ws->fd = -1;
     ws->on_drain = on_drain;
 }
 
@@ -96,10 +97,8 @@ static void
 send_head(mx_wstream_t *ws)
 {
     wblock_t *b = ws->head;
-    uv_os_fd_t fd = -1;
-    uv_fileno((const uv_handle_t *)ws->stream, &fd);
     b->u.op.done = on_send;
-    mx_ring_send(ws->ring, &b->u.op, fd, b->data + b->off, b->len - b->off);
+    mx_ring_send(ws->ring, &b->u.op, ws->fd, b->data + b->off, b->len - b->off);
 }
 
 
@@ -199,8 +198,10 @@ mx_wstream_write(mx_wstream_t *ws, const uv_buf_t *bufs, unsigned n)
         total += bufs[i].len;
     if (total == 0)
         return MX_OK;
-    uv_os_fd_t fd;
-    if (ws->ring == NULL || ws->pending > 0 || uv_fileno((const uv_handle_t *)ws->stream, &fd) < 0)
+    /* An upstream stream has no descriptor until its connect starts. */
+    if (ws->ring != NULL && ws->fd < 0)
+        uv_fileno((const uv_handle_t *)ws->stream, &ws->fd);
+    if (ws->ring == NULL || ws->pending > 0 || ws->fd < 0)
         return write_now(ws, bufs, n, total);
     if (total < DIRECT_MIN)
         return ring_write(ws, bufs, n, total);

@@ -28,6 +28,7 @@ typedef void (*mx_wstream_cb)(mx_wstream_t *ws, int status);
 struct mx_wstream_s {
     uv_stream_t *stream;
     struct mx_ring_s *ring; /* sends through it first; NULL: uv_try_write */
+    int fd;                 /* the stream's descriptor once it has one (-1 before) */
     struct wblock_s *head;  /* the ring send in flight, then the blocks behind it */
     struct wblock_s *tail;
     size_t queued; /* bytes written and not yet taken by the kernel */

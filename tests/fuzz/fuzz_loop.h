@@ -281,6 +281,7 @@ mx_wstream_init(mx_wstream_t *ws, uv_stream_t *stream, struct mx_ring_s *ring,
     memset(ws, 0, sizeof(*ws));
     ws->stream = stream;
     ws->ring = ring;
+    ws->fd = -1;
     ws->on_drain = on_drain;
 }
 
